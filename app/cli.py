@@ -1,0 +1,278 @@
+"""The `prefloop` command line. Each command parses its flags, opens the runtime, calls services."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from storage import crud
+from storage.db import transaction, upgrade
+from storage.models import PolicyStatus, Role, Split
+from storage.runtime import Runtime, open_runtime
+from storage.settings import DEFAULT_DATA_DIR, SettingsError
+
+cli = typer.Typer(
+    name="prefloop",
+    help="Human-in-the-loop annotation and training for online iterative RLHF.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
+users_cli = typer.Typer(help="Annotators and admins.", no_args_is_help=True)
+prompts_cli = typer.Typer(help="Prompts to sample responses for.", no_args_is_help=True)
+cli.add_typer(db_cli, name="db")
+cli.add_typer(users_cli, name="users")
+cli.add_typer(prompts_cli, name="prompts")
+
+DataDir = Annotated[
+    Path,
+    typer.Option(
+        "--data-dir",
+        envvar="PREFLOOP_DATA_DIR",
+        help="Holds prefloop.toml, the SQLite database, checkpoints and logs.",
+    ),
+]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code)
+
+
+def runtime(data_dir: Path, **flags) -> Runtime:
+    try:
+        return open_runtime(data_dir, **flags)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+
+
+@cli.command()
+def init(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    demo: Annotated[bool, typer.Option(help="Load the demo task and build its policy.")] = False,
+) -> None:
+    """Create or upgrade the database and the first admin; with --demo, set up the demo task.
+
+    Safe to run again: nothing that exists is created twice."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    rt = runtime(data_dir)
+    upgrade(rt.engine)
+    typer.echo(f"database ready: {rt.settings.resolved_database_url.split('@')[-1]}")
+    _ensure_admin(rt)
+    if demo:
+        _init_demo(rt)
+
+
+def _ensure_admin(rt: Runtime) -> None:
+    from app.auth import generate_password, hash_password
+
+    with transaction(rt.engine) as session:
+        if crud.count_admins(session=session) > 0:
+            typer.echo("admin: exists already (unchanged)")
+            return
+        given = os.environ.get("PREFLOOP_ADMIN_PASSWORD")
+        password = given or generate_password()
+        try:
+            password_hash = hash_password(password)
+        except ValueError as exc:
+            raise fail(f"PREFLOOP_ADMIN_PASSWORD: {exc}") from None
+        crud.create_user(
+            session=session, name="admin", role=Role.admin, password_hash=password_hash
+        )
+    if given:
+        typer.echo("admin: created user 'admin' with the password from PREFLOOP_ADMIN_PASSWORD")
+    else:
+        typer.secho(
+            f"admin: created user 'admin' with password {password}\n"
+            "       (shown once; keep it, or set a new one with `prefloop users passwd admin`)",
+            fg=typer.colors.YELLOW,
+        )
+
+
+def _init_demo(rt: Runtime) -> None:
+    from labeling.demo_task import demo_prompts
+    from training.demo_policy import build_demo_policy
+
+    records = [crud.PromptIn(text=t, source="demo", split=Split(s)) for t, s in demo_prompts()]
+    with transaction(rt.engine) as session:
+        added, skipped = crud.add_prompts(session=session, prompts=records)
+    typer.echo(f"demo prompts: {added} added, {skipped} present already")
+
+    policy_dir = rt.settings.demo_policy_dir
+    typer.echo(f"demo policy: {policy_dir}")
+    metrics = build_demo_policy(policy_dir, progress=sys.stderr.isatty())
+    typer.echo(
+        f"demo policy: loss {metrics['initial_loss']:.2f} -> {metrics['final_loss']:.2f}, "
+        f"{metrics['n_params'] / 1e6:.1f}M parameters, built in {metrics['seconds']:.0f}s"
+    )
+    with transaction(rt.engine) as session:
+        if crud.list_policies(session=session):
+            typer.echo("policy v0: registered already")
+            return
+        crud.create_policy(
+            session=session,
+            version=0,
+            path=str(policy_dir.resolve()),
+            status=PolicyStatus.deployed,
+            config={"source": "demo", "build": metrics},
+        )
+    typer.echo("policy v0: registered and deployed")
+
+
+@db_cli.command("upgrade")
+def db_upgrade(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """Create the schema or upgrade it in place to this release's."""
+    rt = runtime(data_dir)
+    upgrade(rt.engine)
+    typer.echo("database schema is current")
+
+
+@users_cli.command("add")
+def users_add(
+    name: str,
+    role: Annotated[Role, typer.Option(help="annotator or admin")] = Role.annotator,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Add a user. Without --password-stdin a password is generated and shown once."""
+    from app.auth import generate_password, hash_password
+
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else generate_password()
+    try:
+        password_hash = hash_password(password)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    rt = runtime(data_dir)
+    try:
+        with transaction(rt.engine) as session:
+            user = crud.create_user(
+                session=session, name=name, role=role, password_hash=password_hash
+            )
+            crud.record_audit(
+                session=session,
+                user_id=None,
+                action="user.add",
+                detail={"name": name, "role": role},
+            )
+    except (crud.Conflict, ValueError) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"added {user.role} {user.name!r} (id {user.id})")
+    if not password_stdin:
+        typer.echo(f"password: {password}  (shown once)")
+
+
+@users_cli.command("list")
+def users_list(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """List users with their role and whether they are active."""
+    rt = runtime(data_dir)
+    with transaction(rt.engine, readonly=True) as session:
+        users = crud.list_users(session=session)
+    typer.echo(f"{'id':>4}  {'name':<24} {'role':<10} active")
+    for user in users:
+        typer.echo(
+            f"{user.id:>4}  {user.name:<24} {user.role:<10} {'yes' if user.active else 'no'}"
+        )
+
+
+@users_cli.command("passwd")
+def users_passwd(
+    name: str,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin")] = False,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Set a new password (generated and shown once unless read from standard input)."""
+    from app.auth import generate_password, hash_password
+
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else generate_password()
+    try:
+        password_hash = hash_password(password)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    rt = runtime(data_dir)
+    with transaction(rt.engine) as session:
+        user = crud.get_user_by_name(session=session, name=name)
+        if user is None:
+            raise fail(f"no user {name!r}")
+        crud.update_user(session=session, user_id=user.id, password_hash=password_hash)
+        crud.record_audit(
+            session=session, user_id=None, action="user.passwd", detail={"name": name}
+        )
+    typer.echo(f"password of {name!r} changed")
+    if not password_stdin:
+        typer.echo(f"password: {password}  (shown once)")
+
+
+@prompts_cli.command("import")
+def prompts_import(
+    file: Annotated[Path, typer.Argument(help="JSONL or CSV file of prompts.")],
+    text_field: Annotated[str, typer.Option(help="Field or column holding the prompt.")] = "prompt",
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Import prompts; duplicates are skipped and counted. A bad file imports nothing."""
+    from labeling.importing import ImportFileError, read_prompts
+
+    try:
+        records = read_prompts(file, text_field=text_field)
+    except ImportFileError as exc:
+        raise fail(str(exc)) from None
+    rt = runtime(data_dir)
+    with transaction(rt.engine) as session:
+        added, skipped = crud.add_prompts(session=session, prompts=records)
+    typer.echo(f"{file}: {added} prompts added, {skipped} duplicates skipped")
+
+
+@cli.command()
+def status(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
+) -> None:
+    """Counts per table, the deployed policy, and the current iteration."""
+    rt = runtime(data_dir)
+    report = collect_status(rt)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2, default=str))
+        return
+    policy, iteration = report["deployed_policy"], report["iteration"]
+    typer.echo(f"data directory: {rt.settings.data_dir.resolve()}")
+    if policy:
+        typer.echo(f"deployed policy: v{policy['version']} ({policy['path']})")
+    else:
+        typer.echo("deployed policy: none (run `prefloop init --demo` or `prefloop deploy`)")
+    if iteration:
+        typer.echo(f"iteration: {iteration['k']} ({iteration['state']})")
+    else:
+        typer.echo("iteration: none yet")
+    typer.echo("rows: " + ", ".join(f"{k} {v}" for k, v in report["counts"].items()))
+
+
+def collect_status(rt: Runtime) -> dict:
+    with transaction(rt.engine, readonly=True) as session:
+        policy = crud.deployed_policy(session=session)
+        iteration = crud.current_iteration(session=session)
+        return {
+            "counts": crud.table_counts(session=session),
+            "labels": crud.label_counts(session=session),
+            "deployed_policy": policy.model_dump(include={"version", "path", "status"})
+            if policy
+            else None,
+            "iteration": iteration.model_dump(include={"k", "state", "error"})
+            if iteration
+            else None,
+        }
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cli()
+
+
+if __name__ == "__main__":
+    main()

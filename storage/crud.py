@@ -1,0 +1,247 @@
+"""Data access: plain keyword-only functions over a session the caller got from `transaction`.
+
+They add and flush but never commit: the caller's transaction decides, so a multi-step change
+(an import, a deploy) lands whole or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, SQLModel, func, select
+
+from storage.models import (
+    Audit,
+    Iteration,
+    Label,
+    Pair,
+    Policy,
+    PolicyStatus,
+    Prompt,
+    Role,
+    Setting,
+    Split,
+    User,
+    utcnow,
+)
+
+
+class NotFound(LookupError):
+    pass
+
+
+class Conflict(ValueError):
+    pass
+
+
+# users
+
+
+def create_user(*, session: Session, name: str, role: Role, password_hash: str | None) -> User:
+    name = name.strip()
+    if not name or len(name) > 64 or any(c.isspace() for c in name):
+        raise ValueError(f"user name {name!r}: 1-64 characters, no spaces")
+    if session.exec(select(User).where(User.name == name)).first() is not None:
+        raise Conflict(f"user {name!r} exists already")
+    user = User(name=name, role=Role(role), password_hash=password_hash)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def get_user(*, session: Session, user_id: int) -> User:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"no user with id {user_id}")
+    return user
+
+
+def get_user_by_name(*, session: Session, name: str) -> User | None:
+    return session.exec(select(User).where(User.name == name)).first()
+
+
+def get_user_by_token_hash(*, session: Session, token_hash: str) -> User | None:
+    return session.exec(select(User).where(User.token_hash == token_hash)).first()
+
+
+def list_users(*, session: Session) -> list[User]:
+    return list(session.exec(select(User).order_by(User.id)))
+
+
+def update_user(*, session: Session, user_id: int, **changes: Any) -> User:
+    """Change role, active, password_hash or token_hash."""
+    allowed = {"role", "active", "password_hash", "token_hash"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValueError(f"cannot change user fields {sorted(unknown)}")
+    user = get_user(session=session, user_id=user_id)
+    for key, value in changes.items():
+        setattr(user, key, Role(value) if key == "role" else value)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def count_admins(*, session: Session) -> int:
+    query = select(func.count()).select_from(User).where(User.role == Role.admin, User.active)
+    return session.exec(query).one()
+
+
+# prompts
+
+
+@dataclass(frozen=True)
+class PromptIn:
+    text: str
+    messages: list[dict[str, str]] | None = None
+    source: str = ""
+    split: Split = Split.train
+
+
+def prompt_hash(text: str, messages: list[dict[str, str]] | None = None) -> str:
+    canonical = json.dumps(messages, sort_keys=True) if messages else text.strip()
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def add_prompts(*, session: Session, prompts: Iterable[PromptIn]) -> tuple[int, int]:
+    """Insert prompts, skipping any already stored or repeated in `prompts`.
+
+    Returns (added, skipped)."""
+    batch: dict[str, PromptIn] = {}
+    skipped = 0
+    for item in prompts:
+        key = prompt_hash(item.text, item.messages)
+        if key in batch:
+            skipped += 1
+        else:
+            batch[key] = item
+    existing: set[str] = set()
+    keys = list(batch)
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        existing.update(
+            session.exec(select(Prompt.content_hash).where(Prompt.content_hash.in_(chunk)))
+        )
+    skipped += len(existing)
+    rows = [
+        Prompt(
+            text=item.text,
+            messages=item.messages,
+            content_hash=key,
+            source=item.source,
+            split=Split(item.split),
+        )
+        for key, item in batch.items()
+        if key not in existing
+    ]
+    session.add_all(rows)
+    session.flush()
+    return len(rows), skipped
+
+
+# policies and iterations
+
+
+def create_policy(
+    *,
+    session: Session,
+    version: int,
+    path: str,
+    status: PolicyStatus = PolicyStatus.candidate,
+    parent_id: int | None = None,
+    iteration_k: int | None = None,
+    config: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+) -> Policy:
+    if session.exec(select(Policy).where(Policy.version == version)).first() is not None:
+        raise Conflict(f"policy version {version} exists already")
+    policy = Policy(
+        version=version,
+        path=path,
+        status=status,
+        parent_id=parent_id,
+        iteration_k=iteration_k,
+        config=config or {},
+        metrics=metrics or {},
+        deployed_at=utcnow() if status == PolicyStatus.deployed else None,
+    )
+    session.add(policy)
+    session.flush()
+    return policy
+
+
+def deployed_policy(*, session: Session) -> Policy | None:
+    query = select(Policy).where(Policy.status == PolicyStatus.deployed)
+    return session.exec(query).first()
+
+
+def get_policy(*, session: Session, version: int) -> Policy:
+    policy = session.exec(select(Policy).where(Policy.version == version)).first()
+    if policy is None:
+        raise NotFound(f"no policy version {version}")
+    return policy
+
+
+def list_policies(*, session: Session) -> list[Policy]:
+    return list(session.exec(select(Policy).order_by(Policy.version)))
+
+
+def current_iteration(*, session: Session) -> Iteration | None:
+    return session.exec(select(Iteration).order_by(Iteration.k.desc())).first()
+
+
+def list_iterations(*, session: Session) -> list[Iteration]:
+    return list(session.exec(select(Iteration).order_by(Iteration.k)))
+
+
+# settings changed at run time, audit
+
+
+def get_overrides(*, session: Session) -> dict[str, Any]:
+    return {row.key: row.value for row in session.exec(select(Setting))}
+
+
+def set_overrides(*, session: Session, values: dict[str, Any], user_id: int | None) -> None:
+    for key, value in values.items():
+        row = session.get(Setting, key) or Setting(key=key)
+        row.value = value
+        row.updated_by = user_id
+        row.updated_at = utcnow()
+        session.add(row)
+    session.flush()
+
+
+def record_audit(
+    *, session: Session, user_id: int | None, action: str, detail: dict[str, Any] | None = None
+) -> Audit:
+    entry = Audit(user_id=user_id, action=action, detail=detail or {})
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+# status
+
+
+def table_counts(*, session: Session) -> dict[str, int]:
+    counts = {}
+    for table in SQLModel.metadata.sorted_tables:
+        counts[table.name] = session.exec(select(func.count()).select_from(table)).one()
+    return counts
+
+
+def label_counts(*, session: Session, iteration_id: int | None = None) -> dict[str, int]:
+    """Labels per source (human, proxy, seed), optionally for one iteration's pairs."""
+    query = select(Label.source, func.count()).group_by(Label.source)
+    if iteration_id is not None:
+        query = query.join(Pair, Pair.id == Label.pair_id).where(Pair.iteration_id == iteration_id)
+    return {str(source): n for source, n in session.exec(query)}
+
+
+def database_ok(*, session: Session) -> bool:
+    return session.exec(sa.select(sa.literal(1))).one()[0] == 1

@@ -1,0 +1,294 @@
+"""prefloop's settings: one object, built by `load_settings`, never at import.
+
+Layers, lowest first: defaults < `<data-dir>/prefloop.toml` < `PREFLOOP_*` environment (nested
+keys with `__`, e.g. `PREFLOOP_DPO__BETA=0.2`) < CLI flags < changes an admin made at run time
+(the `setting` table, applied by `with_overrides`). Sections are plain models that the labeling and
+training code take as arguments, so those packages never read the environment themselves.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("prefloop-data")
+SETTINGS_FILE = "prefloop.toml"
+
+# The parsed prefloop.toml of the `load_settings` call in progress (a source below the env).
+_file_values: ContextVar[dict[str, Any] | None] = ContextVar("prefloop_file_values", default=None)
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return (_file_values.get() or {}).get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(_file_values.get() or {})
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class PolicySettings(Section):
+    init_path: str | None = Field(
+        default=None,
+        description="The SFT policy pi_0: a Hugging Face model path or hub id. "
+        "Unset: the embedded demo policy built by `prefloop init --demo`.",
+    )
+
+
+class GenerationSettings(Section):
+    backend: Literal["transformers", "vllm"] = "transformers"
+    n_samples: int = Field(8, ge=2, le=64, description="Responses sampled per prompt.")
+    temperatures: list[float] = Field(
+        default=[1.0, 0.7],
+        min_length=1,
+        description="The samples are split evenly across these temperatures (paper: 1.0, 0.7).",
+    )
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(64, ge=1, le=8192)
+    batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
+    prompts_per_round: int = Field(64, ge=1, description="Prompts sampled per iteration.")
+    seed: int = 0
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM only.")
+    gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vLLM only.")
+
+    @field_validator("temperatures")
+    @classmethod
+    def _positive(cls, value: list[float]) -> list[float]:
+        if any(t <= 0 for t in value):
+            raise ValueError("every temperature must be > 0")
+        return value
+
+
+class ProxySettings(Section):
+    kind: Literal["embedded", "reward_model", "judge"] = "embedded"
+    path: str | None = Field(None, description="Reward model path (kind = reward_model).")
+    judge: str = Field(
+        "labeling.demo_task:gold_judge", description="module:callable (kind = judge)."
+    )
+    ensemble_size: int = Field(8, ge=1, le=64, description="Bootstrapped Bradley-Terry heads.")
+    l2: float = Field(1.0, ge=0.0, description="Ridge penalty of the Bradley-Terry heads.")
+
+
+class PairingSettings(Section):
+    strategy: Literal["max_min", "max_random", "random", "uncertain", "explore"] = "max_min"
+    pairs_per_prompt: int = Field(1, ge=1, le=8)
+    enhancer_temperature: float = Field(
+        1.3, gt=0.0, description="explore: the enhancer samples hotter than the main policy."
+    )
+
+
+class RoutingSettings(Section):
+    enabled: bool = Field(False, description="Let the proxy label the pairs it is sure of.")
+    tau: float = Field(0.35, ge=0.0, le=0.5, description="Confident when |P - 0.5| >= tau.")
+    max_uncertainty: float = Field(0.1, ge=0.0, description="... and uncertainty <= this.")
+    audit_share: float = Field(
+        0.1, ge=0.0, le=1.0, description="Share of confident pairs still sent to humans."
+    )
+    human_budget: int = Field(200, ge=0, description="Most pairs sent to humans per iteration.")
+
+
+class LabelingSettings(Section):
+    overlap: int = Field(1, ge=1, le=16, description="Annotators per pair.")
+    lease_seconds: int = Field(600, ge=10, description="A claimed pair returns to the queue.")
+    suggestion_mode: Literal["shown", "after_vote", "off"] = "after_vote"
+    paused: bool = False
+
+
+class LoopSettings(Section):
+    human_quota: int = Field(100, ge=1, description="Human labels that trigger training.")
+    interval_minutes: float | None = Field(None, gt=0, description="Also train on a timer.")
+    cron: str | None = Field(None, description="Also train on a crontab schedule.")
+    data_scope: Literal["all", "latest"] = "all"
+    reference: Literal["sft", "previous"] = Field(
+        "sft", description="DPO reference model: pi_0 (the paper's default) or pi_k."
+    )
+    auto_continue: bool = Field(True, description="After a deploy, generate the next round.")
+
+
+class DPOSettings(Section):
+    beta: float = Field(0.1, gt=0.0)
+    loss_type: str = "sigmoid"
+    learning_rate: float = Field(5e-5, gt=0.0)
+    num_train_epochs: float = Field(2.0, gt=0.0)
+    per_device_train_batch_size: int = Field(8, ge=1)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_length: int = Field(256, ge=8)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    seed: int = 0
+    use_lora: bool = False
+    lora_r: int = Field(16, ge=1)
+    lora_alpha: int = Field(32, ge=1)
+    accelerate_config: str | None = Field(
+        None, description="accelerate config file: train through `accelerate launch`."
+    )
+
+
+class EvalSettings(Section):
+    n_prompts: int = Field(100, ge=1, description="Held-out prompts per evaluation.")
+    temperature: float = Field(0.7, gt=0.0)
+    win_rate_threshold: float = Field(0.5, ge=0.0, le=1.0, description="The deploy gate.")
+
+
+class ServerSettings(Section):
+    host: str = "127.0.0.1"
+    port: int = Field(7860, ge=1, le=65535)
+    scheduler: bool = True
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PREFLOOP_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; unset: SQLite in the data directory."
+    )
+    log_level: str = "INFO"
+    policy: PolicySettings = PolicySettings()
+    generation: GenerationSettings = GenerationSettings()
+    proxy: ProxySettings = ProxySettings()
+    pairing: PairingSettings = PairingSettings()
+    routing: RoutingSettings = RoutingSettings()
+    labeling: LabelingSettings = LabelingSettings()
+    loop: LoopSettings = LoopSettings()
+    dpo: DPOSettings = DPOSettings()
+    eval: EvalSettings = EvalSettings()
+    server: ServerSettings = ServerSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSource(settings_cls))
+
+    @property
+    def resolved_database_url(self) -> str:
+        from storage.db import sqlite_url
+
+        return self.database_url or sqlite_url(self.data_dir)
+
+    @property
+    def demo_policy_dir(self) -> Path:
+        return self.data_dir / "policies" / "v0"
+
+
+class SettingsError(ValueError):
+    """Invalid settings; the message names every offending key and where it came from."""
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.exists():
+        return {}
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _format_errors(exc: ValidationError, origin: str) -> str:
+    lines = [f"invalid settings ({origin}):"]
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"])
+        lines.append(f"  {key}: {error['msg']} (got {error.get('input')!r})")
+    return "\n".join(lines)
+
+
+def load_settings(data_dir: Path | str | None = None, **flags: Any) -> Settings:
+    """Build the settings for `data_dir` (flags: CLI values as nested dicts; None means unset)."""
+    import os
+
+    data_dir = Path(data_dir or os.environ.get("PREFLOOP_DATA_DIR") or DEFAULT_DATA_DIR)
+    toml_path = data_dir / SETTINGS_FILE
+    file_values = _read_toml(toml_path)
+    if not isinstance(file_values.get("data_dir", ""), str):
+        raise SettingsError(f"{toml_path}: data_dir must be a string")
+    file_values.pop("data_dir", None)  # the directory holding the file decides
+    values = {k: v for k, v in flags.items() if v is not None}
+    values["data_dir"] = data_dir
+    origin = f"{toml_path}, PREFLOOP_* environment, command-line flags"
+    token = _file_values.set(file_values)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise SettingsError(_format_errors(exc, origin)) from None
+    finally:
+        _file_values.reset(token)
+
+
+def with_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
+    """Apply dotted-key overrides (`{"dpo.beta": 0.2}`), validated; raise SettingsError naming
+    the key."""
+    values = settings.model_dump()
+    for dotted, value in overrides.items():
+        node = values
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise SettingsError(f"unknown setting {dotted!r}")
+            node = node[part]
+        if leaf not in node:
+            raise SettingsError(f"unknown setting {dotted!r}")
+        node[leaf] = value
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as exc:
+        raise SettingsError(_format_errors(exc, "run-time settings")) from None
+
+
+EDITABLE_KEYS: tuple[str, ...] = (
+    "generation.n_samples",
+    "generation.temperatures",
+    "generation.top_p",
+    "generation.max_new_tokens",
+    "generation.prompts_per_round",
+    "pairing.strategy",
+    "routing.enabled",
+    "routing.tau",
+    "routing.max_uncertainty",
+    "routing.audit_share",
+    "routing.human_budget",
+    "labeling.overlap",
+    "labeling.suggestion_mode",
+    "labeling.paused",
+    "loop.human_quota",
+    "loop.interval_minutes",
+    "loop.data_scope",
+    "loop.reference",
+    "dpo.beta",
+    "dpo.loss_type",
+    "dpo.learning_rate",
+    "dpo.num_train_epochs",
+    "dpo.per_device_train_batch_size",
+    "dpo.label_smoothing",
+    "eval.win_rate_threshold",
+)
+"""The settings an admin may change at run time (the admin view's settings form)."""

@@ -1,0 +1,158 @@
+"""Every CLI command through typer's runner, against a real SQLite data directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+
+runner = CliRunner()
+
+
+def run(*args: str, input: str | None = None, ok: bool = True):
+    result = runner.invoke(cli, list(args), input=input)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFLOOP_ADMIN_PASSWORD", raising=False)
+    run("init", "--data-dir", str(tmp_path))
+    return str(tmp_path)
+
+
+def status(data_dir: str) -> dict:
+    return json.loads(run("status", "--json", "--data-dir", data_dir).output)
+
+
+def test_init_creates_one_admin_and_is_safe_twice(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFLOOP_ADMIN_PASSWORD", raising=False)
+    first = run("init", "--data-dir", str(tmp_path)).output
+    assert "created user 'admin' with password" in first
+    second = run("init", "--data-dir", str(tmp_path)).output
+    assert "exists already" in second and "password" not in second
+    assert status(str(tmp_path))["counts"]["user"] == 1
+
+
+def test_init_takes_the_admin_password_from_the_environment(tmp_path, monkeypatch):
+    from sqlmodel import select
+
+    from app.auth import verify_password
+    from storage.db import make_engine, sqlite_url, transaction
+    from storage.models import User
+
+    monkeypatch.setenv("PREFLOOP_ADMIN_PASSWORD", "a-long-secret-1")
+    out = run("init", "--data-dir", str(tmp_path)).output
+    assert "a-long-secret-1" not in out
+    with transaction(make_engine(sqlite_url(tmp_path)), readonly=True) as session:
+        admin = session.exec(select(User)).one()
+    assert verify_password(admin.password_hash, "a-long-secret-1")
+    assert not verify_password(admin.password_hash, "wrong-password")
+
+
+def test_short_admin_password_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFLOOP_ADMIN_PASSWORD", "short")
+    result = run("init", "--data-dir", str(tmp_path), ok=False)
+    assert result.exit_code == 1 and "PREFLOOP_ADMIN_PASSWORD" in result.output
+
+
+def test_db_upgrade(data_dir):
+    assert "current" in run("db", "upgrade", "--data-dir", data_dir).output
+
+
+def test_users_add_and_list(data_dir):
+    out = run("users", "add", "ann", "--data-dir", data_dir).output
+    assert "added annotator 'ann'" in out and "password:" in out
+    out = run(
+        "users",
+        "add",
+        "bo",
+        "--role",
+        "admin",
+        "--password-stdin",
+        "--data-dir",
+        data_dir,
+        input="correct-horse-battery\n",
+    ).output
+    assert "password" not in out.replace("--password", "")
+    listing = run("users", "list", "--data-dir", data_dir).output
+    assert "ann" in listing and "annotator" in listing and "bo" in listing
+    duplicate = run("users", "add", "ann", "--data-dir", data_dir, ok=False)
+    assert duplicate.exit_code == 1 and "exists already" in duplicate.output
+    bad_role = run("users", "add", "cy", "--role", "boss", "--data-dir", data_dir, ok=False)
+    assert bad_role.exit_code != 0
+
+
+def test_users_passwd(data_dir):
+    run("users", "add", "ann", "--data-dir", data_dir)
+    out = run(
+        "users",
+        "passwd",
+        "ann",
+        "--password-stdin",
+        "--data-dir",
+        data_dir,
+        input="another-password\n",
+    ).output
+    assert "changed" in out
+    assert run("users", "passwd", "nobody", "--data-dir", data_dir, ok=False).exit_code == 1
+
+
+def test_prompts_import_jsonl_and_csv_skips_duplicates(data_dir, tmp_path):
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "one"}\n{"prompt": "two"}\n\n{"prompt": "one"}\n')
+    out = run("prompts", "import", str(jsonl), "--data-dir", data_dir).output
+    assert "2 prompts added, 1 duplicates skipped" in out
+    csv = tmp_path / "p.csv"
+    csv.write_text('question,split\n"two",train\n"three, with a comma",eval\n')
+    out = run("prompts", "import", str(csv), "--text-field", "question", "--data-dir", data_dir)
+    assert "1 prompts added, 1 duplicates skipped" in out.output
+    assert status(data_dir)["counts"]["prompt"] == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"prompt": "ok"}\n{"prompt": "ok too"}\n{"prompt": "broken\n', "line 3"),
+        ('{"prompt": "ok"}\n{"text": "wrong field"}\n', "line 2, field 'prompt'"),
+        ('{"prompt": "ok"}\n{"prompt": 7}\n', "line 2, field 'prompt'"),
+        ('{"prompt": "ok"}\n{"prompt": "   "}\n', "empty prompt"),
+        ('{"prompt": "ok"}\n{"prompt": "x", "split": "test"}\n', "line 2, field 'split'"),
+        ("", "empty file"),
+    ],
+)
+def test_bad_prompt_file_names_the_line_and_changes_nothing(data_dir, tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    before = status(data_dir)["counts"]
+    result = run("prompts", "import", str(path), "--data-dir", data_dir, ok=False)
+    assert result.exit_code == 1
+    assert message in result.output and "bad.jsonl" in result.output
+    assert status(data_dir)["counts"] == before
+
+
+def test_prompt_file_in_wrong_encoding(data_dir, tmp_path):
+    path = tmp_path / "latin1.jsonl"
+    path.write_bytes('{"prompt": "ok"}\n{"prompt": "caf\u00e9"}\n'.encode("latin-1"))
+    result = run("prompts", "import", str(path), "--data-dir", data_dir, ok=False)
+    assert "line 2" in result.output and "UTF-8" in result.output
+
+
+def test_status_text_and_json(data_dir):
+    text = run("status", "--data-dir", data_dir).output
+    assert "deployed policy: none" in text and "iteration: none yet" in text
+    report = status(data_dir)
+    assert report["counts"]["user"] == 1 and report["deployed_policy"] is None
+
+
+def test_invalid_settings_file_is_reported(data_dir):
+    from pathlib import Path
+
+    (Path(data_dir) / "prefloop.toml").write_text("[dpo]\nbeta = 0\n")
+    result = run("status", "--data-dir", data_dir, ok=False)
+    assert result.exit_code == 1 and "dpo.beta" in result.output

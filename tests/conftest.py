@@ -1,0 +1,54 @@
+"""Shared fixtures: real databases (SQLite per test; PostgreSQL when PREFLOOP_TEST_POSTGRES_URL is
+set, a fresh database per test), created by the migrations as a user's would be."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from storage.db import make_engine, upgrade  # noqa: E402
+
+POSTGRES_URL = os.environ.get("PREFLOOP_TEST_POSTGRES_URL")
+
+
+@pytest.fixture
+def sqlite_engine(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'prefloop.db'}")
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def postgres_engine():
+    if not POSTGRES_URL:
+        if os.environ.get("CI"):
+            pytest.fail("CI must set PREFLOOP_TEST_POSTGRES_URL (.ci/run starts PostgreSQL)")
+        pytest.skip("PREFLOOP_TEST_POSTGRES_URL not set")
+    name = f"prefloop_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(
+        POSTGRES_URL.replace("postgresql://", "postgresql+psycopg://", 1),
+        isolation_level="AUTOCOMMIT",
+    )
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = sa.engine.make_url(POSTGRES_URL).set(database=name)
+    engine = make_engine(url.render_as_string(hide_password=False))
+    upgrade(engine)
+    yield engine
+    engine.dispose()
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request):
+    """The same test on SQLite and on PostgreSQL."""
+    return request.getfixturevalue(f"{request.param}_engine")

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import pytest
+
+from storage.settings import SettingsError, load_settings, with_overrides
+
+
+def test_layers_file_then_environment_then_flags(tmp_path, monkeypatch):
+    (tmp_path / "prefloop.toml").write_text(
+        "[dpo]\nbeta = 0.3\nlearning_rate = 1e-4\n[generation]\nn_samples = 4\n"
+    )
+    assert load_settings(tmp_path).dpo.beta == 0.3
+    monkeypatch.setenv("PREFLOOP_DPO__BETA", "0.5")
+    settings = load_settings(tmp_path)
+    assert (settings.dpo.beta, settings.dpo.learning_rate) == (0.5, 1e-4)
+    settings = load_settings(tmp_path, dpo={"beta": 0.7})
+    assert (settings.dpo.beta, settings.generation.n_samples) == (0.7, 4)
+
+
+def test_defaults_without_a_file(tmp_path):
+    settings = load_settings(tmp_path)
+    assert settings.generation.temperatures == [1.0, 0.7]
+    assert settings.resolved_database_url.endswith("prefloop.db")
+
+
+def test_invalid_value_names_the_key(tmp_path):
+    (tmp_path / "prefloop.toml").write_text("[dpo]\nbeta = -1\n")
+    with pytest.raises(SettingsError, match=r"dpo\.beta"):
+        load_settings(tmp_path)
+
+
+def test_unknown_key_is_refused(tmp_path):
+    (tmp_path / "prefloop.toml").write_text("[routing]\ntua = 0.2\n")
+    with pytest.raises(SettingsError, match=r"routing\.tua"):
+        load_settings(tmp_path)
+
+
+def test_bad_toml_names_the_file(tmp_path):
+    (tmp_path / "prefloop.toml").write_text("[dpo\n")
+    with pytest.raises(SettingsError, match="prefloop.toml"):
+        load_settings(tmp_path)
+
+
+def test_overrides_are_validated(tmp_path):
+    settings = load_settings(tmp_path)
+    assert with_overrides(settings, {"routing.tau": 0.2}).routing.tau == 0.2
+    with pytest.raises(SettingsError, match=r"routing\.tau"):
+        with_overrides(settings, {"routing.tau": 0.9})
+    with pytest.raises(SettingsError, match="unknown setting"):
+        with_overrides(settings, {"routing.nope": 1})
