@@ -18,6 +18,7 @@ from sqlmodel import Session, SQLModel, func, select
 from storage.models import (
     Audit,
     Iteration,
+    IterationState,
     Label,
     Pair,
     Policy,
@@ -197,6 +198,63 @@ def current_iteration(*, session: Session) -> Iteration | None:
 
 def list_iterations(*, session: Session) -> list[Iteration]:
     return list(session.exec(select(Iteration).order_by(Iteration.k)))
+
+
+# generating -> labeling -> training -> evaluating -> deployed | rejected; any open state -> failed
+_NEXT_STATES: dict[IterationState, set[IterationState]] = {
+    IterationState.generating: {IterationState.labeling},
+    IterationState.labeling: {IterationState.training},
+    IterationState.training: {IterationState.evaluating},
+    IterationState.evaluating: {IterationState.deployed, IterationState.rejected},
+}
+_STATE_STAMPS = {
+    IterationState.labeling: "labeling_at",
+    IterationState.training: "training_at",
+    IterationState.evaluating: "evaluating_at",
+    IterationState.deployed: "finished_at",
+    IterationState.rejected: "finished_at",
+    IterationState.failed: "finished_at",
+}
+OPEN_STATES = frozenset(_NEXT_STATES)
+
+
+def start_iteration(
+    *, session: Session, policy_in_id: int | None, human_quota: int, human_budget: int
+) -> Iteration:
+    """Open iteration k+1 in `generating`; refuses while another iteration is still open."""
+    last = current_iteration(session=session)
+    if last is not None and last.state in OPEN_STATES:
+        raise Conflict(f"iteration {last.k} is still {last.state}")
+    iteration = Iteration(
+        k=0 if last is None else last.k + 1,
+        policy_in_id=policy_in_id,
+        human_quota=human_quota,
+        human_budget=human_budget,
+    )
+    session.add(iteration)
+    session.flush()
+    return iteration
+
+
+def set_iteration_state(
+    *, session: Session, iteration_id: int, state: IterationState, error: str | None = None
+) -> Iteration:
+    """Move an iteration along its lifecycle, stamping the time; an illegal move raises."""
+    iteration = session.get(Iteration, iteration_id)
+    if iteration is None:
+        raise NotFound(f"no iteration with id {iteration_id}")
+    allowed = _NEXT_STATES.get(iteration.state, set())
+    if state != IterationState.failed and state not in allowed:
+        raise Conflict(f"iteration {iteration.k}: cannot go from {iteration.state} to {state}")
+    if state == IterationState.failed and iteration.state not in OPEN_STATES:
+        raise Conflict(f"iteration {iteration.k} is {iteration.state} already")
+    iteration.state = state
+    iteration.error = error
+    if stamp := _STATE_STAMPS.get(state):
+        setattr(iteration, stamp, utcnow())
+    session.add(iteration)
+    session.flush()
+    return iteration
 
 
 # settings changed at run time, audit

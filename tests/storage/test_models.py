@@ -119,3 +119,29 @@ def test_run_time_settings_round_trip(engine):
         crud.set_overrides(session=session, values={"dpo.beta": 0.3}, user_id=user.id)
     with transaction(engine, readonly=True) as session:
         assert crud.get_overrides(session=session) == {"dpo.beta": 0.3}
+
+
+def test_iteration_lifecycle(engine):
+    from storage.models import IterationState as S
+
+    with transaction(engine) as session:
+        first = crud.start_iteration(
+            session=session, policy_in_id=None, human_quota=5, human_budget=9
+        )
+        assert (first.k, first.state) == (0, S.generating)
+        with pytest.raises(crud.Conflict, match="still generating"):
+            crud.start_iteration(session=session, policy_in_id=None, human_quota=5, human_budget=9)
+        with pytest.raises(crud.Conflict, match="cannot go from generating to training"):
+            crud.set_iteration_state(session=session, iteration_id=first.id, state=S.training)
+        for state in (S.labeling, S.training, S.evaluating, S.rejected):
+            crud.set_iteration_state(session=session, iteration_id=first.id, state=state)
+        assert first.finished_at is not None and first.labeling_at is not None
+        second = crud.start_iteration(
+            session=session, policy_in_id=None, human_quota=5, human_budget=9
+        )
+        crud.set_iteration_state(
+            session=session, iteration_id=second.id, state=S.failed, error="oom"
+        )
+        assert (second.k, second.state, second.error) == (1, S.failed, "oom")
+        with pytest.raises(crud.Conflict, match="failed already"):
+            crud.set_iteration_state(session=session, iteration_id=second.id, state=S.failed)
