@@ -268,6 +268,12 @@ def collect_status(rt: Runtime) -> dict:
         }
 
 
+# Commands of the other areas, each in its own module (imported last: they reuse DataDir above).
+from app import cli_serve  # noqa: E402
+
+cli.command("serve")(cli_serve.serve)
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
