@@ -189,7 +189,10 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
                 }
                 skip_button = gr.Button("Skip  [s]", elem_id="pf-skip", variant="secondary")
             reason = gr.Textbox(
-                label="Reason (optional)", max_length=queue.MAX_REASON_CHARS, lines=1
+                label="Reason (optional)",
+                max_length=queue.MAX_REASON_CHARS,
+                lines=1,
+                elem_id="pf-reason",
             )
         feedback = html()
 

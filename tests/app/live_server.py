@@ -82,7 +82,9 @@ def seed_pairs(
             session.add(pair)
             session.flush()
             if p_a is not None:
-                session.add(Suggestion(pair_id=pair.id, p_a=p_a, uncertainty=0.05, agent="proxy:v1"))
+                session.add(
+                    Suggestion(pair_id=pair.id, p_a=p_a, uncertainty=0.05, agent="proxy:v1")
+                )
             pair_ids.append(pair.id)
     return pair_ids
 
