@@ -3,7 +3,8 @@ preference export download."""
 
 from __future__ import annotations
 
-import tempfile
+import shutil
+import threading
 from pathlib import Path
 
 import gradio as gr
@@ -13,7 +14,9 @@ from app.ui.guard import AppContext, require_user
 from app.ui.render import escape
 from storage import crud
 from storage.db import transaction
-from storage.models import Role, utcnow
+from storage.models import Role
+
+EXPORT_KEEP_SECONDS = 600
 
 
 def _ok(text: str) -> str:
@@ -56,22 +59,23 @@ def build_data(ctx: AppContext):
 
     def export(fmt: str, layout: str, sources: list[str], request: gr.Request):
         admin = require_user(ctx, request, role=Role.admin)
-        from labeling.export import ExportError, ExportFilters, export_preferences
+        from labeling.export import ExportError, ExportFilters, export_file
 
         if not sources:
             return _error("Pick at least one label source."), None
-        stamp = utcnow().strftime("%Y%m%d-%H%M%S")
-        out = Path(tempfile.mkdtemp(prefix="prefloop-export-")) / f"preferences-{stamp}.{fmt}"
         try:
-            result = export_preferences(
+            result = export_file(
                 engine=ctx.rt.engine,
-                out=out,
                 format=fmt,
                 layout=layout,
                 filters=ExportFilters(sources=tuple(sources)),
             )
-        except ExportError as exc:
+        except (ExportError, ValueError) as exc:
             return _error(str(exc)), None
+        # Gradio copies the file into its cache once this returns; drop ours a while later.
+        cleanup = threading.Timer(EXPORT_KEEP_SECONDS, shutil.rmtree, [result.path.parent, True])
+        cleanup.daemon = True
+        cleanup.start()
         with transaction(ctx.rt.engine) as session:
             crud.record_audit(
                 session=session,
@@ -90,7 +94,12 @@ def build_data(ctx: AppContext):
             upload_result = html(elem_id="pf-import-result")
         with gr.Column():
             gr.Markdown("**Export preferences** (prompt, chosen, rejected)")
-            fmt = gr.Radio(["jsonl", "parquet"], value="jsonl", label="Format")
+            fmt = gr.Radio(
+                ["jsonl", "parquet", "hf"],
+                value="jsonl",
+                label="Format",
+                info="hf: a datasets directory (load_from_disk), zipped",
+            )
             layout = gr.Radio(["standard", "conversational"], value="standard", label="Layout")
             sources = gr.CheckboxGroup(
                 ["human", "proxy", "seed"], value=["human", "proxy", "seed"], label="Sources"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import gradio as gr
+from sqlmodel import Session
 
 from app.ui.common import header_html, html, message_html
 from app.ui.guard import AppContext, CurrentUser, require_user
@@ -18,7 +19,7 @@ from app.ui.render import escape, markdown_to_safe_html
 from storage import crud, queue
 from storage.db import transaction
 from storage.models import utcnow
-from storage.settings import with_overrides
+from storage.settings import Settings
 
 CHOICES = {"left": "A better", "right": "B better", "tie": "Tie", "both_bad": "Both bad"}
 BUTTON_IDS = {"left": "pf-left", "right": "pf-right", "tie": "pf-tie", "both_bad": "pf-both-bad"}
@@ -53,17 +54,17 @@ def suggestion_text(s: queue.ShownSuggestion) -> str:
     return f"{side} better, P = {p:.2f} ± {s.uncertainty:.2f} ({s.agent})"
 
 
-def _next_screen(ctx: AppContext, user: CurrentUser, feedback: str = "") -> Screen:
+def _next_screen(
+    session: Session, settings: Settings, user: CurrentUser, feedback: str = ""
+) -> Screen:
     """Claim (or re-show) the user's pair, unless labeling is paused."""
-    with transaction(ctx.rt.engine) as session:
-        settings = with_overrides(ctx.rt.settings, crud.get_overrides(session=session))
-        labeling = settings.labeling
-        claim = None
-        if not labeling.paused:
-            claim = queue.claim_next_pair(
-                session=session, user_id=user.id, lease_seconds=labeling.lease_seconds
-            )
-        stats = queue.queue_stats(session=session, user_id=user.id)
+    labeling = settings.labeling
+    claim = None
+    if not labeling.paused:
+        claim = queue.claim_next_pair(
+            session=session, user_id=user.id, lease_seconds=labeling.lease_seconds
+        )
+    stats = queue.queue_stats(session=session, user_id=user.id)
     if labeling.paused:
         message = "Labeling is paused by an admin. Check again in a while."
     elif claim is None:
@@ -121,9 +122,13 @@ def _bind_choice(choose, choice: str):
 
 
 def build_annotate(ctx: AppContext) -> gr.Blocks:
+    def screen(user: CurrentUser, feedback: str = "") -> Screen:
+        with transaction(ctx.rt.engine) as session:
+            return _next_screen(session, ctx.effective_settings(session), user, feedback)
+
     def show(request: gr.Request):
         user = require_user(ctx, request)
-        return _render(_next_screen(ctx, user))
+        return _render(screen(user))
 
     def choose(choice: str, shown: Shown | None, reason: str, request: gr.Request):
         user = require_user(ctx, request)
@@ -132,6 +137,7 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
         reason = (reason or "").strip() or None
         seconds = max(0.0, (utcnow() - shown.claimed_at).total_seconds())
         try:
+            # The label and the next pair in one transaction: one commit per click.
             with transaction(ctx.rt.engine) as session:
                 queue.submit_label(
                     session=session,
@@ -141,13 +147,11 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
                     seconds=seconds,
                     reason=reason,
                 )
-                mode = with_overrides(
-                    ctx.rt.settings, crud.get_overrides(session=session)
-                ).labeling.suggestion_mode
+                settings = ctx.effective_settings(session)
+                feedback = _feedback(shown, choice, settings.labeling.suggestion_mode)
+                return _render(_next_screen(session, settings, user, feedback))
         except (crud.Conflict, crud.NotFound, ValueError) as exc:
-            feedback = f'<span class="pf-error">Not saved: {escape(exc)}</span>'
-            return _render(_next_screen(ctx, user, feedback))
-        return _render(_next_screen(ctx, user, _feedback(shown, choice, mode)))
+            return _render(screen(user, f'<span class="pf-error">Not saved: {escape(exc)}</span>'))
 
     def skip(shown: Shown | None, request: gr.Request):
         user = require_user(ctx, request)
@@ -159,7 +163,7 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
                 feedback = "Skipped."
             except (crud.Conflict, crud.NotFound) as exc:
                 feedback = f'<span class="pf-error">{escape(exc)}</span>'
-        return _render(_next_screen(ctx, user, feedback))
+        return _render(screen(user, feedback))
 
     with gr.Blocks(title="prefloop · label") as blocks:
         state = gr.State(None)

@@ -7,15 +7,18 @@ user, changing their role or their password takes effect at the next click.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
 import gradio as gr
+from sqlmodel import Session
 
 from app.sessions import COOKIE_NAME, SessionData, password_fingerprint, read_session
 from storage import crud
 from storage.db import transaction
 from storage.models import Role
 from storage.runtime import Runtime
+from storage.settings import Settings, with_overrides
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,19 @@ class AppContext:
 
     rt: Runtime
     secret: bytes
+    # (overrides as JSON, settings): validating Settings costs ~5 ms, overrides rarely change
+    _settings_memo: dict = field(default_factory=dict, compare=False, repr=False)
+
+    def effective_settings(self, session: Session) -> Settings:
+        """The settings with admins' run-time changes, read in the caller's transaction."""
+        overrides = crud.get_overrides(session=session)
+        key = json.dumps(overrides, sort_keys=True, default=str)
+        memo = self._settings_memo.get("last")
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        settings = with_overrides(self.rt.settings, overrides) if overrides else self.rt.settings
+        self._settings_memo["last"] = (key, settings)
+        return settings
 
 
 @dataclass(frozen=True)

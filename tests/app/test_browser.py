@@ -6,6 +6,7 @@ the database. Screenshots of each view go to artifacts/screenshots/.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -289,6 +290,14 @@ def test_admin_pauses_changes_a_setting_and_manages_users(page, server):
     page.wait_for_timeout(1000)
     shot(page, "admin_plots")
     page.get_by_role("tab", name="Data").click()
+    page.click("#pf-export")
+    page.wait_for_selector("#pf-export-result:has-text('exported')")
+    exported = int(page.inner_text("#pf-export-result").split()[0])
+    with page.expect_download() as download:
+        page.click("#pf-download a")
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert exported >= 1 and len(lines) == exported  # ann's decided pairs, at least
+    assert all({"prompt", "chosen", "rejected"} <= set(json.loads(line)) for line in lines)
     shot(page, "admin_data")
 
     page.get_by_role("tab", name="Loop").click()
