@@ -1,0 +1,281 @@
+"""Preference datasets out: JSONL, Parquet or a Hugging Face dataset directory, as TRL's
+DPOTrainer reads them.
+
+Two layouts, TRL's names for them:
+- standard: `prompt`, `chosen`, `rejected` are strings (for a chat prompt, `prompt` is its last
+  user turn; use the conversational layout to keep the whole conversation);
+- conversational: `prompt` is a list of {role, content} messages, `chosen` and `rejected` are
+  one assistant message each.
+Metadata columns follow: pair_id, iteration, policy_version, strategy, source, annotators,
+agreement, proxy_p (see `storage.preferences.PreferenceRow`).
+
+Rows stream from the database in keyset pages and are written in row groups, so memory stays
+flat however many there are. The output appears whole or not at all: it is written beside its
+destination and renamed into place. An export that would be empty is refused (ExportError), since
+`datasets` cannot load an empty Parquet file and an empty file is nearly always a wrong filter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import Engine
+
+from storage.db import transaction
+from storage.models import Split
+from storage.preferences import ALL_SOURCES, PreferenceRow, iter_preferences
+
+ROWS_PER_GROUP = 10_000  # Parquet row group: the most rows held in memory at once
+
+
+class ExportFormat(StrEnum):
+    jsonl = "jsonl"
+    parquet = "parquet"
+    hf = "hf"  # a `datasets` save_to_disk directory: datasets.load_from_disk(path)
+
+
+class Layout(StrEnum):
+    standard = "standard"
+    conversational = "conversational"
+
+
+class ExportError(ValueError):
+    pass
+
+
+class HubPushError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class ExportFilters:
+    iterations: list[int] | None = None  # iteration k's; None: all, seed data included
+    sources: tuple[str, ...] = ALL_SOURCES  # human, proxy, seed
+    min_agreement: float = 0.0
+    annotators: list[str] | None = None  # only these users' labels count
+    split: Split | None = None  # the prompt's split
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_agreement <= 1.0:
+            raise ExportError(f"min_agreement must be within [0, 1], got {self.min_agreement}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "iterations": self.iterations,
+            "sources": list(self.sources),
+            "min_agreement": self.min_agreement,
+            "annotators": self.annotators,
+            "split": None if self.split is None else str(self.split),
+        }
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    format: ExportFormat
+    layout: Layout
+    rows: int
+    filters: dict[str, Any] = field(default_factory=dict)
+
+
+def preference_record(row: PreferenceRow, layout: Layout) -> dict[str, Any]:
+    if layout == Layout.conversational:
+        prompt: Any = row.messages or [{"role": "user", "content": row.prompt}]
+        chosen: Any = [{"role": "assistant", "content": row.chosen}]
+        rejected: Any = [{"role": "assistant", "content": row.rejected}]
+    else:
+        prompt, chosen, rejected = row.prompt, row.chosen, row.rejected
+    return {
+        "prompt": prompt,
+        "chosen": chosen,
+        "rejected": rejected,
+        "pair_id": row.pair_id,
+        "iteration": row.iteration,
+        "policy_version": row.policy_version,
+        "strategy": row.strategy,
+        "source": row.source,
+        "annotators": list(row.annotators),
+        "agreement": row.agreement,
+        "proxy_p": row.proxy_p,
+    }
+
+
+def arrow_schema(layout: Layout):
+    import pyarrow as pa
+
+    if layout == Layout.conversational:
+        messages = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
+        text_types = (messages, messages, messages)
+    else:
+        text_types = (pa.string(), pa.string(), pa.string())
+    return pa.schema(
+        [
+            ("prompt", text_types[0]),
+            ("chosen", text_types[1]),
+            ("rejected", text_types[2]),
+            ("pair_id", pa.int64()),
+            ("iteration", pa.int64()),
+            ("policy_version", pa.int64()),
+            ("strategy", pa.string()),
+            ("source", pa.string()),
+            ("annotators", pa.list_(pa.string())),
+            ("agreement", pa.float64()),
+            ("proxy_p", pa.float64()),
+        ]
+    )
+
+
+def export_preferences(
+    *,
+    engine: Engine,
+    out: Path | str,
+    format: ExportFormat | str,
+    layout: Layout | str = Layout.standard,
+    filters: ExportFilters | None = None,
+    batch_size: int = 1000,
+) -> ExportResult:
+    """Write the preferences selected by `filters` to `out`; returns how many rows."""
+    out = Path(out)
+    format, layout = ExportFormat(format), Layout(layout)
+    filters = filters or ExportFilters()
+    if format == ExportFormat.hf:
+        _check_replaceable_dir(out)
+    elif out.is_dir():
+        raise ExportError(f"{out} is a directory; give a file name for {format} output")
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as tmp:
+        partial = Path(tmp) / "export"
+        with transaction(engine, readonly=True) as session:
+            rows = iter_preferences(
+                session=session,
+                iterations=filters.iterations,
+                sources=filters.sources,
+                min_agreement=filters.min_agreement,
+                annotators=filters.annotators,
+                split=filters.split,
+                batch_size=batch_size,
+            )
+            records = (preference_record(row, layout) for row in rows)
+            if format == ExportFormat.jsonl:
+                n = write_jsonl(records, partial)
+            else:
+                n = write_parquet(records, partial, layout)
+        if n == 0:
+            raise ExportError(f"nothing to export: no decided pairs match {filters.as_dict()}")
+        if format == ExportFormat.hf:
+            _parquet_to_dataset_dir(partial, Path(tmp) / "dataset", Path(tmp) / "cache")
+            if out.exists():
+                shutil.rmtree(out)
+            os.replace(Path(tmp) / "dataset", out)
+        else:
+            os.replace(partial, out)
+    return ExportResult(path=out, format=format, layout=layout, rows=n, filters=filters.as_dict())
+
+
+def write_jsonl(records: Iterable[dict[str, Any]], path: Path) -> int:
+    n = 0
+    with path.open("w", encoding="utf-8") as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False))
+            f.write("\n")
+            n += 1
+    return n
+
+
+def write_parquet(records: Iterable[dict[str, Any]], path: Path, layout: Layout) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = arrow_schema(layout)
+    n = 0
+    with pq.ParquetWriter(path, schema, compression="zstd") as writer:
+        for group in _chunks(records, ROWS_PER_GROUP):
+            writer.write_table(pa.Table.from_pylist(group, schema=schema))
+            n += len(group)
+    return n
+
+
+def _chunks(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    chunk: list[dict[str, Any]] = []
+    for record in records:
+        chunk.append(record)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _check_replaceable_dir(out: Path) -> None:
+    # Replace only a dataset directory (an earlier export), never an arbitrary folder.
+    if out.is_file():
+        raise ExportError(f"{out} is a file; hf output is a directory")
+    if out.is_dir() and any(out.iterdir()) and not (out / "state.json").is_file():
+        raise ExportError(
+            f"{out} is a non-empty directory that is no saved dataset; not replacing it"
+        )
+
+
+def _parquet_to_dataset_dir(parquet: Path, out: Path, cache: Path) -> None:
+    import datasets
+
+    # from_parquet converts in batches into an Arrow file under `cache`; save_to_disk copies it.
+    dataset = datasets.Dataset.from_parquet(str(parquet), cache_dir=str(cache))
+    dataset.save_to_disk(str(out))
+
+
+def load_export(path: Path | str, format: ExportFormat | str):
+    """An export as a `datasets.Dataset` (for pushing it, or checking it)."""
+    import datasets
+
+    path, format = Path(path), ExportFormat(format)
+    if format == ExportFormat.hf:
+        return datasets.load_from_disk(str(path))
+    builder = "json" if format == ExportFormat.jsonl else "parquet"
+    return datasets.load_dataset(builder, data_files=str(path), split="train")
+
+
+def push_to_hub(
+    path: Path | str,
+    *,
+    format: ExportFormat | str,
+    repo: str,
+    token: str | None = None,
+    private: bool = True,
+) -> str:
+    """Push an export to the Hugging Face Hub as a dataset repository; returns its URL.
+
+    Fails with HubPushError, naming the cause, when the Hub is offline or there is no token."""
+    from huggingface_hub import constants, get_token
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {
+        "1",
+        "ON",
+        "YES",
+        "TRUE",
+    }:
+        raise HubPushError(
+            f"cannot push to {repo}: the Hugging Face Hub is in offline mode (HF_HUB_OFFLINE=1). "
+            "Unset HF_HUB_OFFLINE on a machine with network access, or copy the export and push it "
+            "from there."
+        )
+    token = token or get_token()
+    if not token:
+        raise HubPushError(
+            f"cannot push to {repo}: no Hugging Face token. Set HF_TOKEN, or run `hf auth login`."
+        )
+    dataset = load_export(path, format)
+    try:
+        dataset.push_to_hub(repo, token=token, private=private)
+    except Exception as exc:  # network, authentication, or the Hub refusing: say which
+        raise HubPushError(f"pushing to {repo} failed: {type(exc).__name__}: {exc}") from exc
+    return f"{constants.ENDPOINT}/datasets/{repo}"

@@ -1,0 +1,213 @@
+"""Preferences: the labels of each pair aggregated into (prompt, chosen, rejected) rows.
+
+One rule decides a pair, for DPO training, the proxy's refits and the dataset export alike:
+
+- Only labels from the selected `sources` count. When a pair has labels from several of them, the
+  most trusted source decides alone: human, then seed, then proxy (an audited pair's human
+  labels overrule the proxy's). `source` in the row names it.
+- With `annotators` given, only those users' human labels count (proxy and seed labels have no
+  annotator, so such rows need a human label by one of them).
+- The choice with a strict plurality among the counted labels (a, b, tie, both_bad) decides:
+  a or b gives a row with that response chosen; a tie, both_bad or a draw (no strict plurality,
+  e.g. one a and one b) gives no row. Those labels stay in the label table.
+- `agreement` is the share of the counted labels that chose the winner (1.0 for a single label).
+- Discarded pairs are left out; queued pairs count with the labels they have so far.
+
+Seed pairs (imported preference datasets) belong to no iteration: their `iteration` is None, so
+an `iterations` filter leaves them out and `iterations=None` (everything) includes them.
+
+`iter_preferences` streams with keyset pagination (``pair.id > last ORDER BY pair.id LIMIT n``)
+over plain column rows, so memory stays flat however many pairs there are, on SQLite and
+PostgreSQL alike.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlalchemy.orm import aliased
+from sqlmodel import Session
+
+from storage.models import (
+    Choice,
+    Iteration,
+    Label,
+    LabelSource,
+    Pair,
+    PairStatus,
+    Policy,
+    Prompt,
+    Response,
+    Split,
+    Suggestion,
+    User,
+)
+
+# Which source decides a pair that has labels from several.
+SOURCE_PRECEDENCE = (LabelSource.human, LabelSource.seed, LabelSource.proxy)
+ALL_SOURCES = ("human", "proxy", "seed")
+
+
+@dataclass(frozen=True)
+class PreferenceRow:
+    pair_id: int
+    prompt: str  # the prompt text (for chat prompts: the last user turn)
+    messages: list[dict[str, str]] | None  # the prompt as chat messages, when stored so
+    chosen: str
+    rejected: str
+    iteration: int | None  # k of the pair's iteration; None for seed data
+    policy_version: int | None  # the policy that sampled the responses; None for seed data
+    strategy: str
+    source: str  # human | proxy | seed: the source whose labels decided
+    annotators: list[str]  # names of the users whose labels counted (empty for proxy, seed)
+    agreement: float  # share of counted labels agreeing with the majority
+    proxy_p: float | None  # the proxy's P(chosen > rejected) from its latest suggestion
+
+
+def decide(choices: Iterable[str]) -> tuple[str, float] | None:
+    """The strict-plurality choice and its share, or None when there is none or it is no a/b."""
+    counts = Counter(str(c) for c in choices)
+    if not counts:
+        return None
+    ranked = counts.most_common()
+    top, n_top = ranked[0]
+    if len(ranked) > 1 and ranked[1][1] == n_top:
+        return None  # a draw
+    if top not in (Choice.a.value, Choice.b.value):
+        return None
+    return top, n_top / sum(counts.values())
+
+
+def iter_preferences(
+    *,
+    session: Session,
+    iterations: list[int] | None = None,
+    sources: Iterable[str] = ALL_SOURCES,
+    min_agreement: float = 0.0,
+    annotators: list[str] | None = None,
+    split: Split | str | None = None,
+    batch_size: int = 1000,
+) -> Iterator[PreferenceRow]:
+    """Stream the decided pairs in pair-id order, `batch_size` pairs per query."""
+    sources = [LabelSource(s) for s in sources]
+    if not sources:
+        raise ValueError("sources: select at least one of human, proxy, seed")
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    if annotators is not None and LabelSource.human not in sources:
+        return  # only human labels have annotators
+    split = Split(split) if split is not None else None
+
+    label_filter = [Label.source.in_(sources)]
+    if annotators is not None:
+        label_filter = [
+            Label.source == LabelSource.human,
+            Label.user_id.in_(sa.select(User.id).where(User.name.in_(annotators))),
+        ]
+
+    resp_a, resp_b = aliased(Response), aliased(Response)
+    pairs_query = (
+        sa.select(
+            Pair.id,
+            Pair.strategy,
+            Prompt.text,
+            Prompt.messages,
+            resp_a.text,
+            resp_b.text,
+            Iteration.k,
+            Policy.version,
+        )
+        .join(Prompt, Prompt.id == Pair.prompt_id)
+        .join(resp_a, resp_a.id == Pair.response_a_id)
+        .join(resp_b, resp_b.id == Pair.response_b_id)
+        .outerjoin(Iteration, Iteration.id == Pair.iteration_id)
+        .outerjoin(Policy, Policy.id == resp_a.policy_id)
+        .where(
+            Pair.status != PairStatus.discarded,
+            sa.exists().where(Label.pair_id == Pair.id, *label_filter),
+        )
+        .order_by(Pair.id)
+        .limit(batch_size)
+    )
+    if iterations is not None:
+        pairs_query = pairs_query.where(Iteration.k.in_(list(iterations)))
+    if split is not None:
+        pairs_query = pairs_query.where(Prompt.split == split)
+
+    last_id = 0
+    while True:
+        batch = session.execute(pairs_query.where(Pair.id > last_id)).all()
+        if not batch:
+            return
+        last_id = batch[-1][0]
+        ids = [row[0] for row in batch]
+        labels = _labels(session, ids, label_filter)
+        proxy_p_a = _latest_suggestions(session, ids)
+        for pair_id, strategy, text, messages, text_a, text_b, k, version in batch:
+            decided = _decide_pair(labels.get(pair_id, []))
+            if decided is None:
+                continue
+            winner, agreement, source, names = decided
+            if agreement < min_agreement:
+                continue
+            p_a = proxy_p_a.get(pair_id)
+            a_wins = winner == Choice.a.value
+            yield PreferenceRow(
+                pair_id=pair_id,
+                prompt=text,
+                messages=messages,
+                chosen=text_a if a_wins else text_b,
+                rejected=text_b if a_wins else text_a,
+                iteration=k,
+                policy_version=version,
+                strategy=str(strategy),
+                source=source,
+                annotators=names,
+                agreement=agreement,
+                proxy_p=None if p_a is None else (p_a if a_wins else 1.0 - p_a),
+            )
+        if len(batch) < batch_size:
+            return
+
+
+def _labels(
+    session: Session, pair_ids: list[int], label_filter: list
+) -> dict[int, list[tuple[str, str, str | None]]]:
+    query = (
+        sa.select(Label.pair_id, Label.source, Label.choice, User.name)
+        .outerjoin(User, User.id == Label.user_id)
+        .where(Label.pair_id.in_(pair_ids), *label_filter)
+        .order_by(Label.id)
+    )
+    labels: dict[int, list[tuple[str, str, str | None]]] = defaultdict(list)
+    for pair_id, source, choice, name in session.execute(query):
+        labels[pair_id].append((str(source), str(choice), name))
+    return labels
+
+
+def _decide_pair(
+    labels: list[tuple[str, str, str | None]],
+) -> tuple[str, float, str, list[str]] | None:
+    present = {source for source, _, _ in labels}
+    for source in SOURCE_PRECEDENCE:
+        if source.value in present:
+            counted = [(choice, name) for s, choice, name in labels if s == source.value]
+            decided = decide(choice for choice, _ in counted)
+            if decided is None:
+                return None
+            names = [name for _, name in counted if name is not None]
+            return decided[0], decided[1], source.value, names
+    return None
+
+
+def _latest_suggestions(session: Session, pair_ids: list[int]) -> dict[int, float]:
+    query = (
+        sa.select(Suggestion.pair_id, Suggestion.p_a)
+        .where(Suggestion.pair_id.in_(pair_ids))
+        .order_by(Suggestion.pair_id, Suggestion.created_at, Suggestion.id)
+    )
+    # later rows overwrite earlier ones: the latest suggestion per pair wins
+    return {pair_id: p_a for pair_id, p_a in session.execute(query)}
