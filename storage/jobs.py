@@ -200,7 +200,9 @@ def recover_stale(
         else:
             continue
         fail_job(session=session, job_id=job.id, error=reason)
-        recovered.append((job, retry_job(session=session, job_id=job.id, max_attempts=max_attempts)))
+        recovered.append(
+            (job, retry_job(session=session, job_id=job.id, max_attempts=max_attempts))
+        )
     return recovered
 
 

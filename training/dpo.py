@@ -4,9 +4,10 @@
 
 The job's params say what to train (written by `training.iteration.queue_training`):
 `init_version` (the deployed policy pi_k, warm start), `ref_version` (pi_0 by default; None: the
-init policy itself), `iterations` (the k whose preferences count; None: all), `iteration_id`,
-`dpo` (the DPO settings as they were when the job was queued) and `eval` (settings for the
-held-out evaluation that follows training in the same process).
+init policy itself), `iterations` (the k whose preferences count; None: all), `iteration_id`, and
+`settings` (the settings in effect when the job was queued, admins' run-time changes included).
+After training, the same process refits the proxy's next version and evaluates the candidate on
+the held-out prompts (`training.evaluate`), so the heavy imports are paid once per round.
 
 The candidate checkpoint is written to a temporary directory beside `<data_dir>/policies` and
 renamed into place, then registered as a `candidate` Policy row: a reader never sees half a
@@ -31,8 +32,8 @@ from typing import Any
 
 from storage import crud, jobs
 from storage.db import make_engine, transaction
-from storage.models import IterationState, JobStatus, Policy, PolicyStatus
-from storage.settings import DPOSettings, load_settings
+from storage.models import Iteration, IterationState, JobStatus, Policy, PolicyStatus
+from storage.settings import DPOSettings, Settings, load_settings
 
 log = logging.getLogger("prefloop.dpo")
 
@@ -197,10 +198,18 @@ def _progress_callback(engine, job_id: int, min_interval: float = 2.0):
                     session=session,
                     job_id=job_id,
                     progress=0.9 * state.global_step / max(1, state.max_steps),
-                    result={"phase": "training", "train": metrics},
+                    result={"phase": "training", "latest": metrics},
                 )
 
     return JobProgress()
+
+
+def job_settings(params: dict[str, Any], data_dir: Path, database_url: str | None = None):
+    """The settings the job was queued with (`params["settings"]`), else the data directory's."""
+    if "settings" not in params:
+        return load_settings(data_dir, database_url=database_url)
+    values = {**params["settings"], "data_dir": data_dir, "database_url": database_url}
+    return Settings.model_validate(values)
 
 
 def checkpoint_dir(data_dir: Path, version: int) -> Path:
@@ -227,7 +236,7 @@ def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
         if params.get("ref_version") is not None:
             ref = crud.get_policy(session=session, version=params["ref_version"])
         jobs.heartbeat(session=session, job_id=job_id, progress=0.0, result={"phase": "data"})
-    dpo = DPOSettings.model_validate(params["dpo"])
+    dpo = job_settings(params, data_dir).dpo
 
     rows = load_preferences(engine=engine, iterations=params.get("iterations"))
     if not rows:
@@ -303,7 +312,7 @@ def evaluate_job(*, engine, settings, job_id: int, candidate_version: int) -> di
         job = jobs.get_job(session=session, job_id=job_id)
         iteration_id = job.params.get("iteration_id")
         if iteration_id is not None:
-            iteration = session.get(crud.Iteration, iteration_id)
+            iteration = session.get(Iteration, iteration_id)
             if iteration is not None and iteration.state == IterationState.training:
                 crud.set_iteration_state(
                     session=session, iteration_id=iteration_id, state=IterationState.evaluating
@@ -317,8 +326,29 @@ def evaluate_job(*, engine, settings, job_id: int, candidate_version: int) -> di
     )
 
 
+def refit_proxy(*, engine, settings, job_id: int) -> None:
+    """Refit the proxy from all human labels (a new proxy version) before training. The proxy
+    only advises, so a failed refit is recorded on the job and the round goes on."""
+    try:
+        from labeling.proxy import refit_proxy as refit
+    except ImportError:  # labeling's proxy has not landed in this checkout
+        return
+    with transaction(engine) as session:
+        jobs.heartbeat(session=session, job_id=job_id, result={"phase": "proxy"})
+    try:
+        version = refit(engine=engine, settings=settings)
+        outcome: dict[str, Any] = {"version": version.version, "n_labels": version.n_labels}
+    except Exception as exc:
+        log.exception("job %s: proxy refit failed", job_id)
+        outcome = {"error": f"{type(exc).__name__}: {exc}"}
+    with transaction(engine) as session:
+        jobs.heartbeat(session=session, job_id=job_id, result={"proxy": outcome})
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m training.dpo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m training.dpo", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--job-id", type=int, required=True)
     parser.add_argument("--database-url", default=os.environ.get("PREFLOOP_DATABASE_URL"))
@@ -330,16 +360,20 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    settings = load_settings(args.data_dir, database_url=args.database_url)
-    engine = make_engine(settings.resolved_database_url)
+    url = args.database_url or load_settings(args.data_dir).resolved_database_url
+    engine = make_engine(url)
     rank = int(os.environ.get("RANK", "0"))
     try:
         with transaction(engine) as session:
             job = jobs.get_job(session=session, job_id=args.job_id)
             if rank == 0 and job.status == JobStatus.queued:
                 jobs.start_job(session=session, job_id=args.job_id, pid=os.getpid())
+        settings = job_settings(job.params, args.data_dir, url)
+        previous = job.params.get("previous_result", {})
+        if rank == 0 and job.params.get("refit_proxy") and "proxy" not in previous:
+            refit_proxy(engine=engine, settings=settings, job_id=args.job_id)
         # A retry whose first attempt got as far as registering its candidate only evaluates.
-        done_version = job.params.get("previous_result", {}).get("candidate_version")
+        done_version = previous.get("candidate_version")
         if done_version is None:
             candidate = run_job(engine=engine, data_dir=settings.data_dir, job_id=args.job_id)
             if candidate is None:

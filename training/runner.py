@@ -10,6 +10,7 @@ status and the tail of its log; `run_with_retries` then queues the next attempt.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -104,6 +105,8 @@ def run_child(
             else:
                 why = f"exited with status {code}"
             tail = _log_tail(log_path)
+            # what the dead child was writing; a finished checkpoint is only ever renamed
+            shutil.rmtree(settings.data_dir / "policies" / f".job-{job_id}.tmp", ignore_errors=True)
             job = jobs.fail_job(
                 session=session, job_id=job_id, error=f"training process {why}\n{tail}".strip()
             )
