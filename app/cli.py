@@ -209,25 +209,6 @@ def users_passwd(
         typer.echo(f"password: {password}  (shown once)")
 
 
-@prompts_cli.command("import")
-def prompts_import(
-    file: Annotated[Path, typer.Argument(help="JSONL or CSV file of prompts.")],
-    text_field: Annotated[str, typer.Option(help="Field or column holding the prompt.")] = "prompt",
-    data_dir: DataDir = DEFAULT_DATA_DIR,
-) -> None:
-    """Import prompts; duplicates are skipped and counted. A bad file imports nothing."""
-    from labeling.importing import ImportFileError, read_prompts
-
-    try:
-        records = read_prompts(file, text_field=text_field)
-    except ImportFileError as exc:
-        raise fail(str(exc)) from None
-    rt = runtime(data_dir)
-    with transaction(rt.engine) as session:
-        added, skipped = crud.add_prompts(session=session, prompts=records)
-    typer.echo(f"{file}: {added} prompts added, {skipped} duplicates skipped")
-
-
 @cli.command()
 def status(
     data_dir: DataDir = DEFAULT_DATA_DIR,
@@ -266,6 +247,14 @@ def collect_status(rt: Runtime) -> dict:
             if iteration
             else None,
         }
+
+
+from app import cli_data  # noqa: E402
+
+prompts_cli.command("import")(cli_data.prompts_import)
+users_cli.command("token")(cli_data.users_token)
+cli.add_typer(cli_data.prefs_cli, name="prefs")
+cli.command("export")(cli_data.export)
 
 
 def main() -> None:

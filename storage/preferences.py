@@ -13,8 +13,11 @@ One rule decides a pair, for DPO training, the proxy's refits and the dataset ex
 - `agreement` is the share of the counted labels that chose the winner (1.0 for a single label).
 - Discarded pairs are left out; queued pairs count with the labels they have so far.
 
-Seed pairs (imported preference datasets) belong to no iteration: their `iteration` is None, so
-an `iterations` filter leaves them out and `iterations=None` (everything) includes them.
+Seed pairs (imported preference datasets, `add_seed_preferences`) belong to no iteration: their
+`iteration` is None, so an `iterations` filter leaves them out and `iterations=None` (everything,
+as the first DPO round and the proxy's first fit read it) includes them. Each is stored as its
+prompt, two responses with no policy (a = chosen, b = rejected), a pair with strategy `seed` and
+status `done`, and one label with source `seed` choosing a.
 
 `iter_preferences` streams with keyset pagination (``pair.id > last ORDER BY pair.id LIMIT n``)
 over plain column rows, so memory stays flat however many pairs there are, on SQLite and
@@ -23,6 +26,7 @@ PostgreSQL alike.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -31,6 +35,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
+from storage.crud import PromptIn, add_prompts, prompt_hash
 from storage.models import (
     Choice,
     Iteration,
@@ -38,9 +43,11 @@ from storage.models import (
     LabelSource,
     Pair,
     PairStatus,
+    PairStrategy,
     Policy,
     Prompt,
     Response,
+    Route,
     Split,
     Suggestion,
     User,
@@ -211,3 +218,91 @@ def _latest_suggestions(session: Session, pair_ids: list[int]) -> dict[int, floa
     )
     # later rows overwrite earlier ones: the latest suggestion per pair wins
     return {pair_id: p_a for pair_id, p_a in session.execute(query)}
+
+
+# seed data
+
+
+@dataclass(frozen=True)
+class SeedPreferenceIn:
+    prompt: PromptIn
+    chosen: str
+    rejected: str
+
+
+def _text_key(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def add_seed_preferences(
+    *, session: Session, items: Iterable[SeedPreferenceIn], chunk: int = 500
+) -> tuple[int, int]:
+    """Store imported preferences as seed pairs (see the module notes); flushes, never commits.
+
+    A preference already stored (same prompt, chosen and rejected) or repeated in `items` is
+    skipped. Returns (added, skipped)."""
+    items = list(items)
+    add_prompts(session=session, prompts=[item.prompt for item in items])
+    hashes = list({prompt_hash(i.prompt.text, i.prompt.messages) for i in items})
+    prompt_ids: dict[str, int] = {}
+    for start in range(0, len(hashes), chunk):
+        query = sa.select(Prompt.content_hash, Prompt.id).where(
+            Prompt.content_hash.in_(hashes[start : start + chunk])
+        )
+        prompt_ids.update((key, pid) for key, pid in session.execute(query))
+
+    seen: set[tuple[int, str, str]] = set()
+    ids = list(prompt_ids.values())
+    resp_a, resp_b = aliased(Response), aliased(Response)
+    for start in range(0, len(ids), chunk):
+        query = (
+            sa.select(Pair.prompt_id, resp_a.text, resp_b.text)
+            .join(resp_a, resp_a.id == Pair.response_a_id)
+            .join(resp_b, resp_b.id == Pair.response_b_id)
+            .where(
+                Pair.strategy == PairStrategy.seed, Pair.prompt_id.in_(ids[start : start + chunk])
+            )
+        )
+        for prompt_id, chosen, rejected in session.execute(query):
+            seen.add((prompt_id, _text_key(chosen), _text_key(rejected)))
+
+    new: list[tuple[int, SeedPreferenceIn]] = []
+    for item in items:
+        prompt_id = prompt_ids[prompt_hash(item.prompt.text, item.prompt.messages)]
+        key = (prompt_id, _text_key(item.chosen), _text_key(item.rejected))
+        if key not in seen:
+            seen.add(key)
+            new.append((prompt_id, item))
+
+    sampling = {"source": "seed"}
+    for start in range(0, len(new), chunk):
+        part = new[start : start + chunk]
+        responses = [
+            (
+                Response(prompt_id=pid, text=item.chosen, sampling=sampling),
+                Response(prompt_id=pid, text=item.rejected, sampling=sampling),
+            )
+            for pid, item in part
+        ]
+        session.add_all([r for pair in responses for r in pair])
+        session.flush()
+        pairs = [
+            Pair(
+                prompt_id=pid,
+                response_a_id=chosen.id,
+                response_b_id=rejected.id,
+                strategy=PairStrategy.seed,
+                route=Route.human,
+                status=PairStatus.done,
+            )
+            for (pid, _), (chosen, rejected) in zip(part, responses, strict=True)
+        ]
+        session.add_all(pairs)
+        session.flush()
+        labels = [Label(pair_id=p.id, source=LabelSource.seed, choice=Choice.a) for p in pairs]
+        session.add_all(labels)
+        session.flush()
+        # flushed rows stay in the transaction; dropping them from the session keeps memory flat
+        for row in [*labels, *pairs, *(r for pair in responses for r in pair)]:
+            session.expunge(row)
+    return len(new), len(items) - len(new)

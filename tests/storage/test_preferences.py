@@ -218,3 +218,34 @@ def test_bad_arguments_raise(sqlite_engine):
             list(iter_preferences(session=session, sources=[]))
         with pytest.raises(ValueError):
             list(iter_preferences(session=session, batch_size=0))
+
+
+def test_seed_preferences_are_stored_as_decided_pairs(engine):
+    from storage.crud import PromptIn
+    from storage.preferences import SeedPreferenceIn, add_seed_preferences
+
+    chat = [{"role": "user", "content": "hi"}]
+    items = [
+        SeedPreferenceIn(PromptIn(text="q1"), chosen="good", rejected="bad"),
+        SeedPreferenceIn(PromptIn(text="hi", messages=chat), chosen="hello", rejected="go"),
+        SeedPreferenceIn(PromptIn(text="q1"), chosen="good", rejected="bad"),  # repeated
+        SeedPreferenceIn(PromptIn(text="q1"), chosen="fine", rejected="bad"),
+    ]
+    with transaction(engine) as session:
+        assert add_seed_preferences(session=session, items=items, chunk=2) == (3, 1)
+    with transaction(engine) as session:
+        assert add_seed_preferences(session=session, items=items[:2]) == (0, 2)
+    got = rows(engine)
+    assert [(r.prompt, r.chosen, r.rejected) for r in got] == [
+        ("q1", "good", "bad"),
+        ("hi", "hello", "go"),
+        ("q1", "fine", "bad"),
+    ]
+    assert got[1].messages == chat
+    assert {(r.source, r.strategy, r.iteration, r.policy_version) for r in got} == {
+        ("seed", "seed", None, None)
+    }
+    with transaction(engine, readonly=True) as session:
+        counts = crud.table_counts(session=session)
+    assert (counts["prompt"], counts["response"], counts["pair"], counts["label"]) == (2, 6, 3, 3)
+    assert rows(engine, iterations=[0]) == []

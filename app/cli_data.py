@@ -1,0 +1,182 @@
+"""Datasets in and out on the command line: prompt and seed-preference imports, exports, API
+tokens. Registered in app/cli.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from app.cli import DataDir, fail, runtime
+from storage import crud
+from storage.db import transaction
+from storage.models import Split
+from storage.settings import DEFAULT_DATA_DIR
+
+prefs_cli = typer.Typer(help="Preference datasets: seed imports.", no_args_is_help=True)
+
+SOURCES = ("human", "proxy", "seed")
+
+
+def prompts_import(
+    file: Annotated[
+        Path, typer.Argument(help="JSONL, CSV or Parquet file, or a saved datasets directory.")
+    ],
+    text_field: Annotated[str, typer.Option(help="Field or column holding the prompt.")] = "prompt",
+    messages_field: Annotated[
+        str, typer.Option(help="Field holding the prompt as chat messages (when no text).")
+    ] = "messages",
+    eval_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=0.99, help="Hold this share out as eval prompts (deterministic)."
+        ),
+    ] = 0.0,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Import prompts; duplicates are skipped and counted. A bad file imports nothing."""
+    from labeling.importing import ImportFileError, read_prompts
+
+    try:
+        records = read_prompts(
+            file, text_field=text_field, messages_field=messages_field, eval_share=eval_share
+        )
+    except ImportFileError as exc:
+        raise fail(str(exc)) from None
+    rt = runtime(data_dir)
+    with transaction(rt.engine) as session:
+        added, skipped = crud.add_prompts(session=session, prompts=records)
+    n_eval = sum(1 for r in records if r.split == Split.eval)
+    typer.echo(
+        f"{file}: {added} prompts added, {skipped} duplicates skipped ({n_eval} of the file eval)"
+    )
+
+
+@prefs_cli.command("import")
+def prefs_import(
+    file: Annotated[
+        Path, typer.Argument(help="JSONL, CSV or Parquet file, or a saved datasets directory.")
+    ],
+    prompt_field: Annotated[str, typer.Option(help="Prompt: text or chat messages.")] = "prompt",
+    chosen_field: Annotated[str, typer.Option(help="The preferred response.")] = "chosen",
+    rejected_field: Annotated[str, typer.Option(help="The other response.")] = "rejected",
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Import a seed preference dataset (standard or conversational) for the first DPO round and
+    the proxy's first fit. A bad file imports nothing."""
+    from labeling.importing import ImportFileError, read_preferences
+    from storage.preferences import add_seed_preferences
+
+    try:
+        records = read_preferences(
+            file,
+            prompt_field=prompt_field,
+            chosen_field=chosen_field,
+            rejected_field=rejected_field,
+        )
+    except ImportFileError as exc:
+        raise fail(str(exc)) from None
+    rt = runtime(data_dir)
+    with transaction(rt.engine) as session:
+        added, skipped = add_seed_preferences(session=session, items=records)
+        crud.record_audit(
+            session=session,
+            user_id=None,
+            action="prefs.import",
+            detail={"file": str(file), "added": added, "skipped": skipped},
+        )
+    typer.echo(f"{file}: {added} seed preferences added, {skipped} duplicates skipped")
+
+
+def export(
+    out: Annotated[Path, typer.Option("--out", help="File (jsonl, parquet) or directory (hf).")],
+    format: Annotated[str, typer.Option("--format", help="jsonl, parquet or hf.")] = "parquet",
+    layout: Annotated[
+        str, typer.Option(help="standard (strings) or conversational (messages).")
+    ] = "standard",
+    iteration: Annotated[
+        list[int] | None,
+        typer.Option("--iteration", help="Only this iteration k (repeatable). Default: all."),
+    ] = None,
+    source: Annotated[
+        list[str] | None,
+        typer.Option(help="human, proxy, seed or all (repeatable). Default: all."),
+    ] = None,
+    min_agreement: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Least share of labels agreeing.")
+    ] = 0.0,
+    annotator: Annotated[
+        list[str] | None,
+        typer.Option("--annotator", help="Count only this user's labels (repeatable)."),
+    ] = None,
+    split: Annotated[Split | None, typer.Option(help="Only prompts of this split.")] = None,
+    push_to_hub: Annotated[
+        str | None, typer.Option("--push-to-hub", help="Then push to this Hub dataset repo.")
+    ] = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Export the decided preferences for TRL's DPOTrainer or the Hugging Face Hub."""
+    from labeling.export import (
+        ExportError,
+        ExportFilters,
+        ExportFormat,
+        HubPushError,
+        Layout,
+        export_preferences,
+    )
+    from labeling.export import push_to_hub as push
+
+    if format not in ExportFormat.__members__:
+        raise fail(f"--format {format!r}: expected one of jsonl, parquet, hf")
+    if layout not in Layout.__members__:
+        raise fail(f"--layout {layout!r}: expected standard or conversational")
+    sources = tuple(source or ["all"])
+    if "all" in sources:
+        sources = SOURCES
+    unknown = set(sources) - set(SOURCES)
+    if unknown:
+        raise fail(f"--source {sorted(unknown)}: expected human, proxy, seed or all")
+    filters = ExportFilters(
+        iterations=iteration or None,
+        sources=sources,
+        min_agreement=min_agreement,
+        annotators=annotator or None,
+        split=split,
+    )
+    rt = runtime(data_dir)
+    try:
+        result = export_preferences(
+            engine=rt.engine, out=out, format=format, layout=layout, filters=filters
+        )
+    except ExportError as exc:
+        raise fail(str(exc)) from None
+    with transaction(rt.engine) as session:
+        crud.record_audit(
+            session=session,
+            user_id=None,
+            action="export",
+            detail={"out": str(out), "format": format, "rows": result.rows, **filters.as_dict()},
+        )
+    typer.echo(f"exported {result.rows} preferences to {out} ({format}, {layout})")
+    if push_to_hub:
+        try:
+            url = push(out, format=format, repo=push_to_hub)
+        except HubPushError as exc:
+            raise fail(str(exc)) from None
+        typer.echo(f"pushed to {url}")
+
+
+def users_token(name: str, data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """Issue a new API token for a user (shown once; replaces the previous one)."""
+    from app.auth import generate_token, hash_token
+
+    token = generate_token()
+    rt = runtime(data_dir)
+    with transaction(rt.engine) as session:
+        user = crud.get_user_by_name(session=session, name=name)
+        if user is None:
+            raise fail(f"no user {name!r}")
+        crud.update_user(session=session, user_id=user.id, token_hash=hash_token(token))
+        crud.record_audit(session=session, user_id=None, action="user.token", detail={"name": name})
+    typer.echo(f"API token of {name!r}: {token}  (shown once; send it as 'Authorization: Bearer')")

@@ -1,0 +1,166 @@
+"""prefloop prompts import / prefs import / export / users token, against a real data directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from app.auth import hash_token
+from storage.db import make_engine, sqlite_url, transaction
+from storage.models import Split
+from tests.app.test_cli import run, status
+from tests.labeling.test_importing import CHAT, write_jsonl, write_parquet
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFLOOP_ADMIN_PASSWORD", raising=False)
+    path = tmp_path / "data"
+    run("init", "--data-dir", str(path))
+    return str(path)
+
+
+def engine_of(data_dir):
+    from pathlib import Path
+
+    return make_engine(sqlite_url(Path(data_dir)))
+
+
+def test_prompts_import_parquet_messages_and_eval_share(data_dir, tmp_path):
+    rows = [{"text": f"question {i}", "chat": None} for i in range(10)]
+    rows.append({"text": None, "chat": CHAT})
+    path = write_parquet(tmp_path / "p.parquet", rows)
+    out = run(
+        "prompts", "import", str(path), "--text-field", "text", "--messages-field", "chat",
+        "--eval-share", "0.2", "--data-dir", data_dir,
+    ).output  # fmt: skip
+    assert "11 prompts added, 0 duplicates skipped (2 of the file eval)" in out
+    from sqlmodel import select
+
+    from storage.models import Prompt
+
+    with transaction(engine_of(data_dir), readonly=True) as session:
+        prompts = session.exec(select(Prompt)).all()
+    assert sum(p.split == Split.eval for p in prompts) == 2
+    assert [p.messages for p in prompts if p.messages] == [CHAT]
+
+
+SEED_ROWS = [
+    {"prompt": "what is 2+2?", "chosen": "4", "rejected": "5"},
+    {
+        "prompt": CHAT,
+        "chosen": [{"role": "assistant", "content": "hello"}],
+        "rejected": [{"role": "assistant", "content": "go away"}],
+    },
+]
+
+BAD_FILES = {
+    "wrong encoding": (
+        "latin1.jsonl",
+        '{"prompt": "ok", "chosen": "a", "rejected": "b"}\n'
+        '{"prompt": "caf\u00e9", "chosen": "a", "rejected": "b"}\n'.encode("latin-1"),
+        "latin1.jsonl, line 2: not UTF-8",
+    ),
+    "missing field": (
+        "missing.jsonl",
+        b'{"prompt": "ok", "chosen": "a", "rejected": "b"}\n{"prompt": "x", "chosen": "a"}\n',
+        "missing.jsonl, line 2, field 'rejected': missing",
+    ),
+    "malformed line": (
+        "broken.jsonl",
+        b'{"prompt": "ok", "chosen": "a", "rejected": "b"}\n{"prompt": "x", "chosen"\n',
+        "broken.jsonl, line 2: malformed JSON",
+    ),
+    "empty file": ("empty.jsonl", b"", "empty.jsonl: empty file"),
+    "10 MB prompt": (
+        "huge.jsonl",
+        (
+            '{"prompt": "ok", "chosen": "a", "rejected": "b"}\n'
+            + json.dumps({"prompt": "x" * 10_485_760, "chosen": "a", "rejected": "b"})
+            + "\n"
+        ).encode(),
+        "huge.jsonl, line 2, field 'prompt': prompt of 10,485,760 characters (limit 100,000)",
+    ),
+}
+
+
+@pytest.mark.parametrize("command", ["prompts", "prefs"])
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_import_files_name_the_error_and_change_nothing(data_dir, tmp_path, command, case):
+    name, content, message = BAD_FILES[case]
+    if command == "prompts" and case == "missing field":
+        content, message = b'{"prompt": "ok"}\n{"text": "x"}\n', "line 2, field 'prompt': missing"
+    path = tmp_path / name
+    path.write_bytes(content)
+    before = status(data_dir)["counts"]
+    result = run(command, "import", str(path), "--data-dir", data_dir, ok=False)
+    assert result.exit_code == 1
+    assert message in result.output
+    assert status(data_dir)["counts"] == before
+
+
+def test_seed_import_then_export_round_trip(data_dir, tmp_path):
+    path = write_jsonl(tmp_path / "seed.jsonl", SEED_ROWS)
+    out = run("prefs", "import", str(path), "--data-dir", data_dir).output
+    assert "2 seed preferences added, 0 duplicates skipped" in out
+    again = run("prefs", "import", str(path), "--data-dir", data_dir).output
+    assert "0 seed preferences added, 2 duplicates skipped" in again
+    counts = status(data_dir)["counts"]
+    assert (counts["pair"], counts["response"], counts["label"], counts["prompt"]) == (2, 4, 2, 2)
+    assert status(data_dir)["labels"] == {"seed": 2}
+
+    export_path = tmp_path / "out.jsonl"
+    out = run(
+        "export", "--format", "jsonl", "--layout", "conversational", "--out", str(export_path),
+        "--source", "seed", "--data-dir", data_dir,
+    ).output  # fmt: skip
+    assert "exported 2 preferences" in out
+    rows = [json.loads(line) for line in export_path.read_text().splitlines()]
+    assert rows[0]["prompt"] == [{"role": "user", "content": "what is 2+2?"}]
+    assert rows[0]["chosen"] == [{"role": "assistant", "content": "4"}]
+    assert rows[1]["prompt"] == CHAT
+    assert all(r["source"] == "seed" and r["iteration"] is None for r in rows)
+
+    result = run(
+        "export", "--out", str(tmp_path / "h.parquet"), "--source", "human",
+        "--data-dir", data_dir, ok=False,
+    )  # fmt: skip
+    assert result.exit_code == 1 and "nothing to export" in result.output
+    result = run(
+        "export", "--out", str(tmp_path / "x"), "--format", "csv", "--data-dir", data_dir, ok=False
+    )
+    assert "--format 'csv'" in result.output
+    result = run(
+        "export", "--out", str(tmp_path / "x"), "--source", "gold", "--data-dir", data_dir, ok=False
+    )
+    assert "--source ['gold']" in result.output
+
+
+def test_export_push_to_hub_offline_is_a_clear_error(data_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    run(
+        "prefs", "import", str(write_jsonl(tmp_path / "s.jsonl", SEED_ROWS)), "--data-dir", data_dir
+    )
+    result = run(
+        "export", "--out", str(tmp_path / "p.parquet"), "--push-to-hub", "me/prefs",
+        "--data-dir", data_dir, ok=False,
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "exported 2 preferences" in result.output
+    assert "cannot push to me/prefs" in result.output and "offline" in result.output
+
+
+def test_users_token_is_shown_once_and_stored_hashed(data_dir):
+    from storage import crud
+
+    run("users", "add", "ann", "--data-dir", data_dir)
+    out = run("users", "token", "ann", "--data-dir", data_dir).output
+    token = out.split("API token of 'ann': ")[1].split()[0]
+    assert token.startswith("pfl_")
+    with transaction(engine_of(data_dir), readonly=True) as session:
+        user = crud.get_user_by_name(session=session, name="ann")
+        assert user.token_hash == hash_token(token)
+    second = run("users", "token", "ann", "--data-dir", data_dir).output
+    assert token not in second  # a new one replaces it
+    assert run("users", "token", "nobody", "--data-dir", data_dir, ok=False).exit_code == 1
