@@ -22,7 +22,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -179,6 +179,40 @@ def export_preferences(
         else:
             os.replace(partial, out)
     return ExportResult(path=out, format=format, layout=layout, rows=n, filters=filters.as_dict())
+
+
+MEDIA_TYPES = {
+    ExportFormat.jsonl: "application/x-ndjson",
+    ExportFormat.parquet: "application/vnd.apache.parquet",
+    ExportFormat.hf: "application/zip",
+}
+
+
+def export_file(
+    *,
+    engine: Engine,
+    format: ExportFormat | str,
+    layout: Layout | str = Layout.standard,
+    filters: ExportFilters | None = None,
+    directory: Path | str | None = None,
+) -> ExportResult:
+    """Export into a new temporary directory as one file, for a download (the API, the admin
+    view); an hf export is zipped. The caller removes `result.path.parent` when done."""
+    format = ExportFormat(format)
+    tmp = Path(tempfile.mkdtemp(prefix="prefloop-export-", dir=directory))
+    try:
+        name = "preferences" + ("" if format == ExportFormat.hf else f".{format}")
+        result = export_preferences(
+            engine=engine, out=tmp / name, format=format, layout=layout, filters=filters
+        )
+        if format == ExportFormat.hf:
+            archive = shutil.make_archive(str(tmp / "preferences"), "zip", tmp, name)
+            shutil.rmtree(tmp / name)
+            result = replace(result, path=Path(archive))
+        return result
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_jsonl(records: Iterable[dict[str, Any]], path: Path) -> int:

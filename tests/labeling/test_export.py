@@ -13,6 +13,7 @@ from labeling.export import (
     ExportFormat,
     HubPushError,
     Layout,
+    export_file,
     export_preferences,
     load_export,
     push_to_hub,
@@ -255,3 +256,27 @@ def test_push_to_hub_without_token_names_the_cause(sqlite_engine, tmp_path, monk
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(tmp_path / "no-tokens"))
     with pytest.raises(HubPushError, match="no Hugging Face token"):
         push_to_hub(out, format="parquet", repo="me/prefs")
+
+
+@pytest.mark.parametrize("fmt", list(ExportFormat))
+def test_export_file_is_one_file_in_its_own_directory(sqlite_engine, tmp_path, fmt):
+    import zipfile
+
+    seed_labeled(sqlite_engine, 2)
+    result = export_file(engine=sqlite_engine, format=fmt, directory=tmp_path)
+    assert result.rows == 2 and result.path.is_file()
+    assert [p.name for p in result.path.parent.iterdir()] == [result.path.name]
+    if fmt == ExportFormat.hf:
+        with zipfile.ZipFile(result.path) as archive:
+            archive.extractall(tmp_path / "unzipped")
+        assert len(load_export(tmp_path / "unzipped" / "preferences", fmt)) == 2
+    else:
+        assert len(load_export(result.path, fmt)) == 2
+    with pytest.raises(ExportError):
+        export_file(
+            engine=sqlite_engine,
+            format=fmt,
+            filters=ExportFilters(split=Split.eval),
+            directory=tmp_path,
+        )
+    assert len([p for p in tmp_path.iterdir() if p.name.startswith("prefloop-export-")]) == 1
