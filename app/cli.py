@@ -258,6 +258,13 @@ cli.add_typer(cli_data.prefs_cli, name="prefs")
 cli.command("export")(cli_data.export)
 cli.command("serve")(cli_serve.serve)
 
+from app import cli_training  # noqa: E402
+
+cli.command("train")(cli_training.train)
+cli.command("deploy")(cli_training.deploy)
+cli.command("rollback")(cli_training.rollback)
+cli.command("loop")(cli_training.loop)
+
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
