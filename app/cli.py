@@ -256,6 +256,13 @@ users_cli.command("token")(cli_data.users_token)
 cli.add_typer(cli_data.prefs_cli, name="prefs")
 cli.command("export")(cli_data.export)
 
+from app import cli_training  # noqa: E402
+
+cli.command("train")(cli_training.train)
+cli.command("deploy")(cli_training.deploy)
+cli.command("rollback")(cli_training.rollback)
+cli.command("loop")(cli_training.loop)
+
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -3,13 +3,17 @@
 SQLite (the default) runs in WAL mode with a busy timeout. Its Python driver starts transactions
 lazily, so two sessions that read and then write can deadlock on the lock upgrade; here every
 transaction that may write starts with ``BEGIN IMMEDIATE`` and takes the write lock up front,
-while ``readonly=True`` transactions stay deferred and run beside the writer.
+while ``readonly=True`` transactions stay deferred and run beside the writer. Within one process
+the writers also queue on a lock, which wakes them in turn: SQLite's busy handler polls with
+backoff, and under a few dozen threads some writers starved past the busy timeout.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -17,6 +21,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+# One write lock per SQLite engine (see the module docstring).
+_sqlite_writers: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -38,8 +45,13 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             url,
             echo=echo,
             connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            # A server's worker threads each may hold a connection (readers run beside the
+            # writer); the default pool of 5 + 10 timed out under 32 threads.
+            pool_size=10,
+            max_overflow=54,
         )
         _configure_sqlite(engine)
+        _sqlite_writers[engine] = threading.RLock()
         return engine
     return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=40)
 
@@ -74,7 +86,8 @@ def transaction(engine: Engine, *, readonly: bool = False) -> Iterator[Session]:
     rows it got back once the transaction is over.
     """
     bind = engine.execution_options(prefloop_readonly=True) if readonly else engine
-    with Session(bind, expire_on_commit=False) as session:
+    writer_lock = None if readonly else _sqlite_writers.get(engine)
+    with writer_lock or nullcontext(), Session(bind, expire_on_commit=False) as session:
         try:
             yield session
             if not readonly:

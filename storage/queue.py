@@ -1,0 +1,377 @@
+"""The annotation queue: claim a pair, label it, skip it. Only these functions move pairs through it.
+
+A claim is an `Assignment` row (unique per pair and user) with a lease. A pair can be claimed while
+its human labels plus its active, unexpired leases are fewer than its overlap; a lease that expires
+gives its slot back (`release_expired` only tidies the rows, the counting never trusts them). A user
+never gets a pair they hold, labeled, skipped or let expire.
+
+Atomicity:
+- SQLite: every write transaction is BEGIN IMMEDIATE (storage/db.py), so transactions run one at a
+  time; the claim is still one statement, ``INSERT INTO assignment ... SELECT ... RETURNING``.
+- PostgreSQL: the user's row is locked first (one claim per user at a time: a double click or two
+  tabs get the same pair), then the next candidate pair with ``FOR NO KEY UPDATE SKIP LOCKED``;
+  once the lock is held its free slots are counted again in a new statement (READ COMMITTED gives
+  each statement a fresh snapshot), since a claim committed between our snapshot and our lock is
+  invisible to the first count.
+
+Submitting is idempotent: the assignment row is locked, and a second submit for the same pair and
+user returns the stored label unchanged. The A/B order shown is decided here, stored on the
+assignment, and used to translate "left"/"right" back to the pair's a/b: the client's idea of the
+order is never trusted.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Literal
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from storage.crud import Conflict, NotFound
+from storage.db import is_sqlite
+from storage.models import (
+    Assignment,
+    AssignmentStatus,
+    Choice,
+    Label,
+    LabelSource,
+    Pair,
+    PairStatus,
+    Prompt,
+    Response,
+    Route,
+    Suggestion,
+    User,
+    utcnow,
+)
+
+ShownChoice = Literal["left", "right", "tie", "both_bad"]
+SHOWN_CHOICES: tuple[str, ...] = ("left", "right", "tie", "both_bad")
+MAX_REASON_CHARS = 2000
+HUMAN_ROUTES = (Route.human, Route.audit)
+
+
+class NotAssigned(NotFound):
+    """The user has no claim on this pair."""
+
+
+class LeaseExpired(Conflict):
+    """The lease ran out and the pair's slots went to others."""
+
+
+@dataclass(frozen=True)
+class ShownSuggestion:
+    p_left: float  # P(left ≻ right) in the order the user sees
+    uncertainty: float
+    agent: str
+
+
+@dataclass(frozen=True)
+class Claim:
+    pair_id: int
+    prompt: str
+    prompt_messages: list[dict[str, str]] | None
+    left: str
+    right: str
+    swapped: bool  # True: response b is shown on the left
+    suggestion: ShownSuggestion | None
+    claimed_at: datetime
+    expires_at: datetime
+
+
+def _active_leases(pair_id_column, now: datetime):
+    """Scalar subquery: active, unexpired leases on a pair."""
+    return (
+        select(sa.func.count(Assignment.id))
+        .where(
+            Assignment.pair_id == pair_id_column,
+            Assignment.status == AssignmentStatus.active,
+            Assignment.expires_at > now,
+        )
+        .scalar_subquery()
+    )
+
+
+def _claimable(user_id: int, now: datetime) -> list:
+    """Conditions for a pair this user may claim now."""
+    return [
+        Pair.status == PairStatus.queued,
+        Pair.route.in_(HUMAN_ROUTES),
+        ~sa.exists().where(Assignment.pair_id == Pair.id, Assignment.user_id == user_id),
+        Pair.n_labels + _active_leases(Pair.id, now) < Pair.overlap,
+    ]
+
+
+def _held_lease(session: Session, user_id: int, now: datetime) -> Assignment | None:
+    query = (
+        select(Assignment)
+        .join(Pair, Pair.id == Assignment.pair_id)
+        .where(
+            Assignment.user_id == user_id,
+            Assignment.status == AssignmentStatus.active,
+            Assignment.expires_at > now,
+            Pair.status == PairStatus.queued,
+        )
+        .order_by(Assignment.claimed_at.desc(), Assignment.id.desc())
+        .limit(1)
+        .execution_options(populate_existing=True)
+    )
+    return session.exec(query).first()
+
+
+def claim_next_pair(
+    *,
+    session: Session,
+    user_id: int,
+    lease_seconds: int,
+    rng: random.Random | None = None,
+    now: datetime | None = None,
+) -> Claim | None:
+    """Claim the next pair for `user_id`, or return the lease they hold already; None: nothing left.
+
+    The A/B order shown is drawn from `rng` and kept on the assignment. `now` is for tests."""
+    now = now or utcnow()
+    if not is_sqlite(session.get_bind()):
+        # One claim per user at a time; NO KEY UPDATE leaves foreign-key checks unblocked.
+        session.exec(select(User.id).where(User.id == user_id).with_for_update(key_share=True))
+    held = _held_lease(session, user_id, now)
+    if held is not None:
+        return _claim_view(session, held)
+    _expire(session, now, user_id=user_id)
+
+    swapped = (rng or random).random() < 0.5
+    expires_at = now + timedelta(seconds=lease_seconds)
+    if is_sqlite(session.get_bind()):
+        pair_id = _claim_sqlite(session, user_id, now, expires_at, swapped)
+    else:
+        pair_id = _claim_postgres(session, user_id, now, expires_at, swapped)
+    if pair_id is None:
+        return None
+    assignment = session.exec(
+        select(Assignment)
+        .where(Assignment.pair_id == pair_id, Assignment.user_id == user_id)
+        .execution_options(populate_existing=True)
+    ).one()
+    return _claim_view(session, assignment)
+
+
+def _claim_sqlite(
+    session: Session, user_id: int, now: datetime, expires_at: datetime, swapped: bool
+) -> int | None:
+    table = Assignment.__table__
+    candidate = (
+        select(
+            Pair.id,
+            sa.literal(user_id),
+            sa.literal(AssignmentStatus.active.value, table.c.status.type),
+            sa.literal(swapped),
+            sa.literal(now, table.c.claimed_at.type),
+            sa.literal(expires_at, table.c.expires_at.type),
+        )
+        .where(*_claimable(user_id, now))
+        .order_by(Pair.n_labels.desc(), Pair.id)
+        .limit(1)
+    )
+    insert = (
+        sa.insert(table)
+        .from_select(
+            ["pair_id", "user_id", "status", "swapped", "claimed_at", "expires_at"], candidate
+        )
+        .returning(table.c.pair_id)
+    )
+    return session.execute(insert).scalar_one_or_none()
+
+
+def _claim_postgres(
+    session: Session, user_id: int, now: datetime, expires_at: datetime, swapped: bool
+) -> int | None:
+    tried: list[int] = []
+    while True:
+        query = (
+            select(Pair.id)
+            .where(*_claimable(user_id, now), Pair.id.not_in(tried))
+            .order_by(Pair.n_labels.desc(), Pair.id)
+            .limit(1)
+            .with_for_update(skip_locked=True, key_share=True, of=Pair)
+        )
+        pair_id = session.exec(query).first()
+        if pair_id is None:
+            return None
+        # Locked: count again with a fresh snapshot (see the module docstring).
+        n_labels, overlap = session.execute(
+            select(Pair.n_labels, Pair.overlap).where(Pair.id == pair_id)
+        ).one()
+        leases = session.execute(select(_active_leases(pair_id, now))).scalar_one()
+        if n_labels + leases < overlap:
+            break
+        tried.append(pair_id)
+    session.add(
+        Assignment(
+            pair_id=pair_id,
+            user_id=user_id,
+            swapped=swapped,
+            claimed_at=now,
+            expires_at=expires_at,
+        )
+    )
+    session.flush()
+    return pair_id
+
+
+def _claim_view(session: Session, assignment: Assignment) -> Claim:
+    pair = session.get(Pair, assignment.pair_id)
+    prompt = session.get(Prompt, pair.prompt_id)
+    a = session.get(Response, pair.response_a_id)
+    b = session.get(Response, pair.response_b_id)
+    suggestion = session.exec(
+        select(Suggestion)
+        .where(Suggestion.pair_id == pair.id)
+        .order_by(Suggestion.created_at.desc(), Suggestion.id.desc())
+        .limit(1)
+    ).first()
+    shown = None
+    if suggestion is not None:
+        p_left = 1.0 - suggestion.p_a if assignment.swapped else suggestion.p_a
+        shown = ShownSuggestion(p_left, suggestion.uncertainty, suggestion.agent)
+    left, right = (b, a) if assignment.swapped else (a, b)
+    return Claim(
+        pair_id=pair.id,
+        prompt=prompt.text,
+        prompt_messages=prompt.messages,
+        left=left.text,
+        right=right.text,
+        swapped=assignment.swapped,
+        suggestion=shown,
+        claimed_at=assignment.claimed_at,
+        expires_at=assignment.expires_at,
+    )
+
+
+def _translate(shown_choice: str, swapped: bool) -> Choice:
+    if shown_choice in ("tie", "both_bad"):
+        return Choice(shown_choice)
+    left_is_a = not swapped
+    return Choice.a if (shown_choice == "left") == left_is_a else Choice.b
+
+
+def _locked_assignment(session: Session, user_id: int, pair_id: int) -> Assignment:
+    query = (
+        select(Assignment)
+        .where(Assignment.pair_id == pair_id, Assignment.user_id == user_id)
+        .execution_options(populate_existing=True)
+    )
+    if not is_sqlite(session.get_bind()):
+        query = query.with_for_update(key_share=True)
+    assignment = session.exec(query).first()
+    if assignment is None:
+        raise NotAssigned(f"user {user_id} has no claim on pair {pair_id}")
+    return assignment
+
+
+def submit_label(
+    *,
+    session: Session,
+    user_id: int,
+    pair_id: int,
+    shown_choice: ShownChoice,
+    seconds: float | None = None,
+    reason: str | None = None,
+    now: datetime | None = None,
+) -> Label:
+    """Store the user's label for a pair they claimed; a repeated submit returns the first label.
+
+    `shown_choice` is what the user picked in the order they saw ("left", "right", "tie",
+    "both_bad"). A submit after the lease expired is taken while the pair still has a free slot."""
+    now = now or utcnow()
+    if shown_choice not in SHOWN_CHOICES:
+        raise ValueError(f"choice {shown_choice!r}: expected one of {', '.join(SHOWN_CHOICES)}")
+    if seconds is not None and not seconds >= 0:
+        raise ValueError(f"seconds: must be >= 0 (got {seconds!r})")
+    if reason is not None and len(reason) > MAX_REASON_CHARS:
+        raise ValueError(f"reason: at most {MAX_REASON_CHARS} characters (got {len(reason)})")
+    assignment = _locked_assignment(session, user_id, pair_id)
+    existing = session.exec(
+        select(Label).where(Label.pair_id == pair_id, Label.user_id == user_id)
+    ).first()
+    if existing is not None:
+        return existing
+    choice = _translate(shown_choice, assignment.swapped)
+    if assignment.status == AssignmentStatus.skipped:
+        raise Conflict(f"pair {pair_id} was skipped by user {user_id}")
+
+    pair_query = select(Pair).where(Pair.id == pair_id).execution_options(populate_existing=True)
+    if not is_sqlite(session.get_bind()):
+        pair_query = pair_query.with_for_update(key_share=True)
+    pair = session.exec(pair_query).one()
+    if pair.status == PairStatus.discarded:
+        raise Conflict(f"pair {pair_id} was withdrawn")
+    if assignment.status != AssignmentStatus.active or assignment.expires_at <= now:
+        others = session.execute(select(_active_leases(pair_id, now))).scalar_one()
+        if pair.status != PairStatus.queued or pair.n_labels + others >= pair.overlap:
+            raise LeaseExpired(f"the lease on pair {pair_id} expired and others took it")
+
+    label = Label(
+        pair_id=pair_id,
+        user_id=user_id,
+        source=LabelSource.human,
+        choice=choice,
+        swapped=assignment.swapped,
+        seconds=seconds,
+        reason=reason,
+    )
+    assignment.status = AssignmentStatus.submitted
+    session.add_all([label, assignment])
+    session.execute(
+        sa.update(Pair)
+        .where(Pair.id == pair_id)
+        .values(
+            n_labels=Pair.n_labels + 1,
+            status=sa.case(
+                (Pair.n_labels + 1 >= Pair.overlap, PairStatus.done.value), else_=Pair.status
+            ),
+        )
+    )
+    session.flush()
+    return label
+
+
+def skip_pair(*, session: Session, user_id: int, pair_id: int) -> None:
+    """The user passes on this pair: they never get it again, and it goes back to the others."""
+    assignment = _locked_assignment(session, user_id, pair_id)
+    if assignment.status == AssignmentStatus.submitted:
+        raise Conflict(f"pair {pair_id} is labeled already by user {user_id}")
+    assignment.status = AssignmentStatus.skipped
+    session.add(assignment)
+    session.flush()
+
+
+def _expire(session: Session, now: datetime, *, user_id: int | None = None) -> int:
+    query = sa.update(Assignment).where(
+        Assignment.status == AssignmentStatus.active, Assignment.expires_at <= now
+    )
+    if user_id is not None:
+        query = query.where(Assignment.user_id == user_id)
+    return session.execute(query.values(status=AssignmentStatus.expired.value)).rowcount
+
+
+def release_expired(*, session: Session, now: datetime | None = None) -> int:
+    """Mark leases that ran out as expired; returns how many. (Their slots were free already.)"""
+    return _expire(session, now or utcnow())
+
+
+def queue_stats(*, session: Session, user_id: int, now: datetime | None = None) -> dict[str, int]:
+    """{labeled_today: this user's labels since 00:00 UTC, queue_left: pairs they could still get
+    (the one they hold included)}."""
+    now = now or utcnow()
+    midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    labeled_today = session.exec(
+        select(sa.func.count(Label.id)).where(
+            Label.user_id == user_id, Label.created_at >= midnight
+        )
+    ).one()
+    claimable = session.exec(select(sa.func.count(Pair.id)).where(*_claimable(user_id, now))).one()
+    held = 1 if _held_lease(session, user_id, now) is not None else 0
+    return {"labeled_today": labeled_today, "queue_left": claimable + held}

@@ -1,0 +1,238 @@
+"""The annotation queue on SQLite and PostgreSQL: contracts, then many threads at once."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from storage import queue
+from storage.db import transaction
+from storage.models import (
+    Assignment,
+    AssignmentStatus,
+    Choice,
+    Label,
+    Pair,
+    PairStatus,
+    Route,
+    Suggestion,
+    utcnow,
+)
+from tests.factories import make_pairs, make_user
+
+
+def _setup(engine, n_pairs=3, n_users=2, **pair_fields):
+    with transaction(engine) as session:
+        users = [make_user(session).id for _ in range(n_users)]
+        pairs = [p.id for p in make_pairs(session, n_pairs, **pair_fields)]
+    return users, pairs
+
+
+def claim(engine, user_id, **kwargs):
+    kwargs.setdefault("lease_seconds", 600)
+    with transaction(engine) as session:
+        return queue.claim_next_pair(session=session, user_id=user_id, **kwargs)
+
+
+def submit(engine, user_id, pair_id, choice="left", **kwargs):
+    with transaction(engine) as session:
+        return queue.submit_label(
+            session=session, user_id=user_id, pair_id=pair_id, shown_choice=choice, **kwargs
+        )
+
+
+def test_claim_shows_the_pair_and_reload_returns_the_same_claim(engine):
+    (u1, _), pair_ids = _setup(engine)
+    first = claim(engine, u1, rng=random.Random(0))
+    assert first.pair_id in pair_ids
+    assert first.left.startswith("reply") and first.right.startswith("reply")
+    assert first.left != first.right and first.prompt.startswith("prompt")
+    assert first.expires_at - first.claimed_at == timedelta(seconds=600)
+    again = claim(engine, u1)
+    assert again == first
+    with transaction(engine, readonly=True) as session:
+        assert session.exec(sa.select(sa.func.count(Assignment.id))).scalar_one() == 1
+
+
+def test_submit_translates_the_shown_order_back_to_a_and_b(engine):
+    users, pair_ids = _setup(engine, n_pairs=40, n_users=1)
+    rng = random.Random(1)
+    seen_swapped = set()
+    for _ in range(40):
+        c = claim(engine, users[0], rng=rng)
+        label = submit(engine, users[0], c.pair_id, "left")
+        with transaction(engine, readonly=True) as session:
+            pair = session.get(Pair, c.pair_id)
+            from storage.models import Response
+
+            chosen = pair.response_a_id if label.choice == Choice.a else pair.response_b_id
+            assert session.get(Response, chosen).text == c.left
+            assert label.swapped == c.swapped
+            assert (pair.status, pair.n_labels) == (PairStatus.done, 1)
+        seen_swapped.add(c.swapped)
+    assert seen_swapped == {True, False}
+    assert claim(engine, users[0]) is None
+
+
+def test_suggestion_is_shown_in_display_order(engine):
+    (u1, _), (pair_id,) = _setup(engine, n_pairs=1)
+    with transaction(engine) as session:
+        session.add(Suggestion(pair_id=pair_id, p_a=0.9, uncertainty=0.05, agent="proxy:v1"))
+    c = claim(engine, u1, rng=random.Random(3))
+    expected = 0.1 if c.swapped else 0.9
+    assert c.suggestion.p_left == pytest.approx(expected)
+    assert c.suggestion.agent == "proxy:v1"
+
+
+def test_submit_is_idempotent_and_refused_without_a_claim(engine):
+    (u1, u2), pair_ids = _setup(engine)
+    c = claim(engine, u1)
+    first = submit(engine, u1, c.pair_id, "right", seconds=3.0)
+    second = submit(engine, u1, c.pair_id, "left", seconds=9.0)
+    assert (second.id, second.choice, second.seconds) == (first.id, first.choice, 3.0)
+    with pytest.raises(queue.NotAssigned, match="no claim"):
+        submit(engine, u2, c.pair_id)
+    with pytest.raises(ValueError, match="'middle'"):
+        submit(engine, u1, pair_ids[1], "middle")
+    with transaction(engine, readonly=True) as session:
+        assert session.get(Pair, c.pair_id).n_labels == 1
+        assert session.exec(sa.select(sa.func.count(Label.id))).scalar_one() == 1
+
+
+def test_overlap_and_a_user_never_sees_a_pair_twice(engine):
+    users, (pair_id,) = _setup(engine, n_pairs=1, n_users=4, overlap=2)
+    c1, c2 = claim(engine, users[0]), claim(engine, users[1])
+    assert c1.pair_id == c2.pair_id == pair_id
+    assert claim(engine, users[2]) is None  # two leases fill an overlap of 2
+    submit(engine, users[0], pair_id)
+    assert claim(engine, users[0]) is None  # labeled it already
+    submit(engine, users[1], pair_id, "tie")
+    with transaction(engine, readonly=True) as session:
+        pair = session.get(Pair, pair_id)
+        assert (pair.n_labels, pair.status) == (2, PairStatus.done)
+    assert claim(engine, users[3]) is None
+
+
+def test_expired_lease_goes_back_to_the_queue(engine):
+    (u1, u2), (pair_id,) = _setup(engine, n_pairs=1)
+    claim(engine, u1, lease_seconds=60)
+    assert claim(engine, u2) is None
+    later = utcnow() + timedelta(seconds=61)
+    c = claim(engine, u2, now=later)
+    assert c is not None and c.pair_id == pair_id
+    # u1's late submit finds the slot taken
+    with pytest.raises(queue.LeaseExpired):
+        submit(engine, u1, pair_id, now=later)
+    submit(engine, u2, pair_id, now=later)
+    with transaction(engine) as session:
+        assert queue.release_expired(session=session, now=later) == 1
+        statuses = sorted(session.exec(sa.select(Assignment.status)).scalars())
+    assert statuses == [AssignmentStatus.expired, AssignmentStatus.submitted]
+
+
+def test_late_submit_is_taken_while_the_slot_is_free(engine):
+    (u1, _), (pair_id,) = _setup(engine, n_pairs=1)
+    claim(engine, u1, lease_seconds=60)
+    label = submit(engine, u1, pair_id, now=utcnow() + timedelta(seconds=120))
+    assert label.user_id == u1
+
+
+def test_skip_hands_the_pair_to_others(engine):
+    (u1, u2), pair_ids = _setup(engine, n_pairs=1)
+    c = claim(engine, u1)
+    with transaction(engine) as session:
+        queue.skip_pair(session=session, user_id=u1, pair_id=c.pair_id)
+    assert claim(engine, u1) is None
+    assert claim(engine, u2).pair_id == c.pair_id
+    with pytest.raises(queue.Conflict, match="skipped"):
+        submit(engine, u1, c.pair_id)
+
+
+def test_only_queued_human_routes_are_claimable(engine):
+    with transaction(engine) as session:
+        user = make_user(session).id
+        make_pairs(session, 1, route=Route.proxy, status=PairStatus.done)
+        make_pairs(session, 1, status=PairStatus.discarded)
+        (audit,) = make_pairs(session, 1, route=Route.audit)
+        audit_id = audit.id
+    with transaction(engine, readonly=True) as session:
+        assert queue.queue_stats(session=session, user_id=user) == {
+            "labeled_today": 0,
+            "queue_left": 1,
+        }
+    c = claim(engine, user)
+    assert c.pair_id == audit_id
+    submit(engine, user, audit_id)
+    with transaction(engine, readonly=True) as session:
+        assert queue.queue_stats(session=session, user_id=user) == {
+            "labeled_today": 1,
+            "queue_left": 0,
+        }
+
+
+def _stress(engine, *, threads: int, cycles: int, overlap: int):
+    n_pairs = threads * cycles // overlap + threads  # spare pairs: no one runs dry early
+    users, _ = _setup(engine, n_pairs=n_pairs, n_users=threads, overlap=overlap)
+    returned: list[tuple[int, int, int]] = []  # (label id, pair, user) of every submit
+    errors: list[BaseException] = []
+    claimed: list[int] = []  # pairs claimed, one entry per cycle
+    lock = threading.Lock()
+    barrier = threading.Barrier(threads)
+
+    def work(user_id: int, seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            barrier.wait()
+            for _ in range(cycles):
+                c = claim(engine, user_id, rng=rng)
+                if c is None:  # only pairs this user has labeled have slots left
+                    break
+                with lock:
+                    claimed.append(c.pair_id)
+                choice = rng.choice(queue.SHOWN_CHOICES)
+                n_submits = 2 if rng.random() < 0.2 else 1  # a double click
+                for _ in range(n_submits):
+                    label = submit(engine, user_id, c.pair_id, choice)
+                    with lock:
+                        returned.append((label.id, c.pair_id, user_id))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(user_id, i)) for i, user_id in enumerate(users)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+
+    with transaction(engine, readonly=True) as session:
+        labels = session.exec(sa.select(Label.id, Label.pair_id, Label.user_id)).all()
+        pairs = session.exec(sa.select(Pair.id, Pair.n_labels, Pair.overlap, Pair.status)).all()
+    stored = {row.id: (row.pair_id, row.user_id) for row in labels}
+    # zero lost submits: every label a submit returned is stored, for that pair and user
+    assert all(stored.get(lid) == (pid, uid) for lid, pid, uid in returned)
+    # zero duplicates: a double click returned the same label; one label per (pair, user)
+    per_user = Counter((pid, uid) for pid, uid in stored.values())
+    assert max(per_user.values()) == 1
+    assert len({lid for lid, _, _ in returned}) == len(stored) == len(claimed)
+    assert len(claimed) >= 0.95 * threads * cycles
+    # no pair over its overlap, and the counters agree with the rows
+    counts = Counter(pid for pid, _ in stored.values())
+    for pair in pairs:
+        assert pair.n_labels == counts[pair.id] <= pair.overlap
+        assert (pair.status == PairStatus.done) == (pair.n_labels == pair.overlap)
+
+
+@pytest.mark.parametrize("overlap", [1, 3])
+def test_many_threads_claim_and_submit(engine, overlap):
+    _stress(engine, threads=8, cycles=25, overlap=overlap)
+
+
+@pytest.mark.slow
+def test_32_threads_200_cycles(engine):
+    _stress(engine, threads=32, cycles=200, overlap=3)
