@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, field_validator
 from starlette.background import BackgroundTask
@@ -163,6 +163,14 @@ def _queue_errors(exc: Exception) -> HTTPException:
     if isinstance(exc, crud.Conflict):
         return HTTPException(409, str(exc))
     return HTTPException(422, str(exc))
+
+
+@router.get("/openapi.json", include_in_schema=False)
+def openapi_spec(request: Request) -> JSONResponse:
+    """This API's OpenAPI spec, public (the app's own /openapi.json sits behind the login)."""
+    spec = request.app.openapi()
+    paths = {path: ops for path, ops in spec["paths"].items() if path.startswith(router.prefix)}
+    return JSONResponse({**spec, "paths": paths})
 
 
 # annotators and admins

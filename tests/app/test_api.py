@@ -94,6 +94,15 @@ def test_every_route_authorizes_every_caller(world, route, who):
         assert "token" in response.json()["detail"]
 
 
+def test_the_spec_is_public_and_lists_every_route(world):
+    client, _, _ = world
+    spec = client.get("/api/v1/openapi.json").json()
+    assert sorted(spec["paths"]) == sorted(
+        path.split("?")[0].replace("{pair}", "{pair_id}") for _, path, _, _ in ROUTES.values()
+    )
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
 def test_label_flow_translates_the_shown_order(world, engine):
     client, tokens, pair_ids = world
     headers = auth(tokens["annotator"])
