@@ -151,6 +151,17 @@ class ProxyVersion(SQLModel, table=True):
 
 
 class Policy(SQLModel, table=True):
+    __table_args__ = (
+        # At most one deployed policy, whatever two processes try at once.
+        sa.Index(
+            "uq_policy_deployed",
+            "status",
+            unique=True,
+            sqlite_where=sa.text("status = 'deployed'"),
+            postgresql_where=sa.text("status = 'deployed'"),
+        ),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     version: int = Field(unique=True, index=True)
     path: str = Field(max_length=1024)

@@ -111,7 +111,18 @@ class LoopSettings(Section):
     reference: Literal["sft", "previous"] = Field(
         "sft", description="DPO reference model: pi_0 (the paper's default) or pi_k."
     )
-    auto_continue: bool = Field(True, description="After a deploy, generate the next round.")
+    auto_continue: bool = Field(
+        True, description="After a deploy (or a rejection), generate the next round."
+    )
+    quota_check_seconds: float = Field(
+        10.0, gt=0, description="How often the scheduler checks the human-label quota."
+    )
+    max_attempts: int = Field(
+        3, ge=1, description="Tries of a training job (a crashed or killed one is retried)."
+    )
+    stale_after_seconds: float = Field(
+        600.0, gt=0, description="A running job without a heartbeat this long counts as dead."
+    )
 
 
 class DPOSettings(Section):
@@ -130,12 +141,31 @@ class DPOSettings(Section):
     accelerate_config: str | None = Field(
         None, description="accelerate config file: train through `accelerate launch`."
     )
+    precompute_ref_log_probs: bool = Field(
+        False, description="Score the data with the reference once, then free it (TRL)."
+    )
+    threads: int = Field(2, ge=1, description="torch CPU threads of the training process.")
+    trl_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Any other trl.DPOConfig field, passed through (e.g. warmup_ratio).",
+    )
 
 
 class EvalSettings(Section):
     n_prompts: int = Field(100, ge=1, description="Held-out prompts per evaluation.")
     temperature: float = Field(0.7, gt=0.0)
     win_rate_threshold: float = Field(0.5, ge=0.0, le=1.0, description="The deploy gate.")
+    samples_per_prompt: int = Field(1, ge=1, le=16, description="Responses per policy and prompt.")
+    max_new_tokens: int | None = Field(None, ge=1, description="Unset: generation's.")
+    judge: str | None = Field(
+        None,
+        description="Gold judge (module:callable) for evaluation. Unset: the demo task's judge "
+        "when the policy is the embedded demo (policy.init_path unset), else none.",
+    )
+    gate: Literal["auto", "judge", "proxy"] = Field(
+        "auto", description="Which win-rate gates a deploy; auto: the judge's when there is one."
+    )
+    seed: int = 0
 
 
 class ServerSettings(Section):

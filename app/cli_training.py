@@ -1,0 +1,269 @@
+"""Training on the command line: one round now, deploy, rollback, and the unattended loop.
+Registered in app/cli.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Annotated, Any
+
+import typer
+
+from app.cli import DataDir, fail, runtime
+from storage import crud
+from storage.db import transaction
+from storage.models import Iteration, IterationState
+from storage.runtime import Runtime
+from storage.settings import DEFAULT_DATA_DIR
+
+FINISHED = (IterationState.deployed, IterationState.rejected, IterationState.failed)
+
+
+def train(
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+    next_round: Annotated[
+        bool | None,
+        typer.Option(
+            "--next-round/--no-next-round",
+            help="Generate the next round afterwards (default: loop.auto_continue).",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The round's report as JSON.")] = False,
+) -> None:
+    """Run one training round now on the labeling iteration: DPO, evaluation, gate, deploy."""
+    from training.iteration import run_round
+
+    rt = runtime(data_dir)
+    try:
+        report = run_round(
+            engine=rt.engine, settings=rt.effective_settings(), continue_loop=next_round
+        )
+    except crud.Conflict as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), default=str))
+    else:
+        typer.echo(_describe(report.as_dict()))
+    if report.decision == IterationState.failed:
+        raise typer.Exit(1)
+
+
+def _describe(report: dict[str, Any]) -> str:
+    if report["decision"] == "failed":
+        return f"iteration {report['iteration_k']}: failed: {report['error']}"
+    gate = report["gate"]
+    rate = "n/a" if gate.get("win_rate") is None else f"{gate['win_rate']:.3f}"
+    train = report["train"]
+    return (
+        f"iteration {report['iteration_k']}: candidate v{report['candidate_version']} "
+        f"{report['decision']} ({gate.get('judge')} win-rate {rate} vs v{gate.get('opponent')}, "
+        f"threshold {gate.get('threshold')}); DPO on {train.get('n_pairs')} pairs, loss "
+        f"{train.get('final_loss')}, margin {train.get('reward_margin')}; {report['seconds']}s"
+    )
+
+
+def deploy(
+    version: Annotated[int, typer.Argument(help="The policy version to deploy.")],
+    force: Annotated[bool, typer.Option(help="Deploy a version the gate rejected.")] = False,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Deploy a policy version (atomic; audited). Generation uses it from its next round."""
+    from training.deploy import DeployError
+    from training.deploy import deploy as deploy_version
+
+    rt = runtime(data_dir)
+    try:
+        policy = deploy_version(engine=rt.engine, version=version, force=force)
+    except (DeployError, crud.NotFound) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"deployed policy v{policy.version} ({policy.path})")
+
+
+def rollback(
+    to: Annotated[
+        int | None, typer.Option("--to", help="Version to go back to (default: the one before).")
+    ] = None,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Deploy an earlier policy version again."""
+    from training.deploy import DeployError
+    from training.deploy import rollback as roll_back
+
+    rt = runtime(data_dir)
+    try:
+        policy = roll_back(engine=rt.engine, to_version=to)
+    except (DeployError, crud.NotFound) as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"rolled back: policy v{policy.version} is deployed ({policy.path})")
+
+
+def loop(
+    iterations: Annotated[int, typer.Option(min=1, help="Full iterations to run.")] = 3,
+    simulate: Annotated[
+        bool, typer.Option(help="Label with simulated annotators (required for now).")
+    ] = False,
+    judge: Annotated[
+        str | None,
+        typer.Option(help="module:callable the simulated annotators and the evaluation use."),
+    ] = None,
+    annotators: Annotated[int, typer.Option(min=1, help="Simulated annotators.")] = 3,
+    noise: Annotated[
+        float, typer.Option(min=0.0, help="Annotators' noise (Bradley-Terry temperature).")
+    ] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the simulated annotators.")] = 0,
+    timeout: Annotated[float, typer.Option(help="Give up on an iteration after seconds.")] = 1800,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per iteration.")] = False,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Run K iterations unattended through the scheduler: label (simulated), train, evaluate,
+    gate, deploy, generate the next round. Prints each iteration's outcome."""
+    from labeling.judges import DEFAULT_JUDGE
+
+    if not simulate:
+        raise fail("only --simulate is supported: real annotators label through `prefloop serve`")
+    spec = judge or DEFAULT_JUDGE
+    rt = runtime(data_dir, eval={"judge": spec}, loop={"auto_continue": True})
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        for line in run_loop(
+            rt,
+            iterations=iterations,
+            judge=spec,
+            annotators=annotators,
+            noise=noise,
+            seed=seed,
+            timeout=timeout,
+        ):
+            typer.echo(json.dumps(line, default=str) if as_json else _describe_loop(line))
+    except (crud.Conflict, LoopError) as exc:
+        raise fail(str(exc)) from None
+
+
+class LoopError(RuntimeError):
+    pass
+
+
+def _wait(rt: Runtime, predicate, timeout: float, what: str) -> Iteration:
+    deadline = time.monotonic() + timeout
+    while True:
+        with transaction(rt.engine, readonly=True) as session:
+            iteration = crud.current_iteration(session=session)
+        if iteration is not None and predicate(iteration):
+            return iteration
+        if time.monotonic() > deadline:
+            state = f"iteration {iteration.k} is {iteration.state}" if iteration else "none"
+            raise LoopError(f"timed out after {timeout:.0f}s waiting for {what} ({state})")
+        time.sleep(0.25)
+
+
+def run_loop(
+    rt: Runtime,
+    *,
+    iterations: int,
+    judge: str,
+    annotators: int = 3,
+    noise: float = 0.5,
+    seed: int = 0,
+    timeout: float = 1800,
+):
+    """Yield one report per iteration: the loop through the scheduler, labels simulated."""
+    from app.scheduler import request_generation, start_scheduler
+    from labeling import simulate
+    from labeling.judges import load_judge
+
+    judge_fn = load_judge(judge)
+    handle = start_scheduler(rt)
+    try:
+        with transaction(rt.engine, readonly=True) as session:
+            current = crud.current_iteration(session=session)
+        if current is None or current.state in FINISHED:
+            request_generation(rt, user_id=None)
+        for _ in range(iterations):
+            labeling = _wait(
+                rt,
+                lambda it: it.state in (IterationState.labeling, IterationState.failed),
+                timeout,
+                "the next round's pairs",
+            )
+            if labeling.state == IterationState.failed:
+                raise LoopError(f"iteration {labeling.k} failed: {labeling.error}")
+            settings = rt.effective_settings()
+            simulate.simulate_labels(
+                engine=rt.engine,
+                settings=settings,
+                annotators=annotators,
+                noise=noise,
+                judge=judge_fn,
+                max_labels=labeling.human_quota,
+                seed=seed + labeling.k,
+            )
+            quota_at = time.monotonic()
+            handle.wake()
+            done = _wait(
+                rt, lambda it, k=labeling.k: it.k == k and it.state in FINISHED, timeout, "training"
+            )
+            next_round = _wait(
+                rt,
+                lambda it, k=labeling.k: (
+                    it.k > k and it.state in (IterationState.labeling, IterationState.failed)
+                ),
+                timeout,
+                "the next round's pairs",
+            )
+            turnaround = time.monotonic() - quota_at
+            yield _loop_report(rt, done, turnaround, next_round)
+    finally:
+        handle.shutdown(wait=True)
+
+
+def _loop_report(rt: Runtime, iteration: Iteration, turnaround: float, next_round) -> dict:
+    with transaction(rt.engine, readonly=True) as session:
+        labels = crud.label_counts(session=session, iteration_id=iteration.id)
+    metrics = iteration.metrics
+    evaluation = metrics.get("eval", {})
+    versus = evaluation.get("vs", {})
+    first = "v0"
+
+    def gold(key):
+        return versus.get(key, {}).get("gold", {}).get("win_rate")
+
+    previous = evaluation.get("deployed_version")
+    return {
+        "iteration": iteration.k,
+        "decision": iteration.state.value,
+        "error": iteration.error,
+        "human_labels": labels.get("human", 0),
+        "proxy_labels": labels.get("proxy", 0),
+        "candidate_version": metrics.get("candidate_version"),
+        "dpo": {
+            k: metrics.get("train", {}).get(k)
+            for k in ("n_pairs", "steps", "final_loss", "reward_margin", "reward_accuracy")
+        },
+        "gold_win_rate_vs_pi0": gold(first),
+        "gold_win_rate_vs_previous": gold(f"v{previous}") if previous is not None else None,
+        "previous_version": previous,
+        "proxy_win_rate_vs_previous": versus.get(f"v{previous}", {})
+        .get("proxy", {})
+        .get("win_rate"),
+        "gold_mean": evaluation.get("mean", {}).get("gold"),
+        "turnaround_seconds": round(turnaround, 1),
+        "next_iteration": next_round.k,
+    }
+
+
+def _describe_loop(r: dict) -> str:
+    def fmt(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    if r["decision"] == "failed":
+        return f"iteration {r['iteration']}: failed: {r['error']}"
+    d = r["dpo"]
+    return (
+        f"iteration {r['iteration']}: labels human {r['human_labels']} proxy "
+        f"{r['proxy_labels']} | DPO {d['n_pairs']} pairs, loss {fmt(d['final_loss'])}, "
+        f"margin {fmt(d['reward_margin'])}, acc {fmt(d['reward_accuracy'])} | gold win-rate "
+        f"vs pi_0 {fmt(r['gold_win_rate_vs_pi0'])}, vs v{r['previous_version']} "
+        f"{fmt(r['gold_win_rate_vs_previous'])} | v{r['candidate_version']} {r['decision']} | "
+        f"turnaround {r['turnaround_seconds']}s"
+    )

@@ -1,0 +1,245 @@
+"""The scheduler: APScheduler 3's BackgroundScheduler with its jobs in prefloop's database.
+
+Requests are rows, not in-memory calls: "train now" queues a training job row
+(`training.iteration.queue_training`), "generate next round" a generation job row. One persistent
+APScheduler job, `prefloop.dispatch`, runs every `loop.quota_check_seconds`: it queues training
+when the labeling iteration reached its human-label quota, then runs the oldest queued job, one at
+a time (a process-wide lock; `queue_training` refuses a second active training job across
+processes). `prefloop.train-interval` and `prefloop.train-cron` queue training on a timer when
+`loop.interval_minutes` / `loop.cron` are set. So a request made by another process (a second
+replica, the CLI) is picked up too, and one made just before a crash is still there after it.
+
+On start, `recover_rounds` fails the jobs whose process died and queues their retries, and
+settles an iteration left half-way; the dispatch then runs the retries.
+
+The APScheduler jobs hold only the data directory as their argument; the runtime (settings,
+engine) comes from the process that called `start_scheduler`, so no database URL or password is
+pickled into the job store.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from storage import crud, jobs
+from storage.db import transaction
+from storage.models import JobStatus
+from storage.runtime import Runtime
+
+log = logging.getLogger("prefloop.scheduler")
+
+DISPATCH = "prefloop.dispatch"
+TRAIN_INTERVAL = "prefloop.train-interval"
+TRAIN_CRON = "prefloop.train-cron"
+JOBS_TABLE = "apscheduler_jobs"
+
+# The schedulers started in this process, by data directory; and the lock that keeps their heavy
+# work one at a time.
+_handles: dict[str, SchedulerHandle] = {}
+_busy = threading.Lock()
+
+
+@dataclass
+class SchedulerHandle:
+    scheduler: Any  # apscheduler BackgroundScheduler
+    rt: Runtime
+
+    def wake(self) -> None:
+        """Run the dispatch now instead of at its next tick."""
+        self.scheduler.modify_job(DISPATCH, next_run_time=datetime.now(UTC))
+
+    def shutdown(self, wait: bool = True) -> None:
+        self.scheduler.shutdown(wait=wait)
+        if _handles.get(_key(self.rt)) is self:
+            del _handles[_key(self.rt)]
+
+    @property
+    def running(self) -> bool:
+        return self.scheduler.running
+
+
+def _key(rt: Runtime) -> str:
+    return str(rt.settings.data_dir.resolve())
+
+
+def start_scheduler(rt: Runtime, *, recover: bool = True) -> SchedulerHandle:
+    """Start the background scheduler for `rt`; returns its handle (`.shutdown()` stops it).
+
+    Recovers from a crash first (`recover=True`): dead jobs failed and re-queued."""
+    from apscheduler.executors.pool import ThreadPoolExecutor
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    from training.iteration import recover_rounds
+
+    settings = rt.effective_settings()
+    if recover:
+        for report in recover_rounds(engine=rt.engine, settings=settings):
+            log.info("recovered iteration %s: %s", report.iteration_k, report.decision)
+    key = _key(rt)
+    scheduler = BackgroundScheduler(
+        jobstores={"default": SQLAlchemyJobStore(engine=rt.engine, tablename=JOBS_TABLE)},
+        executors={"default": ThreadPoolExecutor(max_workers=2)},
+        job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 3600},
+        timezone=UTC,
+    )
+    scheduler.add_job(
+        dispatch,
+        IntervalTrigger(seconds=settings.loop.quota_check_seconds, timezone=UTC),
+        args=[key],
+        id=DISPATCH,
+        name="prefloop: quota check and queued jobs",
+        replace_existing=True,
+        next_run_time=datetime.now(UTC),
+    )
+    timers = {
+        TRAIN_INTERVAL: IntervalTrigger(minutes=settings.loop.interval_minutes, timezone=UTC)
+        if settings.loop.interval_minutes
+        else None,
+        TRAIN_CRON: CronTrigger.from_crontab(settings.loop.cron, timezone=UTC)
+        if settings.loop.cron
+        else None,
+    }
+    handle = _handles[key] = SchedulerHandle(scheduler=scheduler, rt=rt)
+    scheduler.start(paused=True)  # the job store is open: timers can be replaced before any runs
+    for job_id, trigger in timers.items():
+        if trigger is None:
+            if scheduler.get_job(job_id):
+                scheduler.remove_job(job_id)
+            continue
+        scheduler.add_job(
+            timed_training,
+            trigger,
+            args=[key],
+            id=job_id,
+            name=f"prefloop: train on {job_id.rsplit('-', 1)[1]}",
+            replace_existing=True,
+        )
+    scheduler.resume()
+    log.info("scheduler started: %s", ", ".join(j.id for j in scheduler.get_jobs()))
+    return handle
+
+
+def dispatch(data_dir: str) -> None:
+    """The scheduler's tick: queue training if the quota is reached; run the oldest queued job."""
+    from training.iteration import (
+        GENERATE,
+        TRAIN,
+        queue_training,
+        quota_reached,
+        run_generation,
+        run_round,
+    )
+
+    handle = _handles.get(data_dir)
+    if handle is None or not _busy.acquire(blocking=False):
+        return  # not this process's scheduler, or a round is running already
+    rt = handle.rt
+    try:
+        settings = rt.effective_settings()
+        if quota_reached(engine=rt.engine) is not None:
+            try:
+                queue_training(engine=rt.engine, settings=settings)
+            except crud.Conflict as exc:
+                log.debug("quota reached, training not queued: %s", exc)
+        with transaction(rt.engine, readonly=True) as session:
+            queued = [j for j in jobs.active_jobs(session=session) if j.status == JobStatus.queued]
+        for job in queued:
+            if job.kind == TRAIN:
+                report = run_round(engine=rt.engine, settings=settings, job_id=job.id)
+                log.info("iteration %s: %s", report.iteration_k, report.decision)
+            elif job.kind == GENERATE:
+                run_generation(engine=rt.engine, settings=settings, job_id=job.id)
+            break  # one job per tick; the next tick takes the next one
+    except Exception:
+        log.exception("scheduler dispatch failed")
+    finally:
+        _busy.release()
+
+
+def timed_training(data_dir: str) -> None:
+    """An interval or cron trigger: queue training for the labeling iteration, if there is one
+    with new human labels."""
+    from training.iteration import human_labels, queue_training
+
+    handle = _handles.get(data_dir)
+    if handle is None:
+        return
+    rt = handle.rt
+    with transaction(rt.engine, readonly=True) as session:
+        iteration = crud.current_iteration(session=session)
+    if iteration is None or human_labels(engine=rt.engine, iteration_id=iteration.id) == 0:
+        return
+    try:
+        queue_training(engine=rt.engine, settings=rt.effective_settings())
+    except crud.Conflict as exc:
+        log.info("timer: training not queued: %s", exc)
+
+
+def _wake(rt: Runtime) -> None:
+    # This process's scheduler (if any) picks a new request up now rather than at its next tick;
+    # another process's picks it up at its tick.
+    handle = _handles.get(_key(rt))
+    if handle is not None and handle.running:
+        handle.wake()
+
+
+def request_training(rt: Runtime, user_id: int | None) -> int:
+    """An admin's "train now": queue a training job for the labeling iteration (audited).
+
+    Returns the job id; raises crud.Conflict when no iteration is labeling or training is queued
+    or running already."""
+    from training.iteration import queue_training
+
+    job = queue_training(engine=rt.engine, settings=rt.effective_settings(), user_id=user_id)
+    _wake(rt)
+    return job.id
+
+
+def request_generation(rt: Runtime, user_id: int | None) -> int:
+    """An admin's "generate next round": queue a generation job (audited). Returns its id;
+    raises crud.Conflict while an iteration is open or a generation is queued."""
+    from training.iteration import queue_generation
+
+    job = queue_generation(engine=rt.engine, user_id=user_id)
+    _wake(rt)
+    return job.id
+
+
+def training_status(rt: Runtime) -> dict[str, Any]:
+    """For the admin view: the current iteration, the active and recent jobs with progress."""
+    with transaction(rt.engine, readonly=True) as session:
+        iteration = crud.current_iteration(session=session)
+        recent = jobs.list_jobs(session=session, limit=10)
+        labels = crud.label_counts(session=session, iteration_id=iteration.id) if iteration else {}
+    return {
+        "iteration": None
+        if iteration is None
+        else {
+            "k": iteration.k,
+            "state": iteration.state.value,
+            "human_labels": labels.get("human", 0),
+            "human_quota": iteration.human_quota,
+            "error": iteration.error,
+        },
+        "jobs": [
+            {
+                "id": j.id,
+                "kind": j.kind,
+                "status": j.status.value,
+                "progress": j.progress,
+                "attempts": j.attempts,
+                "phase": j.result.get("phase"),
+                "latest": j.result.get("latest"),
+                "error": j.error,
+                "log_path": j.log_path,
+            }
+            for j in recent
+        ],
+    }

@@ -1,0 +1,101 @@
+"""A data directory with the demo policy deployed as v0, the demo prompts, and helpers that put
+labeled pairs in the database the way a labeling round would."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from sqlmodel import select
+
+from storage import crud
+from storage.db import transaction, upgrade
+from storage.models import (
+    Choice,
+    IterationState,
+    Label,
+    LabelSource,
+    Pair,
+    PolicyStatus,
+    Prompt,
+    Response,
+    Split,
+)
+from storage.runtime import Runtime, open_runtime
+
+# Small enough for 2 shared CPU cores: a round is a couple of DPO steps and 8 eval prompts.
+SMALL = {
+    "dpo": {"num_train_epochs": 1, "per_device_train_batch_size": 8, "learning_rate": 5e-4},
+    "eval": {"n_prompts": 8, "max_new_tokens": 48},
+    "loop": {"max_attempts": 2, "auto_continue": False},
+}
+
+
+def make_loop_runtime(data_dir, policy_dir, **flags) -> Runtime:
+    from labeling.demo_task import demo_prompts
+
+    (data_dir / "policies").mkdir(parents=True)
+    shutil.copytree(policy_dir, data_dir / "policies" / "v0")
+    rt = open_runtime(data_dir, **{**SMALL, **flags})
+    upgrade(rt.engine)
+    with transaction(rt.engine) as session:
+        crud.add_prompts(
+            session=session,
+            prompts=[crud.PromptIn(text=t, split=s, source="demo") for t, s in demo_prompts()],
+        )
+        crud.create_policy(
+            session=session,
+            version=0,
+            path=str((data_dir / "policies" / "v0").resolve()),
+            status=PolicyStatus.deployed,
+        )
+    return rt
+
+
+@pytest.fixture
+def loop_rt(tmp_path, demo_policy_dir) -> Runtime:
+    rt = make_loop_runtime(tmp_path / "data", demo_policy_dir)
+    yield rt
+    rt.engine.dispose()
+
+
+def labeled_round(rt: Runtime, n_pairs: int, *, flip: bool = False) -> int:
+    """Open an iteration and give it `n_pairs` human-labeled pairs (best reply vs worst on train
+    prompts, the better by the gold judge chosen; `flip`: the worse chosen). Returns its id."""
+    from labeling.demo_task import gold_judge, reference_reply
+
+    with transaction(rt.engine) as session:
+        deployed = crud.deployed_policy(session=session)
+        iteration = crud.start_iteration(
+            session=session, policy_in_id=deployed.id, human_quota=n_pairs, human_budget=n_pairs
+        )
+        annotator = crud.create_user(
+            session=session, name=f"annotator{iteration.k}", role="annotator", password_hash=None
+        )
+        query = select(Prompt).where(Prompt.split == Split.train).order_by(Prompt.id)
+        prompts = list(session.exec(query.limit(n_pairs)))
+        for prompt in prompts:
+            a, b = reference_reply(prompt.text, "best"), reference_reply(prompt.text, "worst")
+            ra = Response(prompt_id=prompt.id, policy_id=deployed.id, text=a)
+            rb = Response(prompt_id=prompt.id, policy_id=deployed.id, text=b)
+            session.add_all([ra, rb])
+            session.flush()
+            pair = Pair(
+                prompt_id=prompt.id,
+                response_a_id=ra.id,
+                response_b_id=rb.id,
+                iteration_id=iteration.id,
+            )
+            session.add(pair)
+            session.flush()
+            a_better = gold_judge(prompt.text, a) > gold_judge(prompt.text, b)
+            choice = Choice.a if a_better != flip else Choice.b
+            session.add(
+                Label(
+                    pair_id=pair.id, user_id=annotator.id, source=LabelSource.human, choice=choice
+                )
+            )
+        crud.set_iteration_state(
+            session=session, iteration_id=iteration.id, state=IterationState.labeling
+        )
+        return iteration.id

@@ -1,0 +1,83 @@
+"""Job rows: lifecycle, and what a restart does with jobs whose process died."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+
+from storage import jobs
+from storage.crud import Conflict
+from storage.db import transaction
+from storage.models import JobStatus, utcnow
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_job_lifecycle(engine):
+    with transaction(engine) as session:
+        job = jobs.create_job(session=session, kind="train", params={"x": 1})
+        assert job.status == JobStatus.queued
+        jobs.start_job(session=session, job_id=job.id, pid=os.getpid(), log_path="/tmp/log")
+        jobs.heartbeat(session=session, job_id=job.id, progress=0.5, result={"loss": 0.6})
+        jobs.heartbeat(session=session, job_id=job.id, result={"margin": 0.2})
+    with transaction(engine, readonly=True) as session:
+        job = jobs.get_job(session=session, job_id=job.id)
+        assert job.status == JobStatus.running and job.progress == 0.5
+        assert job.result == {"loss": 0.6, "margin": 0.2}
+    with transaction(engine) as session:
+        jobs.finish_job(session=session, job_id=job.id, result={"done": True})
+        with pytest.raises(Conflict):
+            jobs.start_job(session=session, job_id=job.id, pid=1)
+    with transaction(engine, readonly=True) as session:
+        job = jobs.get_job(session=session, job_id=job.id)
+    assert job.status == JobStatus.succeeded and job.progress == 1.0
+    assert job.result == {"loss": 0.6, "margin": 0.2, "done": True}
+    assert job.finished_at is not None
+
+
+def test_recover_stale_fails_dead_jobs_and_queues_retries(engine):
+    with transaction(engine) as session:
+        dead = jobs.create_job(session=session, kind="train", params={"a": 1})
+        jobs.start_job(session=session, job_id=dead.id, pid=_dead_pid())
+        jobs.heartbeat(session=session, job_id=dead.id, result={"candidate_version": 3})
+        alive = jobs.create_job(session=session, kind="train")
+        jobs.start_job(session=session, job_id=alive.id, pid=os.getpid())
+    with transaction(engine) as session:
+        recovered = jobs.recover_stale(
+            session=session, stale_after=timedelta(minutes=5), max_attempts=3
+        )
+    assert [(d.id, r.attempts) for d, r in recovered] == [(dead.id, 1)]
+    with transaction(engine, readonly=True) as session:
+        failed = jobs.get_job(session=session, job_id=dead.id)
+        retry = jobs.get_job(session=session, job_id=recovered[0][1].id)
+        still = jobs.get_job(session=session, job_id=alive.id)
+    assert failed.status == JobStatus.failed and "gone" in failed.error
+    assert retry.status == JobStatus.queued and retry.kind == "train"
+    assert retry.params["a"] == 1 and retry.params["retry_of"] == dead.id
+    assert retry.params["previous_result"] == {"candidate_version": 3}
+    assert still.status == JobStatus.running
+
+
+def test_recover_stale_by_heartbeat_and_attempt_limit(engine):
+    with transaction(engine) as session:
+        job = jobs.create_job(session=session, kind="train", attempts=2)
+        jobs.start_job(session=session, job_id=job.id, pid=os.getpid())
+        job.heartbeat = utcnow() - timedelta(hours=1)
+        session.add(job)
+    with transaction(engine) as session:
+        recovered = jobs.recover_stale(
+            session=session, stale_after=timedelta(minutes=5), max_attempts=3
+        )
+    ((failed, retry),) = recovered
+    assert failed.id == job.id and "no heartbeat" in failed.error
+    assert retry is None  # third attempt was the last
+    with transaction(engine, readonly=True) as session:
+        assert jobs.active_jobs(session=session) == []

@@ -1,0 +1,152 @@
+"""A real DPO round in a real child process on the demo policy: it trains, evaluates, gates and
+deploys; a worse candidate is rejected; a killed child is retried and the deployed policy stays."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from sqlmodel import select
+
+from storage import crud, jobs
+from storage.db import transaction
+from storage.models import Iteration, Job, JobStatus, Prompt, Split
+from tests.training.conftest import labeled_round
+from training import deploy as deploying
+from training.iteration import run_round
+
+pytestmark = pytest.mark.slow
+reference_reply = pytest.importorskip("labeling.demo_task").reference_reply
+
+
+def _margin(policy_path: str, ref_path: str, pairs: list[tuple[str, str, str]]) -> float:
+    """Mean DPO implicit reward margin log(pi/ref)(chosen) - log(pi/ref)(rejected)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(policy_path)
+    model = AutoModelForCausalLM.from_pretrained(policy_path).eval()
+    ref = AutoModelForCausalLM.from_pretrained(ref_path).eval()
+
+    def logp(m, prompt, reply):
+        head = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        full = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
+            tokenize=False,
+        )
+        n_head = len(tok(head, add_special_tokens=False)["input_ids"])
+        ids = torch.tensor([tok(full, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            logits = m(ids).logits[0, :-1].log_softmax(-1)
+        targets = ids[0, 1:]
+        return logits[n_head - 1 :].gather(1, targets[n_head - 1 :, None]).sum().item()
+
+    total = 0.0
+    for prompt, chosen, rejected in pairs:
+        total += (logp(model, prompt, chosen) - logp(ref, prompt, chosen)) - (
+            logp(model, prompt, rejected) - logp(ref, prompt, rejected)
+        )
+    return total / len(pairs)
+
+
+def _train_pairs(rt, n):
+    with transaction(rt.engine, readonly=True) as session:
+        query = select(Prompt.text).where(Prompt.split == Split.train).order_by(Prompt.id)
+        texts = list(session.exec(query.limit(n)))
+    return [(t, reference_reply(t, "best"), reference_reply(t, "worst")) for t in texts]
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(path) / "model.safetensors"))
+
+
+def test_dpo_round_trains_evaluates_and_deploys(loop_rt):
+    rt = loop_rt
+    iteration_id = labeled_round(rt, 24)
+    report = run_round(engine=rt.engine, settings=rt.settings, continue_loop=False)
+    assert report.decision == "deployed", report
+    assert report.candidate_version == 1 and report.attempts == 1
+
+    with transaction(rt.engine, readonly=True) as session:
+        job = session.get(Job, report.job_id)
+        candidate = crud.get_policy(session=session, version=1)
+        v0 = crud.get_policy(session=session, version=0)
+        iteration = session.get(Iteration, iteration_id)
+    # the job row carries progress and TRL's metrics; the log is in the data directory
+    assert job.status == JobStatus.succeeded and job.progress == 1.0
+    train = job.result["train"]
+    assert train["final_loss"] is not None and train["reward_margin"] is not None
+    assert train["reward_accuracy"] is not None and train["n_pairs"] == 24
+    assert job.result["latest"]["step"] == train["steps"]  # progress written while training
+    assert Path(job.log_path).parent == rt.settings.data_dir / "logs"
+    assert "DPO on 24 pairs" in Path(job.log_path).read_text()
+    # the candidate: a complete checkpoint with the config that produced it, now deployed
+    assert deploying.checkpoint_complete(candidate.path)
+    assert (Path(candidate.path) / "prefloop_policy.json").is_file()
+    assert candidate.config["ref_version"] == 0 and candidate.config["init_version"] == 0
+    assert candidate.status == "deployed" and v0.status == "retired"
+    assert candidate.metrics["eval"]["vs"]["v0"]["gold"]["n"] == 8
+    assert iteration.state == "deployed" and iteration.policy_out_id == candidate.id
+    assert iteration.training_at and iteration.evaluating_at and iteration.finished_at
+    assert not list((rt.settings.data_dir / "policies").glob(".job-*"))
+
+    # training moved the parameters and raised the chosen-over-rejected margin
+    before, after = _weights(v0.path), _weights(candidate.path)
+    assert any(not (before[k] == after[k]).all() for k in before)
+    pairs = _train_pairs(rt, 24)
+    assert _margin(candidate.path, v0.path, pairs) > 1.0  # v0 against itself: exactly 0
+    assert train["first_loss"] > train["final_loss"]
+
+
+def test_gate_rejects_a_worse_candidate(loop_rt):
+    rt = loop_rt
+    iteration_id = labeled_round(rt, 24, flip=True)  # annotators who prefer the worst reply
+    report = run_round(engine=rt.engine, settings=rt.settings, continue_loop=False)
+    assert report.decision == "rejected", report
+    assert report.gate["judge"] == "gold" and report.gate["win_rate"] < 0.5
+    with transaction(rt.engine, readonly=True) as session:
+        assert crud.deployed_policy(session=session).version == 0
+        assert crud.get_policy(session=session, version=1).status == "rejected"
+        assert session.get(Iteration, iteration_id).state == "rejected"
+    with pytest.raises(deploying.DeployError, match="force"):
+        deploying.deploy(engine=rt.engine, version=1)
+
+
+def test_killed_training_child_is_retried_and_deployed_policy_stays(loop_rt):
+    rt = loop_rt
+    labeled_round(rt, 16)
+    seen = {}
+
+    def kill_once(proc):
+        if seen:
+            return
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            with transaction(rt.engine, readonly=True) as session:
+                job = session.exec(select(Job).order_by(Job.id.desc())).first()
+            if job.status == JobStatus.running and job.result.get("phase") == "training":
+                break
+            time.sleep(0.2)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        with transaction(rt.engine, readonly=True) as session:
+            deployed = crud.deployed_policy(session=session)
+        seen["deployed"] = (deployed.version, deploying.checkpoint_complete(deployed.path))
+
+    report = run_round(
+        engine=rt.engine, settings=rt.settings, continue_loop=False, on_start=kill_once
+    )
+    assert seen["deployed"] == (0, True)  # right after the kill: v0, whole
+    assert report.decision in ("deployed", "rejected") and report.attempts == 2
+    with transaction(rt.engine, readonly=True) as session:
+        first, retry = jobs.list_jobs(session=session, kind="train")[::-1]
+    assert first.status == JobStatus.failed and "SIGKILL" in first.error
+    assert retry.status == JobStatus.succeeded and retry.params["retry_of"] == first.id
+    assert not list((rt.settings.data_dir / "policies").glob(".job-*"))

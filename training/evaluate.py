@@ -1,0 +1,266 @@
+"""Held-out evaluation: a policy against others, head to head on the eval-split prompts.
+
+Each policy answers the same held-out prompts (`eval.n_prompts`, `eval.samples_per_prompt` each,
+at `eval.temperature`, fixed seed); a judge scores every answer, and the win-rate of A over B is
+the share of (prompt, sample) slots where A's answer scores higher, ties counting half. Two judges:
+the gold judge when the task has one (the demo's scoring rule, or `eval.judge`), and the current
+proxy. Samples are cached per policy version under `<data_dir>/eval/`, so pi_0 and the deployed
+policy are sampled once, not once per round.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlmodel import select
+
+from storage import crud
+from storage.db import transaction
+from storage.models import Policy, Prompt, Split
+from storage.policies import latest_proxy, set_policy_metrics
+from storage.settings import Settings
+
+Judge = Callable[[str, str], float]  # (prompt, response) -> score
+Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]  # batched (prompts, responses)
+
+
+def eval_prompts(*, engine, n: int) -> list[str]:
+    """The first `n` active held-out prompts, in id order: the same set every round."""
+    with transaction(engine, readonly=True) as session:
+        query = (
+            select(Prompt.text)
+            .where(Prompt.split == Split.eval, Prompt.active)
+            .order_by(Prompt.id)
+            .limit(n)
+        )
+        return list(session.exec(query))
+
+
+def win_rate(scores_a: Sequence[float], scores_b: Sequence[float]) -> dict[str, Any]:
+    """A's win-rate over B slot by slot (ties count half), with the counts."""
+    if len(scores_a) != len(scores_b) or not scores_a:
+        raise ValueError(
+            f"win_rate needs two equal, non-empty lists ({len(scores_a)}, {len(scores_b)})"
+        )
+    wins = sum(a > b for a, b in zip(scores_a, scores_b, strict=True))
+    ties = sum(a == b for a, b in zip(scores_a, scores_b, strict=True))
+    n = len(scores_a)
+    return {
+        "win_rate": round((wins + 0.5 * ties) / n, 4),
+        "wins": wins,
+        "ties": ties,
+        "losses": n - wins - ties,
+        "n": n,
+    }
+
+
+def gold_judge(settings: Settings) -> Judge | None:
+    """`eval.judge`, or the demo task's judge when the policy is the embedded demo."""
+    from labeling.judges import DEFAULT_JUDGE, load_judge
+
+    spec = settings.eval.judge
+    if spec is None and settings.policy.init_path is None:
+        spec = DEFAULT_JUDGE
+    return load_judge(spec) if spec else None
+
+
+def sample(
+    policy_path: str,
+    prompts: Sequence[str],
+    *,
+    n: int,
+    temperature: float,
+    max_new_tokens: int,
+    seed: int,
+    batch_size: int = 64,
+    threads: int = 2,
+) -> list[list[str]]:
+    """`n` sampled responses per prompt, shape [len(prompts)][n]."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer = AutoTokenizer.from_pretrained(policy_path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(policy_path).to(device).eval()
+    out: list[list[str]] = []
+    torch.manual_seed(seed)
+    for start in range(0, len(prompts), batch_size):
+        chunk = list(prompts[start : start + batch_size])
+        if tokenizer.chat_template:
+            enc = tokenizer.apply_chat_template(
+                [[{"role": "user", "content": p}] for p in chunk],
+                add_generation_prompt=True,
+                padding=True,
+                return_tensors="pt",
+                return_dict=True,
+            )
+        else:
+            enc = tokenizer(chunk, padding=True, return_tensors="pt")
+        enc = {k: v.to(device) for k, v in enc.items()}
+        with torch.no_grad():
+            ids = model.generate(
+                **enc,
+                do_sample=True,
+                temperature=temperature,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=max_new_tokens,
+                num_return_sequences=n,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        texts = tokenizer.batch_decode(
+            ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
+        )
+        out.extend(texts[i * n : (i + 1) * n] for i in range(len(chunk)))
+    return out
+
+
+def cached_samples(
+    *, settings: Settings, policy: Policy, prompts: Sequence[str], seed: int
+) -> list[list[str]]:
+    """`sample` for `policy`, cached on disk by version, prompts and sampling parameters."""
+    ev = settings.eval
+    max_new = ev.max_new_tokens or settings.generation.max_new_tokens
+    params = {
+        "prompts": list(prompts),
+        "n": ev.samples_per_prompt,
+        "temperature": ev.temperature,
+        "max_new_tokens": max_new,
+        "seed": seed,
+        "path": policy.path,
+    }
+    key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
+    path = settings.data_dir / "eval" / f"v{policy.version}-{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    responses = sample(
+        policy.path,
+        prompts,
+        n=ev.samples_per_prompt,
+        temperature=ev.temperature,
+        max_new_tokens=max_new,
+        seed=seed,
+        threads=settings.dpo.threads,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(responses))
+    tmp.replace(path)
+    return responses
+
+
+def score(
+    prompts: Sequence[str], responses: list[list[str]], *, judge: Judge | None, proxy: Scorer | None
+) -> dict[str, list[float]]:
+    """Flat per-slot scores by each judge there is: {"gold": [...], "proxy": [...]}."""
+    flat_prompts = [p for p, rs in zip(prompts, responses, strict=True) for _ in rs]
+    flat = [r for rs in responses for r in rs]
+    scores: dict[str, list[float]] = {}
+    if judge is not None:
+        scores["gold"] = [float(judge(p, r)) for p, r in zip(flat_prompts, flat, strict=True)]
+    if proxy is not None:
+        scores["proxy"] = [float(s) for s in proxy(flat_prompts, flat)]
+    return scores
+
+
+def proxy_scorer(*, engine, settings: Settings) -> Scorer | None:
+    """The latest proxy as a batched scorer, or None when no proxy has been fitted yet."""
+    try:
+        from labeling.proxy import load_proxy
+    except ImportError:  # labeling's proxy has not landed in this checkout
+        return None
+
+    with transaction(engine, readonly=True) as session:
+        version = latest_proxy(session=session)
+    if version is None:
+        return None
+    model = load_proxy(version=version, settings=settings.proxy)
+    return model.score
+
+
+def head_to_head(
+    *,
+    engine,
+    settings: Settings,
+    a_version: int,
+    b_versions: Sequence[int],
+    judge: Judge | None = None,
+    proxy: Scorer | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Policy `a_version` against each of `b_versions` on the held-out prompts.
+
+    Returns {"n_prompts", "mean": {judge: A's mean score}, "vs": {"v<b>": {judge: win_rate(...)}}}.
+    """
+    seed = settings.eval.seed if seed is None else seed
+    prompts = eval_prompts(engine=engine, n=settings.eval.n_prompts)
+    if not prompts:
+        raise RuntimeError("no held-out prompts (split 'eval') to evaluate on")
+    with transaction(engine, readonly=True) as session:
+        a = crud.get_policy(session=session, version=a_version)
+        others = [crud.get_policy(session=session, version=v) for v in b_versions]
+    a_scores = score(
+        prompts,
+        cached_samples(settings=settings, policy=a, prompts=prompts, seed=seed),
+        judge=judge,
+        proxy=proxy,
+    )
+    result: dict[str, Any] = {
+        "n_prompts": len(prompts),
+        "mean": {name: round(statistics.fmean(s), 4) for name, s in a_scores.items()},
+        "vs": {},
+    }
+    for other in others:
+        # The same seed for every policy: a policy against itself scores exactly 0.5.
+        b_scores = score(
+            prompts,
+            cached_samples(settings=settings, policy=other, prompts=prompts, seed=seed),
+            judge=judge,
+            proxy=proxy,
+        )
+        result["vs"][f"v{other.version}"] = {
+            name: win_rate(a_scores[name], b_scores[name]) for name in a_scores
+        }
+    return result
+
+
+def evaluate_candidate(
+    *,
+    engine,
+    settings: Settings,
+    candidate_version: int,
+    against: Sequence[int] | None = None,
+    proxy: Scorer | None | bool = True,
+) -> dict[str, Any]:
+    """The candidate against the deployed policy (and pi_0): stored as `metrics["eval"]` on the
+    candidate's Policy row and returned. `against` defaults to [deployed, first version]."""
+    with transaction(engine, readonly=True) as session:
+        deployed = crud.deployed_policy(session=session)
+        first = crud.list_policies(session=session)[0]
+    if against is None:
+        against = [
+            v for v in dict.fromkeys([deployed.version if deployed else None, first.version])
+        ]
+    against = [v for v in against if v is not None and v != candidate_version]
+    if proxy is True:
+        proxy = proxy_scorer(engine=engine, settings=settings)
+    result = head_to_head(
+        engine=engine,
+        settings=settings,
+        a_version=candidate_version,
+        b_versions=against,
+        judge=gold_judge(settings),
+        proxy=proxy or None,
+    )
+    result["deployed_version"] = deployed.version if deployed else None
+    with transaction(engine) as session:
+        set_policy_metrics(session=session, version=candidate_version, metrics={"eval": result})
+    return result

@@ -1,0 +1,130 @@
+"""Start a job's child process and watch it until it ends.
+
+The child is `python -m training.dpo --data-dir D --job-id N`, or the same module through
+`accelerate launch --config_file C` when `dpo.accelerate_config` is set (several GPUs, DeepSpeed,
+FSDP). Its stdout and stderr go to `<data_dir>/logs/job-N.log`. A child that dies without ending
+its job (killed, out of memory, a crash in native code) has the job failed here with its exit
+status and the tail of its log; `run_with_retries` then queues the next attempt.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from storage import jobs
+from storage.db import transaction
+from storage.models import Job, JobStatus
+from storage.settings import Settings
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def child_command(settings: Settings, job_id: int, module: str = "training.dpo") -> list[str]:
+    args = ["-m", module, "--data-dir", str(settings.data_dir.resolve()), "--job-id", str(job_id)]
+    if settings.dpo.accelerate_config:
+        launch = [sys.executable, "-m", "accelerate.commands.launch"]
+        return [*launch, "--config_file", settings.dpo.accelerate_config, *args]
+    return [sys.executable, *args]
+
+
+def child_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    # The child imports the same code as this process and opens the same database, whatever
+    # its working directory and however this process got its database URL.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    env["PREFLOOP_DATABASE_URL"] = settings.resolved_database_url
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+def _log_tail(path: Path, n: int = 2000) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(max(0, f.seek(0, 2) - n))
+            return f.read().decode("utf-8", "replace").strip()
+    except OSError:
+        return ""
+
+
+def run_child(
+    *,
+    engine,
+    settings: Settings,
+    job_id: int,
+    module: str = "training.dpo",
+    timeout: float | None = None,
+    on_start=None,
+    poll_seconds: float = 0.5,
+) -> Job:
+    """Run job `job_id` in a child process; return the job row once the child has exited.
+
+    `on_start(proc)` is called once the child runs (tests use it to kill the child)."""
+    logs = settings.data_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / f"job-{job_id}.log"
+    with transaction(engine) as session:
+        jobs.set_log_path(session=session, job_id=job_id, log_path=str(log_path))
+    started = time.monotonic()
+    with log_path.open("ab") as log_file:
+        proc = subprocess.Popen(
+            child_command(settings, job_id, module),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=child_env(settings),
+            cwd=settings.data_dir,
+        )
+        if on_start is not None:
+            on_start(proc)
+        try:
+            while proc.poll() is None:
+                if timeout is not None and time.monotonic() - started > timeout:
+                    proc.kill()
+                    proc.wait()
+                    break
+                time.sleep(poll_seconds)
+        except BaseException:
+            proc.kill()  # this process is going down (Ctrl-C, shutdown): take the child along
+            proc.wait()
+            raise
+    code = proc.returncode
+    with transaction(engine) as session:
+        job = jobs.get_job(session=session, job_id=job_id)
+        if job.status in (JobStatus.queued, JobStatus.running):
+            if code is not None and code < 0:
+                why = f"killed by signal {signal.Signals(-code).name}"
+            elif timeout is not None and time.monotonic() - started > timeout:
+                why = f"timed out after {timeout:.0f}s"
+            else:
+                why = f"exited with status {code}"
+            tail = _log_tail(log_path)
+            # what the dead child was writing; a finished checkpoint is only ever renamed
+            shutil.rmtree(settings.data_dir / "policies" / f".job-{job_id}.tmp", ignore_errors=True)
+            job = jobs.fail_job(
+                session=session, job_id=job_id, error=f"training process {why}\n{tail}".strip()
+            )
+    return job
+
+
+def run_with_retries(
+    *, engine, settings: Settings, job_id: int, max_attempts: int | None = None, **kwargs
+) -> Job:
+    """`run_child`, then a retry (a new job row, attempts + 1) for each failure, up to
+    `max_attempts` (default `loop.max_attempts`). Returns the last attempt's job."""
+    max_attempts = max_attempts or settings.loop.max_attempts
+    while True:
+        job = run_child(engine=engine, settings=settings, job_id=job_id, **kwargs)
+        if job.status != JobStatus.failed:
+            return job
+        with transaction(engine) as session:
+            retry = jobs.retry_job(session=session, job_id=job_id, max_attempts=max_attempts)
+        if retry is None:
+            return job
+        job_id = retry.id
