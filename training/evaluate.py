@@ -126,7 +126,7 @@ def sample(
 def cached_samples(
     *, settings: Settings, policy: Policy, prompts: Sequence[str], seed: int
 ) -> list[list[str]]:
-    """`sample` for `policy`, cached on disk by version, prompts and sampling parameters."""
+    """`sample` for `policy`, cached on disk by version, path, prompts and sampling parameters."""
     ev = settings.eval
     max_new = ev.max_new_tokens or settings.generation.max_new_tokens
     params = {
@@ -230,6 +230,34 @@ def head_to_head(
             name: win_rate(a_scores[name], b_scores[name]) for name in a_scores
         }
     return result
+
+
+def compare(
+    *,
+    settings: Settings,
+    a: Policy,
+    b: Policy,
+    prompts: Sequence[str],
+    judge: Judge,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Two policies head to head by `judge`, which may come from different databases (the
+    rows only need a version and a path)."""
+    seed = settings.eval.seed if seed is None else seed
+    a_scores, b_scores = (
+        score(
+            prompts,
+            cached_samples(settings=settings, policy=p, prompts=prompts, seed=seed),
+            judge=judge,
+            proxy=None,
+        )["gold"]
+        for p in (a, b)
+    )
+    return {
+        **win_rate(a_scores, b_scores),
+        "mean_a": round(statistics.fmean(a_scores), 4),
+        "mean_b": round(statistics.fmean(b_scores), 4),
+    }
 
 
 def evaluate_candidate(
