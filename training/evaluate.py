@@ -21,7 +21,7 @@ from sqlmodel import select
 from storage import crud
 from storage.db import transaction
 from storage.models import Policy, Prompt, Split
-from storage.policies import latest_proxy, set_policy_metrics
+from storage.policies import set_policy_metrics
 from storage.settings import Settings
 
 Judge = Callable[[str, str], float]  # (prompt, response) -> score
@@ -172,18 +172,21 @@ def score(
 
 
 def proxy_scorer(*, engine, settings: Settings) -> Scorer | None:
-    """The latest proxy as a batched scorer, or None when no proxy has been fitted yet."""
+    """The latest fitted proxy as a batched reward scorer; None before the first fit."""
     try:
         from labeling.proxy import load_proxy
     except ImportError:  # labeling's proxy has not landed in this checkout
         return None
 
-    with transaction(engine, readonly=True) as session:
-        version = latest_proxy(session=session)
-    if version is None:
+    proxy = load_proxy(engine=engine, settings=settings)
+    if not proxy.fitted:
         return None
-    model = load_proxy(version=version, settings=settings.proxy)
-    return model.score
+
+    def rewards(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        groups = proxy.score_groups(prompts, [[r] for r in responses])
+        return [float(g.rewards[0]) for g in groups]
+
+    return rewards
 
 
 def head_to_head(

@@ -71,8 +71,16 @@ def quota_reached(*, engine) -> Iteration | None:
     return iteration
 
 
-def queue_training(*, engine, settings: Settings, user_id: int | None = None) -> Job:
+def queue_training(
+    *,
+    engine,
+    settings: Settings,
+    user_id: int | None = None,
+    refit_proxy: bool = True,
+    evaluate: bool = True,
+) -> Job:
     """Move the labeling iteration to `training` and queue its training job (one transaction).
+    The job refits the proxy first and evaluates its candidate after (each can be left out).
 
     Refuses (crud.Conflict) when no iteration is labeling or a training job is active."""
     with transaction(engine) as session:
@@ -100,7 +108,8 @@ def queue_training(*, engine, settings: Settings, user_id: int | None = None) ->
                 "init_version": deployed.version,
                 "ref_version": first.version if settings.loop.reference == "sft" else None,
                 "iterations": None if settings.loop.data_scope == "all" else [iteration.k],
-                "refit_proxy": True,
+                "refit_proxy": refit_proxy,
+                "evaluate": evaluate,
                 # The settings in effect now (admins' run-time changes included), for the child.
                 "settings": settings.model_dump(mode="json", exclude={"data_dir", "database_url"}),
                 "requested_by": user_id,
