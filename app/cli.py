@@ -249,12 +249,14 @@ def collect_status(rt: Runtime) -> dict:
         }
 
 
-from app import cli_data  # noqa: E402
+# Commands of the other areas, each in its own module (imported last: they reuse DataDir above).
+from app import cli_data, cli_serve  # noqa: E402
 
 prompts_cli.command("import")(cli_data.prompts_import)
 users_cli.command("token")(cli_data.users_token)
 cli.add_typer(cli_data.prefs_cli, name="prefs")
 cli.command("export")(cli_data.export)
+cli.command("serve")(cli_serve.serve)
 
 from app import cli_training  # noqa: E402
 

@@ -1,0 +1,305 @@
+"""The real app in a real browser (Debian's chromium through Playwright), on a real server.
+
+Each test logs in through the login page and acts as a person would; the outcome is checked in
+the database. Screenshots of each view go to artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlmodel import select
+
+from app.sessions import COOKIE_NAME
+from storage import crud
+from storage.db import transaction
+from storage.models import Label, Pair, Response, Role
+from tests.app.live_server import PASSWORD, live_server, seed_pairs, seed_users
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+XSS = {
+    "script": "<script>window.__pwned=1</script>",
+    "img": '<img src=x onerror="window.__pwned=1">',
+    "link": "[x](javascript:window.__pwned=1)",
+    "template": "${window.__pwned=1} {{constructor.constructor('window.__pwned=1')()}}",
+}
+TIMEOUT_MS = 20_000
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("serve")
+    with live_server(data_dir) as server:
+        server.users = seed_users(
+            server.rt,
+            {
+                "ann": Role.annotator,
+                "kim": Role.annotator,
+                "eve": Role.annotator,
+                "boss": Role.admin,
+            },
+        )
+        # The XSS pair first, wanted by everyone: the first pair each user gets.
+        seed_pairs(
+            server.rt,
+            [
+                (
+                    "Untrusted **markdown**",
+                    f"{XSS['script']}\n\n{XSS['img']}",
+                    f"{XSS['link']}\n\n{XSS['template']}",
+                )
+            ],
+            overlap=10,
+        )
+        seed_pairs(
+            server.rt,
+            [
+                (f"Question {i}: which reply is better?", f"reply-a-{i} (a)", f"reply-b-{i} (b)")
+                for i in range(12)
+            ],
+            p_a=0.8,
+        )
+        yield server
+
+
+@pytest.fixture(scope="module")
+def browser():
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    yield page
+    context.close()
+
+
+def login(page, server, name: str, path: str = "/label/") -> None:
+    page.goto(server.url + path)
+    assert "/login" in page.url
+    page.fill("#name", name)
+    page.fill("#password", PASSWORD)
+    page.click("#login")
+    page.wait_for_url(re.compile(re.escape(path) + "$"))
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def shown_texts(page) -> tuple[str, str]:
+    page.wait_for_selector("#pf-text-left")
+    return page.inner_text("#pf-text-left"), page.inner_text("#pf-text-right")
+
+
+def labels_of(server, user: str) -> list[tuple[Label, str, str]]:
+    """(label, response a text, response b text) of a user's labels, oldest first."""
+    with transaction(server.rt.engine, readonly=True) as session:
+        rows = session.exec(
+            select(Label, Pair)
+            .join(Pair, Pair.id == Label.pair_id)
+            .where(Label.user_id == server.users[user])
+            .order_by(Label.id)
+        ).all()
+        return [
+            (
+                label,
+                session.get(Response, pair.response_a_id).text,
+                session.get(Response, pair.response_b_id).text,
+            )
+            for label, pair in rows
+        ]
+
+
+def act_and_wait(page, action) -> None:
+    """Do `action` (a click or a key) and wait for the next pair to replace this one."""
+    before = page.inner_text("#pf-text-left") + page.inner_text("#pf-text-right")
+    action()
+    page.wait_for_function(
+        "(before) => { const l = document.querySelector('#pf-text-left');"
+        " const r = document.querySelector('#pf-text-right');"
+        " return l && r && (l.innerText + r.innerText) !== before; }",
+        arg=before,
+    )
+
+
+def test_annotator_labels_by_click_and_keyboard(page, server):
+    login(page, server, "ann")
+    assert page.locator("a[href='/admin/']").count() == 0  # no admin link for annotators
+    page.wait_for_selector("#pf-today")
+    shot(page, "label")
+    meant = []
+    for how in ["click:pf-left", "click:pf-right", "key:1", "key:2", "key:3", "key:4"]:
+        left, right = shown_texts(page)
+        kind, what = how.split(":")
+        if kind == "click":
+            act_and_wait(page, lambda what=what: page.click(f"#{what}"))
+        else:
+            act_and_wait(page, lambda what=what: page.keyboard.press(what))
+        side = {
+            "pf-left": "left",
+            "1": "left",
+            "pf-right": "right",
+            "2": "right",
+            "3": "tie",
+            "4": "both_bad",
+        }[what]
+        meant.append((side, left, right))
+    shot(page, "label_after_votes")
+    assert "Saved" in page.inner_text("#pf-feedback")
+    # the default mode reveals the proxy's suggestion only after the vote
+    assert "proxy suggested" in page.inner_text("#pf-feedback").lower()
+
+    stored = labels_of(server, "ann")
+    assert len(stored) == len(meant)
+    swaps = set()
+    for (label, text_a, text_b), (side, left, right) in zip(stored, meant, strict=True):
+        assert {left.strip(), right.strip()} == {text_a.strip(), text_b.strip()}
+        if side in ("tie", "both_bad"):
+            assert label.choice == side
+            continue
+        chosen_text = left if side == "left" else right
+        assert label.choice == ("a" if chosen_text.strip() == text_a.strip() else "b")
+        assert label.swapped == (left.strip() == text_b.strip())
+        swaps.add(label.swapped)
+        assert label.seconds is not None and label.seconds >= 0
+    today = int(page.inner_text("#pf-today"))
+    assert today == len(meant)
+
+
+def test_typing_a_reason_does_not_trigger_shortcuts(page, server):
+    login(page, server, "kim")
+    shown_texts(page)
+    page.fill("#pf-reason textarea, #pf-reason input", "")
+    page.click("#pf-reason textarea, #pf-reason input")
+    page.keyboard.type("1 2 s more detail")
+    page.wait_for_timeout(500)
+    assert labels_of(server, "kim") == []
+    act_and_wait(page, lambda: page.click("#pf-right"))
+    ((label, _, _),) = labels_of(server, "kim")
+    assert label.reason == "1 2 s more detail"
+
+
+def test_untrusted_text_shows_as_text_and_nothing_runs(page, server):
+    executed = []
+    page.on("dialog", lambda dialog: (executed.append(dialog.message), dialog.dismiss()))
+    login(page, server, "eve")
+    left, right = shown_texts(page)
+    shot(page, "label_xss")
+    shown = left + "\n" + right
+    for payload in (XSS["script"], XSS["img"], XSS["link"], "${window.__pwned=1}"):
+        assert payload in shown, payload
+    assert page.evaluate("window.__pwned") is None
+    assert page.locator("#pf-text-left script, #pf-text-right script").count() == 0
+    assert page.locator("#pf-text-left img, #pf-text-right img").count() == 0
+    assert page.locator("a[href^='javascript']").count() == 0
+    page.get_by_text("[x](javascript:window.__pwned=1)").click()
+    page.wait_for_timeout(300)
+    assert page.evaluate("window.__pwned") is None
+    assert executed == []
+
+
+def _session_cookie(server, name: str) -> str:
+    response = httpx.post(
+        server.url + "/login", data={"name": name, "password": PASSWORD, "next": "/label/"}
+    )
+    assert response.status_code == 303
+    return response.cookies[COOKIE_NAME]
+
+
+def test_annotator_cannot_reach_the_admin_view_or_its_endpoints(page, server):
+    from gradio_client import Client
+
+    login(page, server, "kim")
+    page.goto(server.url + "/admin/")
+    page.wait_for_url(re.compile(r"/label/$"))  # sent back to labeling
+    shot(page, "annotator_sent_back_from_admin")
+
+    cookies = {COOKIE_NAME: _session_cookie(server, "kim")}
+    # the labeling app works through gradio_client with the session ...
+    client = Client(server.url + "/label/", httpx_kwargs={"cookies": cookies}, verbose=False)
+    assert client.predict(api_name="/show")[1].count("pf-today") == 1
+    # ... the admin app refuses it, as it refuses an anonymous client
+    with pytest.raises(Exception, match="403|admins only|Could not"):
+        Client(server.url + "/admin/", httpx_kwargs={"cookies": cookies}, verbose=False)
+    admin_call = httpx.post(
+        server.url + "/admin/gradio_api/call/loop_pause",
+        json={"data": [None, False]},
+        cookies=cookies,
+    )
+    assert admin_call.status_code == 403
+    with pytest.raises(Exception, match="401|not signed in|Could not"):
+        Client(server.url + "/label/", verbose=False)
+    assert httpx.get(server.url + "/label/config").status_code == 401
+    with transaction(server.rt.engine, readonly=True) as session:
+        assert "labeling.paused" not in crud.get_overrides(session=session)
+
+
+def test_admin_pauses_changes_a_setting_and_manages_users(page, server):
+    login(page, server, "boss", path="/admin/")
+    page.wait_for_selector("#pf-timeline")
+    shot(page, "admin_loop")
+    page.click("#pf-pause")
+    page.wait_for_selector("#pf-loop-status:has-text('paused')")
+    with transaction(server.rt.engine, readonly=True) as session:
+        assert crud.get_overrides(session=session)["labeling.paused"] is True
+
+    page.get_by_role("tab", name="Settings").click()
+    beta = page.get_by_label("dpo.beta")
+    beta.fill("-1")
+    page.click("#pf-save-settings")
+    page.wait_for_selector("#pf-settings-result .pf-error")
+    assert "dpo.beta" in page.inner_text("#pf-settings-result")
+    shot(page, "admin_settings_error")
+    beta.fill("0.25")
+    page.click("#pf-save-settings")
+    page.wait_for_selector("#pf-settings-result:has-text('Saved')")
+    with transaction(server.rt.engine, readonly=True) as session:
+        assert crud.get_overrides(session=session)["dpo.beta"] == 0.25
+
+    page.get_by_role("tab", name="Users").click()
+    page.fill("#pf-new-user input, #pf-new-user textarea", "newbie")
+    page.click("#pf-add-user")
+    page.wait_for_selector("#pf-users-result:has-text('Password (shown once)')")
+    shot(page, "admin_users")
+    page.get_by_role("tab", name="Plots").click()
+    page.wait_for_timeout(1000)
+    shot(page, "admin_plots")
+    page.get_by_role("tab", name="Data").click()
+    page.click("#pf-export")
+    page.wait_for_selector("#pf-export-result:has-text('exported')")
+    exported = int(page.inner_text("#pf-export-result").split()[0])
+    with page.expect_download() as download:
+        page.click("#pf-download a")
+    lines = Path(download.value.path()).read_text().splitlines()
+    assert exported >= 1 and len(lines) == exported  # ann's decided pairs, at least
+    assert all({"prompt", "chosen", "rejected"} <= set(json.loads(line)) for line in lines)
+    shot(page, "admin_data")
+
+    page.get_by_role("tab", name="Loop").click()
+    page.click("#pf-resume")
+    page.wait_for_selector("#pf-loop-status:has-text('open')")

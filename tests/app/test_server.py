@@ -1,0 +1,201 @@
+"""The web app without a browser: sessions, the login, the gate, and authorization inside every
+Gradio handler (called directly, as gradio_client or curl would)."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import stat
+import time
+
+import gradio as gr
+import pytest
+from fastapi.testclient import TestClient
+
+from app import sessions
+from app.server import create_app, safe_next
+from app.ui.admin import build_admin
+from app.ui.annotate import build_annotate
+from app.ui.guard import AppContext, Refused
+from storage import crud
+from storage.db import transaction, upgrade
+from storage.models import Role
+from storage.runtime import open_runtime
+from tests.app.live_server import PASSWORD, seed_pairs, seed_users
+
+
+@pytest.fixture
+def rt(tmp_path):
+    rt = open_runtime(tmp_path)
+    upgrade(rt.engine)
+    yield rt
+    rt.engine.dispose()
+
+
+@pytest.fixture
+def users(rt):
+    return seed_users(rt, {"ann": Role.annotator, "boss": Role.admin, "gone": Role.annotator})
+
+
+@pytest.fixture
+def client(rt, users):
+    with transaction(rt.engine) as session:
+        crud.update_user(session=session, user_id=users["gone"], active=False)
+    with TestClient(create_app(rt, scheduler=False), follow_redirects=False) as client:
+        yield client
+
+
+def login(client, name, password=PASSWORD):
+    return client.post("/login", data={"name": name, "password": password, "next": "/label/"})
+
+
+def test_session_cookie_round_trip_and_tampering():
+    secret = b"k" * 32
+    token = sessions.sign_session(secret, user_id=7, password_hash="h1")
+    data = sessions.read_session(secret, token)
+    assert data.user_id == 7 and data.fingerprint == sessions.password_fingerprint("h1")
+    payload, mac = token.split(".")
+    forged = sessions.sign_session(secret, user_id=8, password_hash="h1").split(".")[0]
+    assert sessions.read_session(secret, f"{forged}.{mac}") is None
+    assert sessions.read_session(b"other" * 8, token) is None
+    assert sessions.read_session(secret, token, max_age=-1) is None
+    assert sessions.read_session(secret, "garbage") is None
+
+
+def test_secret_is_created_once_with_mode_0600(tmp_path, monkeypatch):
+    monkeypatch.delenv("PREFLOOP_SESSION_SECRET", raising=False)
+    first = sessions.load_or_create_secret(tmp_path)
+    assert sessions.load_or_create_secret(tmp_path) == first
+    mode = stat.S_IMODE(os.stat(tmp_path / sessions.SECRET_FILE).st_mode)
+    assert mode == 0o600
+
+
+def test_safe_next_refuses_other_hosts():
+    assert safe_next("/admin/") == "/admin/"
+    for bad in ("https://evil.example/", "//evil.example", "/\\evil", "", None):
+        assert safe_next(bad) == "/label/"
+
+
+def test_anonymous_gets_only_the_login_page(client):
+    assert client.get("/healthz").json() == {"ok": True}
+    page = client.get("/label/", headers={"accept": "text/html"})
+    assert page.status_code == 303 and page.headers["location"].startswith("/login")
+    assert "Sign in" in client.get("/login").text
+    for path in (
+        "/label/",
+        "/label/config",
+        "/admin/config",
+        "/label/gradio_api/info",
+        "/admin/gradio_api/queue/join",
+        "/label/gradio_api/upload",
+    ):
+        response = client.post(path) if path.endswith(("join", "upload")) else client.get(path)
+        assert response.status_code == 401, path
+
+
+def test_login_logout_and_refusals(client):
+    assert login(client, "ann", "wrong-password").status_code == 401
+    assert login(client, "nobody").status_code == 401
+    refused = login(client, "gone")
+    assert refused.status_code == 403 and "disabled" in refused.text
+    assert sessions.COOKIE_NAME not in client.cookies
+
+    ok = login(client, "ann")
+    assert ok.status_code == 303 and ok.headers["location"] == "/label/"
+    cookie = ok.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=lax" in cookie
+    assert client.get("/label/config").status_code == 200
+    # an annotator never receives the admin app
+    assert client.get("/admin/config").status_code == 403
+    assert client.get("/admin/", headers={"accept": "text/html"}).headers["location"] == "/label/"
+
+    client.get("/logout")
+    client.cookies.clear()
+    assert client.get("/label/config").status_code == 401
+
+
+def test_admin_gets_the_admin_app(client):
+    login(client, "boss")
+    assert client.get("/admin/config").status_code == 200
+
+
+def _request(ctx: AppContext, user_id: int | None, password_hash: str | None = None) -> gr.Request:
+    cookies = {}
+    if user_id is not None:
+        token = sessions.sign_session(ctx.secret, user_id=user_id, password_hash=password_hash)
+        cookies[sessions.COOKIE_NAME] = token
+    return gr.Request(cookies=cookies, headers={})
+
+
+def _call_every_handler(blocks: gr.Blocks, request: gr.Request) -> list[str]:
+    """Call each event handler with empty inputs; return the api names that did not refuse."""
+    let_through = []
+    for block_fn in blocks.fns.values():
+        fn = block_fn.fn
+        if fn is None:
+            continue
+        hints = gr.utils.get_type_hints(fn)
+        kwargs = {
+            name: request if hints.get(name) is gr.Request else None
+            for name in inspect.signature(fn).parameters
+        }
+        try:
+            fn(**kwargs)
+        except Refused:
+            continue
+        let_through.append(block_fn.api_name)
+    return let_through
+
+
+def test_every_admin_handler_refuses_annotators_disabled_and_anonymous(rt, users):
+    ctx = AppContext(rt=rt, secret=b"s" * 32)
+    blocks = build_admin(ctx)
+    with transaction(rt.engine, readonly=True) as session:
+        hashes = {u.id: u.password_hash for u in crud.list_users(session=session)}
+    assert len(blocks.fns) >= 10
+    assert _call_every_handler(blocks, _request(ctx, None)) == []
+    annotator = _request(ctx, users["ann"], hashes[users["ann"]])
+    assert _call_every_handler(blocks, annotator) == []
+    # an admin whose password changed since sign-in, or who was disabled, is out at once
+    stale = _request(ctx, users["boss"], "an older hash")
+    assert _call_every_handler(blocks, stale) == []
+    with transaction(rt.engine) as session:
+        crud.update_user(session=session, user_id=users["boss"], active=False)
+    assert _call_every_handler(blocks, _request(ctx, users["boss"], hashes[users["boss"]])) == []
+
+
+def test_every_labeling_handler_refuses_anonymous_and_disabled(rt, users):
+    ctx = AppContext(rt=rt, secret=b"s" * 32)
+    blocks = build_annotate(ctx)
+    with transaction(rt.engine) as session:
+        gone = crud.update_user(session=session, user_id=users["gone"], active=False)
+    assert len(blocks.fns) >= 6
+    assert _call_every_handler(blocks, _request(ctx, None)) == []
+    assert _call_every_handler(blocks, _request(ctx, gone.id, gone.password_hash)) == []
+
+
+def test_labeling_handlers_store_the_meant_choice(rt, users):
+    """The handler path without a browser: the shown side maps back to the pair's a/b."""
+    from sqlmodel import select
+
+    from storage.models import Label
+
+    ctx = AppContext(rt=rt, secret=b"s" * 32)
+    seed_pairs(rt, [(f"p{i}", f"a{i}", f"b{i}") for i in range(4)])
+    blocks = build_annotate(ctx)
+    by_name = {f.api_name: f.fn for f in blocks.fns.values()}
+    with transaction(rt.engine, readonly=True) as session:
+        ann = crud.get_user(session=session, user_id=users["ann"])
+    request = _request(ctx, ann.id, ann.password_hash)
+    outputs = by_name["show"](request)
+    shown = outputs[-1]
+    left_text = outputs[6]
+    time.sleep(0.01)
+    outputs = by_name["label_left"](shown, "  clearer  ", request)
+    assert "Saved" in outputs[-3]
+    with transaction(rt.engine, readonly=True) as session:
+        label = session.exec(select(Label)).one()
+    meant_a = ">a" in left_text  # the response shown on the left was response a
+    assert label.choice == ("a" if meant_a else "b")
+    assert label.swapped == (not meant_a)
+    assert label.reason == "clearer" and label.seconds > 0
