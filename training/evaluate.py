@@ -68,61 +68,6 @@ def gold_judge(settings: Settings) -> Judge | None:
     return load_judge(spec) if spec else None
 
 
-def sample(
-    policy_path: str,
-    prompts: Sequence[str],
-    *,
-    n: int,
-    temperature: float,
-    max_new_tokens: int,
-    seed: int,
-    batch_size: int = 64,
-    threads: int = 2,
-) -> list[list[str]]:
-    """`n` sampled responses per prompt, shape [len(prompts)][n]."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.set_num_threads(threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(policy_path)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(policy_path).to(device).eval()
-    out: list[list[str]] = []
-    torch.manual_seed(seed)
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start : start + batch_size])
-        if tokenizer.chat_template:
-            enc = tokenizer.apply_chat_template(
-                [[{"role": "user", "content": p}] for p in chunk],
-                add_generation_prompt=True,
-                padding=True,
-                return_tensors="pt",
-                return_dict=True,
-            )
-        else:
-            enc = tokenizer(chunk, padding=True, return_tensors="pt")
-        enc = {k: v.to(device) for k, v in enc.items()}
-        with torch.no_grad():
-            ids = model.generate(
-                **enc,
-                do_sample=True,
-                temperature=temperature,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=n,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        texts = tokenizer.batch_decode(
-            ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
-        )
-        out.extend(texts[i * n : (i + 1) * n] for i in range(len(chunk)))
-    return out
-
-
 def cached_samples(
     *, settings: Settings, policy: Policy, prompts: Sequence[str], seed: int
 ) -> list[list[str]]:
@@ -141,14 +86,16 @@ def cached_samples(
     path = settings.data_dir / "eval" / f"v{policy.version}-{key}.json"
     if path.exists():
         return json.loads(path.read_text())
-    responses = sample(
+    from labeling.generation import generate
+
+    responses = generate(
         policy.path,
-        prompts,
-        n=ev.samples_per_prompt,
+        list(prompts),
         temperature=ev.temperature,
-        max_new_tokens=max_new,
+        n=ev.samples_per_prompt,
         seed=seed,
-        threads=settings.dpo.threads,
+        max_new_tokens=max_new,
+        settings=settings.generation,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

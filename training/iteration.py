@@ -60,13 +60,31 @@ def human_labels(*, engine, iteration_id: int) -> int:
         return crud.label_counts(session=session, iteration_id=iteration_id).get("human", 0)
 
 
+def human_capacity(*, engine, iteration_id: int) -> int:
+    """How many human labels the iteration's pairs can take (their overlap; proxy-only and
+    discarded pairs take none)."""
+    import sqlalchemy as sa
+
+    from storage.models import Pair, PairStatus, Route
+
+    query = sa.select(sa.func.coalesce(sa.func.sum(Pair.overlap), 0)).where(
+        Pair.iteration_id == iteration_id,
+        Pair.route.in_([Route.human, Route.audit]),
+        Pair.status != PairStatus.discarded,
+    )
+    with transaction(engine, readonly=True) as session:
+        return int(session.execute(query).scalar_one())
+
+
 def quota_reached(*, engine) -> Iteration | None:
-    """The labeling iteration when its human labels reached its quota, else None."""
+    """The labeling iteration once its human labels reach its quota (or all its pairs have
+    their human labels, when they can take fewer than the quota), else None."""
     with transaction(engine, readonly=True) as session:
         iteration = crud.current_iteration(session=session)
     if iteration is None or iteration.state != IterationState.labeling:
         return None
-    if human_labels(engine=engine, iteration_id=iteration.id) < max(1, iteration.human_quota):
+    target = min(iteration.human_quota, human_capacity(engine=engine, iteration_id=iteration.id))
+    if human_labels(engine=engine, iteration_id=iteration.id) < max(1, target):
         return None
     return iteration
 
@@ -181,8 +199,7 @@ def start_next_round(*, engine, settings: Settings) -> int | None:
     """Generate the next iteration's pairs from the deployed policy; returns its k."""
     from labeling.rounds import generate_round
 
-    iteration = generate_round(engine=engine, settings=settings)
-    return getattr(iteration, "k", None)
+    return generate_round(engine=engine, settings=settings)["iteration_k"]
 
 
 def run_round(
