@@ -27,9 +27,11 @@ PostgreSQL alike.
 from __future__ import annotations
 
 import hashlib
-from collections import Counter, defaultdict
+import json
+from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import aliased
@@ -55,7 +57,14 @@ from storage.models import (
 
 # Which source decides a pair that has labels from several.
 SOURCE_PRECEDENCE = (LabelSource.human, LabelSource.seed, LabelSource.proxy)
+_PRECEDENCE = tuple(source.value for source in SOURCE_PRECEDENCE)
 ALL_SOURCES = ("human", "proxy", "seed")
+_AB = frozenset({Choice.a.value, Choice.b.value})
+
+
+def _raw(column):
+    """Read an enum column as its plain string: no per-row enum conversion on the hot path."""
+    return sa.type_coerce(column, sa.String)
 
 
 @dataclass(frozen=True)
@@ -76,15 +85,18 @@ class PreferenceRow:
 
 def decide(choices: Iterable[str]) -> tuple[str, float] | None:
     """The strict-plurality choice and its share, or None when there is none or it is no a/b."""
-    counts = Counter(str(c) for c in choices)
+    counts: dict[str, int] = {}
+    for choice in choices:
+        counts[choice] = counts.get(choice, 0) + 1
     if not counts:
         return None
-    ranked = counts.most_common()
+    if len(counts) == 1:  # the common case: unanimous
+        ((top, _),) = counts.items()
+        return (top, 1.0) if top in _AB else None
+    ranked = sorted(counts.items(), key=lambda item: item[1], reverse=True)
     top, n_top = ranked[0]
-    if len(ranked) > 1 and ranked[1][1] == n_top:
-        return None  # a draw
-    if top not in (Choice.a.value, Choice.b.value):
-        return None
+    if ranked[1][1] == n_top or top not in _AB:
+        return None  # a draw, or a tie / both_bad majority
     return top, n_top / sum(counts.values())
 
 
@@ -119,9 +131,9 @@ def iter_preferences(
     pairs_query = (
         sa.select(
             Pair.id,
-            Pair.strategy,
+            _raw(Pair.strategy),
             Prompt.text,
-            Prompt.messages,
+            _raw(Prompt.messages),
             resp_a.text,
             resp_b.text,
             Iteration.k,
@@ -144,15 +156,17 @@ def iter_preferences(
     if split is not None:
         pairs_query = pairs_query.where(Prompt.split == split)
 
+    # Core execution on the session's connection: plain tuples, no ORM result machinery.
+    connection = session.connection()
     last_id = 0
     while True:
-        batch = session.execute(pairs_query.where(Pair.id > last_id)).all()
+        batch = connection.execute(pairs_query.where(Pair.id > last_id)).all()
         if not batch:
             return
-        last_id = batch[-1][0]
-        ids = [row[0] for row in batch]
-        labels = _labels(session, ids, label_filter)
-        proxy_p_a = _latest_suggestions(session, ids)
+        first_id, last_id = batch[0][0], batch[-1][0]
+        # a range, not an IN list of the ids: pairs in it that are not in the batch are ignored
+        labels = _labels(connection, first_id, last_id, label_filter)
+        proxy_p_a = _latest_suggestions(connection, first_id, last_id)
         for pair_id, strategy, text, messages, text_a, text_b, k, version in batch:
             decided = _decide_pair(labels.get(pair_id, []))
             if decided is None:
@@ -161,16 +175,16 @@ def iter_preferences(
             if agreement < min_agreement:
                 continue
             p_a = proxy_p_a.get(pair_id)
-            a_wins = winner == Choice.a.value
+            a_wins = winner == "a"
             yield PreferenceRow(
                 pair_id=pair_id,
                 prompt=text,
-                messages=messages,
+                messages=_messages(messages),
                 chosen=text_a if a_wins else text_b,
                 rejected=text_b if a_wins else text_a,
                 iteration=k,
                 policy_version=version,
-                strategy=str(strategy),
+                strategy=strategy,
                 source=source,
                 annotators=names,
                 agreement=agreement,
@@ -180,44 +194,54 @@ def iter_preferences(
             return
 
 
+def _messages(value: Any) -> list[dict[str, str]] | None:
+    # read as text (SQLite) or as JSON already parsed by the driver (PostgreSQL)
+    if value is None or value == "null":
+        return None
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def _labels(
-    session: Session, pair_ids: list[int], label_filter: list
+    connection: sa.Connection, first_id: int, last_id: int, label_filter: list
 ) -> dict[int, list[tuple[str, str, str | None]]]:
     query = (
-        sa.select(Label.pair_id, Label.source, Label.choice, User.name)
+        sa.select(Label.pair_id, _raw(Label.source), _raw(Label.choice), User.name)
         .outerjoin(User, User.id == Label.user_id)
-        .where(Label.pair_id.in_(pair_ids), *label_filter)
+        .where(Label.pair_id.between(first_id, last_id), *label_filter)
         .order_by(Label.id)
     )
     labels: dict[int, list[tuple[str, str, str | None]]] = defaultdict(list)
-    for pair_id, source, choice, name in session.execute(query):
-        labels[pair_id].append((str(source), str(choice), name))
+    for pair_id, source, choice, name in connection.execute(query).all():
+        labels[pair_id].append((source, choice, name))
     return labels
 
 
 def _decide_pair(
     labels: list[tuple[str, str, str | None]],
 ) -> tuple[str, float, str, list[str]] | None:
+    if not labels:
+        return None
+    if len(labels) == 1:  # the common case
+        source, choice, name = labels[0]
+        return (choice, 1.0, source, [] if name is None else [name]) if choice in _AB else None
     present = {source for source, _, _ in labels}
-    for source in SOURCE_PRECEDENCE:
-        if source.value in present:
-            counted = [(choice, name) for s, choice, name in labels if s == source.value]
-            decided = decide(choice for choice, _ in counted)
-            if decided is None:
-                return None
-            names = [name for _, name in counted if name is not None]
-            return decided[0], decided[1], source.value, names
-    return None
+    source = next(s for s in _PRECEDENCE if s in present)
+    counted = [(choice, name) for s, choice, name in labels if s == source]
+    decided = decide([choice for choice, _ in counted])
+    if decided is None:
+        return None
+    names = [name for _, name in counted if name is not None]
+    return decided[0], decided[1], source, names
 
 
-def _latest_suggestions(session: Session, pair_ids: list[int]) -> dict[int, float]:
+def _latest_suggestions(connection: sa.Connection, first_id: int, last_id: int) -> dict[int, float]:
     query = (
         sa.select(Suggestion.pair_id, Suggestion.p_a)
-        .where(Suggestion.pair_id.in_(pair_ids))
+        .where(Suggestion.pair_id.between(first_id, last_id))
         .order_by(Suggestion.pair_id, Suggestion.created_at, Suggestion.id)
     )
     # later rows overwrite earlier ones: the latest suggestion per pair wins
-    return {pair_id: p_a for pair_id, p_a in session.execute(query)}
+    return {pair_id: p_a for pair_id, p_a in connection.execute(query).all()}
 
 
 # seed data

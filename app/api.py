@@ -1,0 +1,355 @@
+"""The JSON API under /api/v1, for labeling vendors and scripts: the same queue and export
+functions as the browser views.
+
+Every call carries a user's API token (`Authorization: Bearer pfl_...`, issued with `prefloop
+users token NAME`); the database holds only its sha256. No token or an unknown one: 401; a
+disabled user: 403; an annotator on an admin route: 403, checked in the handler itself.
+The server's `create_app` includes `router`; the runtime comes from `app.state.runtime`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field, field_validator
+from starlette.background import BackgroundTask
+
+from app.auth import hash_token
+from storage import crud, queue
+from storage.db import transaction
+from storage.models import Role, Split, User
+from storage.runtime import Runtime
+
+router = APIRouter(prefix="/api/v1", tags=["api"])
+_bearer = HTTPBearer(auto_error=False, description="An API token: `prefloop users token NAME`.")
+
+MAX_ID = 2**31 - 1  # ids are INTEGER columns; a larger one cannot exist and PostgreSQL refuses it
+MAX_K = 2**31 - 1
+
+
+class ApiError(BaseModel):
+    detail: str
+
+
+ERRORS = {
+    401: {"model": ApiError, "description": "No token, or an unknown one."},
+    403: {"model": ApiError, "description": "Disabled user, or not allowed for this role."},
+}
+
+
+# who is calling
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def current_user(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(401, "an API token is required", {"WWW-Authenticate": "Bearer"})
+    rt = get_runtime(request)
+    with transaction(rt.engine, readonly=True) as session:
+        user = crud.get_user_by_token_hash(
+            session=session, token_hash=hash_token(credentials.credentials)
+        )
+    if user is None:
+        raise HTTPException(401, "invalid API token", {"WWW-Authenticate": "Bearer"})
+    if not user.active:
+        raise HTTPException(403, "this user is disabled")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def require_admin(user: User) -> None:
+    if user.role != Role.admin:
+        raise HTTPException(403, "admins only")
+
+
+# shapes
+
+
+class Suggestion(BaseModel):
+    p_left: float = Field(description="The proxy's P(left response is better).")
+    uncertainty: float
+    agent: str
+
+
+class PairOut(BaseModel):
+    pair_id: int
+    prompt: str
+    prompt_messages: list[dict[str, str]] | None
+    left: str
+    right: str
+    suggestion: Suggestion | None = Field(
+        description="Only while the labeling settings show suggestions before the vote."
+    )
+    expires_at: datetime = Field(description="The claim lapses then; submit before it.")
+
+
+class NextPairOut(BaseModel):
+    pair: PairOut | None = Field(description="None: nothing left for you to label.")
+
+
+class LabelIn(BaseModel):
+    choice: Literal["left", "right", "tie", "both_bad"] = Field(
+        description="In the order you were shown the pair."
+    )
+    seconds: float | None = Field(None, ge=0.0, le=86_400.0, allow_inf_nan=False)
+    reason: str | None = Field(None, max_length=queue.MAX_REASON_CHARS)
+
+    @field_validator("reason")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+
+class LabelOut(BaseModel):
+    pair_id: int
+    choice: str = Field(description="Stored as the pair's a / b / tie / both_bad.")
+
+
+class SkipOut(BaseModel):
+    pair_id: int
+    skipped: bool = True
+
+
+class StatusOut(BaseModel):
+    user: str
+    role: str
+    labeled_today: int
+    queue_left: int
+    paused: bool
+    iteration: dict | None
+    deployed_policy: int | None
+
+
+class IterationOut(BaseModel):
+    k: int
+    state: str
+    policy_in: int | None
+    policy_out: int | None
+    human_quota: int
+    labels: dict[str, int]
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+def _suggestion(claim_suggestion) -> Suggestion | None:
+    if claim_suggestion is None:
+        return None
+    return Suggestion(
+        p_left=claim_suggestion.p_left,
+        uncertainty=claim_suggestion.uncertainty,
+        agent=claim_suggestion.agent,
+    )
+
+
+def _queue_errors(exc: Exception) -> HTTPException:
+    if isinstance(exc, queue.NotAssigned):
+        return HTTPException(404, str(exc))
+    if isinstance(exc, crud.Conflict):
+        return HTTPException(409, str(exc))
+    return HTTPException(422, str(exc))
+
+
+@router.get("/openapi.json", include_in_schema=False)
+def openapi_spec(request: Request) -> JSONResponse:
+    """This API's OpenAPI spec, public (the app's own /openapi.json sits behind the login)."""
+    spec = request.app.openapi()
+    paths = {path: ops for path, ops in spec["paths"].items() if path.startswith(router.prefix)}
+    return JSONResponse({**spec, "paths": paths})
+
+
+# annotators and admins
+
+
+@router.get("/pairs/next", response_model=NextPairOut, responses=ERRORS)
+def next_pair(request: Request, user: CurrentUser) -> NextPairOut:
+    """Claim the next pair to label (or the one you hold). Responses are model output: show
+    them as plain text."""
+    rt = get_runtime(request)
+    labeling = rt.effective_settings().labeling
+    if labeling.paused:
+        raise HTTPException(409, "labeling is paused by an admin")
+    with transaction(rt.engine) as session:
+        claim = queue.claim_next_pair(
+            session=session, user_id=user.id, lease_seconds=labeling.lease_seconds
+        )
+    if claim is None:
+        return NextPairOut(pair=None)
+    shown = labeling.suggestion_mode == "shown"
+    return NextPairOut(
+        pair=PairOut(
+            pair_id=claim.pair_id,
+            prompt=claim.prompt,
+            prompt_messages=claim.prompt_messages,
+            left=claim.left,
+            right=claim.right,
+            suggestion=_suggestion(claim.suggestion) if shown else None,
+            expires_at=claim.expires_at,
+        )
+    )
+
+
+@router.post(
+    "/pairs/{pair_id}/label",
+    response_model=LabelOut,
+    responses={**ERRORS, 404: {"model": ApiError}, 409: {"model": ApiError}},
+)
+def label_pair(
+    request: Request,
+    user: CurrentUser,
+    body: LabelIn,
+    pair_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+) -> LabelOut:
+    """Label a pair you claimed. Submitting twice returns the first label."""
+    rt = get_runtime(request)
+    try:
+        with transaction(rt.engine) as session:
+            label = queue.submit_label(
+                session=session,
+                user_id=user.id,
+                pair_id=pair_id,
+                shown_choice=body.choice,
+                seconds=body.seconds,
+                reason=body.reason,
+            )
+    except (crud.NotFound, crud.Conflict, ValueError) as exc:
+        raise _queue_errors(exc) from None
+    return LabelOut(pair_id=pair_id, choice=str(label.choice))
+
+
+@router.post(
+    "/pairs/{pair_id}/skip",
+    response_model=SkipOut,
+    responses={**ERRORS, 404: {"model": ApiError}, 409: {"model": ApiError}},
+)
+def skip(
+    request: Request, user: CurrentUser, pair_id: Annotated[int, Path(ge=1, le=MAX_ID)]
+) -> SkipOut:
+    """Pass on a pair you claimed: it goes to someone else, never back to you."""
+    rt = get_runtime(request)
+    try:
+        with transaction(rt.engine) as session:
+            queue.skip_pair(session=session, user_id=user.id, pair_id=pair_id)
+    except (crud.NotFound, crud.Conflict, ValueError) as exc:
+        raise _queue_errors(exc) from None
+    return SkipOut(pair_id=pair_id)
+
+
+@router.get("/status", response_model=StatusOut, responses=ERRORS)
+def status(request: Request, user: CurrentUser) -> StatusOut:
+    """Your labels today, what is left for you, the loop's iteration and deployed policy."""
+    rt = get_runtime(request)
+    paused = rt.effective_settings().labeling.paused
+    with transaction(rt.engine, readonly=True) as session:
+        stats = queue.queue_stats(session=session, user_id=user.id)
+        iteration = crud.current_iteration(session=session)
+        policy = crud.deployed_policy(session=session)
+    return StatusOut(
+        user=user.name,
+        role=str(user.role),
+        labeled_today=stats["labeled_today"],
+        queue_left=stats["queue_left"],
+        paused=paused,
+        iteration={"k": iteration.k, "state": str(iteration.state)} if iteration else None,
+        deployed_policy=policy.version if policy else None,
+    )
+
+
+# admins
+
+
+@router.get("/iterations", response_model=list[IterationOut], responses=ERRORS)
+def iterations(request: Request, user: CurrentUser) -> list[IterationOut]:
+    """Every iteration with its state, policies and labels per source (admins)."""
+    require_admin(user)
+    rt = get_runtime(request)
+    with transaction(rt.engine, readonly=True) as session:
+        versions = {p.id: p.version for p in crud.list_policies(session=session)}
+        return [
+            IterationOut(
+                k=it.k,
+                state=str(it.state),
+                policy_in=versions.get(it.policy_in_id),
+                policy_out=versions.get(it.policy_out_id),
+                human_quota=it.human_quota,
+                labels=crud.label_counts(session=session, iteration_id=it.id),
+                error=it.error,
+                created_at=it.created_at,
+                finished_at=it.finished_at,
+            )
+            for it in crud.list_iterations(session=session)
+        ]
+
+
+@router.get(
+    "/export",
+    response_class=FileResponse,
+    responses={
+        **ERRORS,
+        200: {"description": "The dataset file (an hf export comes zipped)."},
+        404: {"model": ApiError, "description": "No decided pair matches the filters."},
+    },
+)
+def export(
+    request: Request,
+    user: CurrentUser,
+    format: Literal["jsonl", "parquet", "hf"] = "parquet",
+    layout: Literal["standard", "conversational"] = "standard",
+    iteration: Annotated[list[int] | None, Query(description="Iteration k (repeatable).")] = None,
+    source: Annotated[
+        list[Literal["human", "proxy", "seed"]] | None,
+        Query(description="Label sources (repeatable); default all."),
+    ] = None,
+    min_agreement: Annotated[float, Query(ge=0.0, le=1.0)] = 0.0,
+    annotator: Annotated[list[str] | None, Query(description="Count only these users.")] = None,
+    split: Split | None = None,
+) -> FileResponse:
+    """Download the decided preferences as a dataset file for TRL's DPOTrainer (admins)."""
+    from labeling.export import MEDIA_TYPES, ExportError, ExportFilters, export_file
+
+    require_admin(user)
+    if iteration is not None and any(not 0 <= k <= MAX_K for k in iteration):
+        raise HTTPException(422, f"iteration: each k within [0, {MAX_K}]")
+    if annotator is not None and any("\x00" in name for name in annotator):
+        raise HTTPException(422, "annotator: must not contain NUL characters")
+    rt = get_runtime(request)
+    filters = ExportFilters(
+        iterations=iteration or None,
+        sources=tuple(source) if source else ("human", "proxy", "seed"),
+        min_agreement=min_agreement,
+        annotators=annotator or None,
+        split=split,
+    )
+    try:
+        result = export_file(engine=rt.engine, format=format, layout=layout, filters=filters)
+    except ExportError as exc:
+        raise HTTPException(404, str(exc)) from None
+    with transaction(rt.engine) as session:
+        crud.record_audit(
+            session=session,
+            user_id=user.id,
+            action="export",
+            detail={"via": "api", "format": format, "rows": result.rows, **filters.as_dict()},
+        )
+    return FileResponse(
+        result.path,
+        media_type=MEDIA_TYPES[result.format],
+        filename=f"prefloop-{result.layout}{result.path.suffix}",
+        headers={"X-Prefloop-Rows": str(result.rows)},
+        background=BackgroundTask(shutil.rmtree, result.path.parent, ignore_errors=True),
+    )

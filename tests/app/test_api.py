@@ -1,0 +1,241 @@
+"""The JSON API: who may call what, the labeling flow, export, and a schemathesis run."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import schemathesis
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
+
+from app import api
+from app.auth import generate_token, hash_token
+from storage import crud
+from storage.db import transaction
+from storage.models import Choice, Label, LabelSource, Role
+from storage.runtime import Runtime
+from storage.settings import load_settings
+from tests.factories import make_pairs, make_user
+
+
+def build_app(engine, tmp_path) -> FastAPI:
+    app = FastAPI()
+    app.state.runtime = Runtime(settings=load_settings(tmp_path), engine=engine)
+    app.include_router(api.router)
+    return app
+
+
+def issue_token(session, user) -> str:
+    token = generate_token()
+    crud.update_user(session=session, user_id=user.id, token_hash=hash_token(token))
+    return token
+
+
+@pytest.fixture
+def world(engine, tmp_path):
+    """An app with an admin, an annotator, a disabled annotator and three queued pairs."""
+    with transaction(engine) as session:
+        tokens = {
+            "admin": issue_token(session, make_user(session, role=Role.admin, name="boss")),
+            "annotator": issue_token(session, make_user(session, name="ann")),
+        }
+        disabled = make_user(session, name="gone")
+        tokens["disabled"] = issue_token(session, disabled)
+        crud.update_user(session=session, user_id=disabled.id, active=False)
+        pairs = make_pairs(session, 3)
+        session.add(Label(pair_id=pairs[0].id, source=LabelSource.proxy, choice=Choice.a))
+        pair_ids = [p.id for p in pairs]
+    client = TestClient(build_app(engine, tmp_path))
+    return client, tokens, pair_ids
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+ROUTES = {
+    # name: (method, path, json body, admin only)
+    "next": ("GET", "/api/v1/pairs/next", None, False),
+    "label": ("POST", "/api/v1/pairs/{pair}/label", {"choice": "left"}, False),
+    "skip": ("POST", "/api/v1/pairs/{pair}/skip", None, False),
+    "status": ("GET", "/api/v1/status", None, False),
+    "iterations": ("GET", "/api/v1/iterations", None, True),
+    "export": ("GET", "/api/v1/export?format=jsonl", None, True),
+}
+
+
+@pytest.mark.parametrize("route", list(ROUTES))
+@pytest.mark.parametrize("who", ["anonymous", "bad token", "disabled", "annotator", "admin"])
+def test_every_route_authorizes_every_caller(world, route, who):
+    client, tokens, pair_ids = world
+    method, path, body, admin_only = ROUTES[route]
+    if who == "anonymous":
+        headers = {}
+    else:
+        headers = auth("pfl_not-a-token" if who == "bad token" else tokens[who])
+    if route in ("label", "skip") and who in ("annotator", "admin"):
+        claimed = client.get("/api/v1/pairs/next", headers=headers).json()["pair"]
+        path = path.format(pair=claimed["pair_id"])
+    path = path.format(pair=pair_ids[0])
+    response = client.request(method, path, json=body, headers=headers)
+    expected = {
+        "anonymous": 401,
+        "bad token": 401,
+        "disabled": 403,
+        "annotator": 403 if admin_only else 200,
+        "admin": 200,
+    }[who]
+    assert response.status_code == expected, response.text
+    if expected == 401:
+        assert response.headers["www-authenticate"] == "Bearer"
+    if who == "anonymous":
+        assert "token" in response.json()["detail"]
+
+
+def test_the_spec_is_public_and_lists_every_route(world):
+    client, _, _ = world
+    spec = client.get("/api/v1/openapi.json").json()
+    assert sorted(spec["paths"]) == sorted(
+        path.split("?")[0].replace("{pair}", "{pair_id}") for _, path, _, _ in ROUTES.values()
+    )
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_label_flow_translates_the_shown_order(world, engine):
+    client, tokens, pair_ids = world
+    headers = auth(tokens["annotator"])
+    first = client.get("/api/v1/pairs/next", headers=headers).json()["pair"]
+    again = client.get("/api/v1/pairs/next", headers=headers).json()["pair"]
+    assert again["pair_id"] == first["pair_id"]  # the held claim, not a new one
+    assert first["suggestion"] is None  # the default settings show it after the vote only
+    with transaction(engine, readonly=True) as session:
+        from storage.models import Pair, Response
+
+        pair = session.get(Pair, first["pair_id"])
+        text_a = session.get(Response, pair.response_a_id).text
+    response = client.post(
+        f"/api/v1/pairs/{first['pair_id']}/label",
+        json={"choice": "left", "seconds": 3.5, "reason": "clearer"},
+        headers=headers,
+    )
+    assert response.status_code == 200
+    assert response.json()["choice"] == ("a" if first["left"] == text_a else "b")
+    repeat = client.post(
+        f"/api/v1/pairs/{first['pair_id']}/label", json={"choice": "right"}, headers=headers
+    )
+    assert repeat.json()["choice"] == response.json()["choice"]  # idempotent
+    skipped = client.post(f"/api/v1/pairs/{first['pair_id']}/skip", headers=headers)
+    assert skipped.status_code == 409
+
+    second = client.get("/api/v1/pairs/next", headers=headers).json()["pair"]
+    assert client.post(f"/api/v1/pairs/{second['pair_id']}/skip", headers=headers).json() == {
+        "pair_id": second["pair_id"],
+        "skipped": True,
+    }
+    status = client.get("/api/v1/status", headers=headers).json()
+    assert (status["user"], status["role"], status["labeled_today"]) == ("ann", "annotator", 1)
+    assert status["queue_left"] == 1 and status["paused"] is False
+
+    unclaimed = client.post(
+        f"/api/v1/pairs/{pair_ids[0]}/label", json={"choice": "tie"}, headers=headers
+    )
+    assert unclaimed.status_code in (200, 404)
+    bad = client.post(
+        f"/api/v1/pairs/{second['pair_id']}/label", json={"choice": "a"}, headers=headers
+    )
+    assert bad.status_code == 422
+    nul = client.post(
+        f"/api/v1/pairs/{second['pair_id']}/label",
+        json={"choice": "tie", "reason": "a\x00b"},
+        headers=headers,
+    )
+    assert nul.status_code == 422
+
+
+def test_next_is_null_when_nothing_is_left_and_409_when_paused(world, engine):
+    client, tokens, _ = world
+    headers = auth(tokens["annotator"])
+    for _ in range(3):
+        pair = client.get("/api/v1/pairs/next", headers=headers).json()["pair"]
+        client.post(
+            f"/api/v1/pairs/{pair['pair_id']}/label", json={"choice": "tie"}, headers=headers
+        )
+    assert client.get("/api/v1/pairs/next", headers=headers).json() == {"pair": None}
+    with transaction(engine) as session:
+        crud.set_overrides(session=session, values={"labeling.paused": True}, user_id=None)
+    assert client.get("/api/v1/pairs/next", headers=headers).status_code == 409
+
+
+def test_admin_export_download_and_iterations(world, engine):
+    import pyarrow.parquet as pq
+
+    client, tokens, pair_ids = world
+    headers = auth(tokens["admin"])
+    response = client.get("/api/v1/export?format=parquet&source=proxy", headers=headers)
+    assert response.status_code == 200
+    assert response.headers["x-prefloop-rows"] == "1"
+    assert "attachment" in response.headers["content-disposition"]
+    table = pq.read_table(io.BytesIO(response.content))
+    assert table.column("pair_id").to_pylist() == [pair_ids[0]]
+    assert table.column("source").to_pylist() == ["proxy"]
+    conversational = client.get(
+        "/api/v1/export?format=jsonl&layout=conversational", headers=headers
+    )
+    assert conversational.json()["prompt"][0]["role"] == "user"
+    empty = client.get("/api/v1/export?source=human", headers=headers)
+    assert empty.status_code == 404 and "nothing to export" in empty.json()["detail"]
+    assert client.get("/api/v1/export?format=csv", headers=headers).status_code == 422
+    with transaction(engine, readonly=True) as session:
+        audits = [a for a in session.exec(__import__("sqlmodel").select(crud.Audit))]
+    assert [a.action for a in audits].count("export") == 2
+
+    with transaction(engine) as session:
+        crud.start_iteration(session=session, policy_in_id=None, human_quota=5, human_budget=9)
+    (iteration,) = client.get("/api/v1/iterations", headers=headers).json()
+    assert (iteration["k"], iteration["state"], iteration["human_quota"]) == (0, "generating", 5)
+
+
+# schemathesis: generated requests against the OpenAPI spec find no server error. (Its pytest
+# loader `from_fixture` does not run under pytest 9.2, so the operations are driven here.)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_schemathesis_finds_no_server_error(engine, tmp_path, mode):
+    from hypothesis import given
+    from schemathesis import GenerationMode
+    from schemathesis.checks import not_a_server_error
+
+    with transaction(engine) as session:
+        token = issue_token(session, make_user(session, role=Role.admin, name="root"))
+        pairs = make_pairs(session, 5)
+        session.add(Label(pair_id=pairs[0].id, source=LabelSource.proxy, choice=Choice.b))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", build_app(engine, tmp_path))
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) == len(ROUTES)
+    for operation in operations:
+
+        @given(case=operation.as_strategy(GenerationMode(mode)))
+        @settings(
+            max_examples=30, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+        )
+        def no_server_error(case):
+            for headers in ({"Authorization": f"Bearer {token}"}, {}):
+                case.call_and_validate(headers=headers, checks=[not_a_server_error])
+
+        no_server_error()
+
+
+def test_the_web_app_serves_the_api_past_its_login_gate(sqlite_engine, tmp_path):
+    from app.server import create_app
+
+    with transaction(sqlite_engine) as session:
+        token = issue_token(session, make_user(session, name="ann"))
+    rt = Runtime(settings=load_settings(tmp_path), engine=sqlite_engine)
+    with TestClient(create_app(rt, scheduler=False), follow_redirects=False) as client:
+        assert client.get("/api/v1/status", headers=auth(token)).json()["user"] == "ann"
+        anonymous = client.get("/api/v1/status")
+        assert anonymous.status_code == 401 and "API token" in anonymous.json()["detail"]
+        assert "/api/v1/pairs/next" in client.get("/api/v1/openapi.json").json()["paths"]
