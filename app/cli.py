@@ -95,8 +95,9 @@ def _ensure_admin(rt: Runtime) -> None:
 
 
 def _init_demo(rt: Runtime) -> None:
-    from labeling.demo_task import demo_prompts
     from training.demo_policy import build_demo_policy
+
+    from labeling.demo_task import demo_prompts
 
     records = [crud.PromptIn(text=t, source="demo", split=Split(s)) for t, s in demo_prompts()]
     with transaction(rt.engine) as session:
@@ -264,6 +265,13 @@ cli.command("train")(cli_training.train)
 cli.command("deploy")(cli_training.deploy)
 cli.command("rollback")(cli_training.rollback)
 cli.command("loop")(cli_training.loop)
+
+from app import cli_labeling  # noqa: E402
+
+cli.command("generate")(cli_labeling.generate)
+cli.command("label")(cli_labeling.label)
+cli.command("quality")(cli_labeling.quality)
+cli.command("refit-proxy")(cli_labeling.refit_proxy)
 
 
 def main() -> None:
