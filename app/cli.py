@@ -95,9 +95,8 @@ def _ensure_admin(rt: Runtime) -> None:
 
 
 def _init_demo(rt: Runtime) -> None:
-    from training.demo_policy import build_demo_policy
-
     from labeling.demo_task import demo_prompts
+    from training.demo_policy import build_demo_policy
 
     records = [crud.PromptIn(text=t, source="demo", split=Split(s)) for t, s in demo_prompts()]
     with transaction(rt.engine) as session:
