@@ -26,6 +26,7 @@ dev: $(VENV)/.dev
 run: install
 	$(VENV)/bin/prefloop init --demo --data-dir $(DATA_DIR)
 	$(VENV)/bin/prefloop status --data-dir $(DATA_DIR)
+	$(VENV)/bin/prefloop serve --data-dir $(DATA_DIR)
 
 test: dev
 	$(PY) -m pytest

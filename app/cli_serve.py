@@ -34,7 +34,11 @@ def serve(
     app = create_app(rt, scheduler=scheduler)
     shown_host = "127.0.0.1" if server.host in ("0.0.0.0", "::") else server.host
     typer.echo(
-        f"prefloop: http://{shown_host}:{server.port}/  "
-        f"(sign in as a user from `prefloop users list`; scheduler {'on' if scheduler else 'off'})"
+        f"prefloop is serving http://{shown_host}:{server.port}/ "
+        f"(scheduler {'on' if scheduler else 'off'}; Ctrl-C stops it)\n"
+        "  sign in as a user of `prefloop users list`: the first admin is 'admin', with the "
+        "password `prefloop init` showed\n"
+        "  (or set one: `prefloop users passwd admin`); add annotators with "
+        "`prefloop users add NAME` or in the admin view"
     )
     uvicorn.run(app, host=server.host, port=server.port, log_level="warning")

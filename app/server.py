@@ -20,6 +20,7 @@ from fastapi import FastAPI, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from starlette.requests import HTTPConnection
 
+from app import api
 from app.auth import generate_password, hash_password, verify_password
 from app.sessions import (
     COOKIE_NAME,
@@ -139,6 +140,7 @@ def create_app(rt: Runtime, *, scheduler: bool = True) -> FastAPI:
     app.state.runtime = rt
     app.state.ctx = ctx
     app.add_middleware(SessionGate, ctx=ctx)
+    app.include_router(api.router)  # /api/v1: authenticates its callers by API token
 
     @app.get("/healthz")
     def healthz() -> JSONResponse:

@@ -124,7 +124,7 @@ class QueueClient:
 
 
 async def _login(base: str, name: str) -> dict[str, str]:
-    async with httpx.AsyncClient() as http:
+    async with httpx.AsyncClient(timeout=120) as http:  # 50 argon2 checks at once take a while
         r = await http.post(base + "/login", data={"name": name, "password": PASSWORD})
         return {COOKIE_NAME: r.cookies[COOKIE_NAME]}
 

@@ -164,11 +164,10 @@ def export_preferences(
                 split=filters.split,
                 batch_size=batch_size,
             )
-            records = (preference_record(row, layout) for row in rows)
             if format == ExportFormat.jsonl:
-                n = write_jsonl(records, partial)
+                n = write_jsonl((preference_record(row, layout) for row in rows), partial)
             else:
-                n = write_parquet(records, partial, layout)
+                n = write_parquet(rows, partial, layout)
         if n == 0:
             raise ExportError(f"nothing to export: no decided pairs match {filters.as_dict()}")
         if format == ExportFormat.hf:
@@ -225,23 +224,48 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: Path) -> int:
     return n
 
 
-def write_parquet(records: Iterable[dict[str, Any]], path: Path, layout: Layout) -> int:
+def write_parquet(rows: Iterable[PreferenceRow], path: Path, layout: Layout) -> int:
+    """Write rows in row groups of ROWS_PER_GROUP, built column by column (several times
+    faster than from dicts)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = arrow_schema(layout)
     n = 0
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
-        for group in _chunks(records, ROWS_PER_GROUP):
-            writer.write_table(pa.Table.from_pylist(group, schema=schema))
+        for group in _chunks(rows, ROWS_PER_GROUP):
+            writer.write_table(pa.Table.from_pydict(_columns(group, layout), schema=schema))
             n += len(group)
     return n
 
 
-def _chunks(records: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
-    chunk: list[dict[str, Any]] = []
-    for record in records:
-        chunk.append(record)
+def _columns(rows: list[PreferenceRow], layout: Layout) -> dict[str, list]:
+    prompts = [r.prompt for r in rows]
+    chosen = [r.chosen for r in rows]
+    rejected = [r.rejected for r in rows]
+    if layout == Layout.conversational:
+        prompts = [r.messages or [{"role": "user", "content": r.prompt}] for r in rows]
+        chosen = [[{"role": "assistant", "content": text}] for text in chosen]
+        rejected = [[{"role": "assistant", "content": text}] for text in rejected]
+    return {
+        "prompt": prompts,
+        "chosen": chosen,
+        "rejected": rejected,
+        "pair_id": [r.pair_id for r in rows],
+        "iteration": [r.iteration for r in rows],
+        "policy_version": [r.policy_version for r in rows],
+        "strategy": [r.strategy for r in rows],
+        "source": [r.source for r in rows],
+        "annotators": [r.annotators for r in rows],
+        "agreement": [r.agreement for r in rows],
+        "proxy_p": [r.proxy_p for r in rows],
+    }
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
         if len(chunk) == size:
             yield chunk
             chunk = []

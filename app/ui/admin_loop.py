@@ -67,6 +67,7 @@ def timeline_html(ctx: AppContext) -> str:
             )
     job_rows = "".join(
         f"<tr><td>{j.id}</td><td>{escape(j.kind)}</td><td>{escape(j.status)}</td>"
+        f"<td>{escape((j.result or {}).get('phase', ''))}</td>"
         f"<td>{_bar(j.progress)} {j.progress:.0%}</td><td>{_when(j.started_at)}</td>"
         f'<td class="pf-error">{escape(j.error or "")}</td></tr>'
         for j in jobs
@@ -77,7 +78,7 @@ def timeline_html(ctx: AppContext) -> str:
         + f"<th>progress</th><th>timeline</th></tr>{rows}</table>"
         + "<h4>Jobs</h4>"
         + '<table class="pf-timeline" id="pf-jobs"><tr><th>id</th><th>kind</th><th>status</th>'
-        + f"<th>progress</th><th>started</th><th>error</th></tr>{job_rows}</table>"
+        + f"<th>phase</th><th>progress</th><th>started</th><th>error</th></tr>{job_rows}</table>"
     )
 
 

@@ -8,7 +8,7 @@ revealed after the vote (kept on the server until then), or off.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import gradio as gr
 from sqlmodel import Session
@@ -64,7 +64,6 @@ def _next_screen(
         claim = queue.claim_next_pair(
             session=session, user_id=user.id, lease_seconds=labeling.lease_seconds
         )
-    stats = queue.queue_stats(session=session, user_id=user.id)
     if labeling.paused:
         message = "Labeling is paused by an admin. Check again in a while."
     elif claim is None:
@@ -72,7 +71,14 @@ def _next_screen(
     else:
         message = ""
     shown = Shown(claim.pair_id, claim.claimed_at, claim.suggestion) if claim else None
-    return Screen(user, stats, shown, claim, message, labeling.suggestion_mode, feedback)
+    return Screen(user, {}, shown, claim, message, labeling.suggestion_mode, feedback)
+
+
+def _with_stats(ctx: AppContext, screen: Screen) -> Screen:
+    """Counting the queue scans it: done in a read transaction, outside the writers' lock."""
+    with transaction(ctx.rt.engine, readonly=True) as session:
+        stats = queue.queue_stats(session=session, user_id=screen.user.id)
+    return replace(screen, stats=stats)
 
 
 def _box(css_class: str, untrusted: str, elem_id: str = "") -> str:
@@ -124,7 +130,8 @@ def _bind_choice(choose, choice: str):
 def build_annotate(ctx: AppContext) -> gr.Blocks:
     def screen(user: CurrentUser, feedback: str = "") -> Screen:
         with transaction(ctx.rt.engine) as session:
-            return _next_screen(session, ctx.effective_settings(session), user, feedback)
+            next_screen = _next_screen(session, ctx.effective_settings(session), user, feedback)
+        return _with_stats(ctx, next_screen)
 
     def show(request: gr.Request):
         user = require_user(ctx, request)
@@ -149,9 +156,10 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
                 )
                 settings = ctx.effective_settings(session)
                 feedback = _feedback(shown, choice, settings.labeling.suggestion_mode)
-                return _render(_next_screen(session, settings, user, feedback))
+                next_screen = _next_screen(session, settings, user, feedback)
         except (crud.Conflict, crud.NotFound, ValueError) as exc:
             return _render(screen(user, f'<span class="pf-error">Not saved: {escape(exc)}</span>'))
+        return _render(_with_stats(ctx, next_screen))
 
     def skip(shown: Shown | None, request: gr.Request):
         user = require_user(ctx, request)

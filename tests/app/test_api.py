@@ -226,3 +226,16 @@ def test_schemathesis_finds_no_server_error(engine, tmp_path, mode):
                 case.call_and_validate(headers=headers, checks=[not_a_server_error])
 
         no_server_error()
+
+
+def test_the_web_app_serves_the_api_past_its_login_gate(sqlite_engine, tmp_path):
+    from app.server import create_app
+
+    with transaction(sqlite_engine) as session:
+        token = issue_token(session, make_user(session, name="ann"))
+    rt = Runtime(settings=load_settings(tmp_path), engine=sqlite_engine)
+    with TestClient(create_app(rt, scheduler=False), follow_redirects=False) as client:
+        assert client.get("/api/v1/status", headers=auth(token)).json()["user"] == "ann"
+        anonymous = client.get("/api/v1/status")
+        assert anonymous.status_code == 401 and "API token" in anonymous.json()["detail"]
+        assert "/api/v1/pairs/next" in client.get("/api/v1/openapi.json").json()["paths"]

@@ -7,6 +7,7 @@ the database. Screenshots of each view go to artifacts/screenshots/.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import pytest
 from sqlmodel import select
 
 from app.sessions import COOKIE_NAME
-from storage import crud
+from storage import crud, reports
 from storage.db import transaction
 from storage.models import Label, Pair, Response, Role
 from tests.app.live_server import PASSWORD, live_server, seed_pairs, seed_users
@@ -44,7 +45,7 @@ TIMEOUT_MS = 20_000
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("serve")
-    with live_server(data_dir) as server:
+    with live_server(data_dir, scheduler=True) as server:
         server.users = seed_users(
             server.rt,
             {
@@ -81,6 +82,8 @@ def server(tmp_path_factory):
 def browser():
     playwright = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must install chromium ({CHROMIUM}): .ci/run does")
         pytest.skip(f"{CHROMIUM} not installed")
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -257,6 +260,28 @@ def test_annotator_cannot_reach_the_admin_view_or_its_endpoints(page, server):
     assert httpx.get(server.url + "/label/config").status_code == 401
     with transaction(server.rt.engine, readonly=True) as session:
         assert "labeling.paused" not in crud.get_overrides(session=session)
+
+
+def test_admin_starts_a_round_and_sees_its_state_change(page, server):
+    login(page, server, "boss", path="/admin/")
+    page.wait_for_selector("#pf-timeline")
+    page.click("#pf-generate")
+    page.wait_for_selector("#pf-loop-result:has-text('requested')")
+    row = page.locator("#pf-jobs tr", has_text="generate").first
+    row.wait_for()
+    # the in-process scheduler picks the job up: queued, then running and finished (or failed,
+    # with its error, where no policy is deployed); the page follows without a reload
+    page.wait_for_function(
+        "() => { const cells = [...document.querySelectorAll('#pf-jobs tr')]"
+        ".find(r => r.innerText.includes('generate'))?.querySelectorAll('td');"
+        " return cells && !['queued', 'running'].includes(cells[2].innerText.trim()); }",
+        timeout=60_000,
+    )
+    shot(page, "admin_loop_after_generate")
+    with transaction(server.rt.engine, readonly=True) as session:
+        (job,) = [j for j in reports.recent_jobs(session=session) if j.kind == "generate"]
+    assert job.status in ("succeeded", "failed")
+    assert job.status in page.locator("#pf-jobs tr", has_text="generate").first.inner_text()
 
 
 def test_admin_pauses_changes_a_setting_and_manages_users(page, server):
