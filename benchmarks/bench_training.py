@@ -86,7 +86,9 @@ def _labeled_pairs(rt, n: int) -> None:
 
     with transaction(rt.engine) as session:
         v0 = crud.deployed_policy(session=session)
-        it = crud.start_iteration(session=session, policy_in_id=v0.id, human_quota=n, human_budget=n)
+        it = crud.start_iteration(
+            session=session, policy_in_id=v0.id, human_quota=n, human_budget=n
+        )
         user = crud.create_user(session=session, name="bench", role="annotator", password_hash=None)
         query = select(Prompt).where(Prompt.split == Split.train).order_by(Prompt.id).limit(n)
         for prompt in session.exec(query):
@@ -103,9 +105,7 @@ def _labeled_pairs(rt, n: int) -> None:
             better_a = gold_judge(prompt.text, a) >= gold_judge(prompt.text, b)
             choice = Choice.a if better_a else Choice.b
             session.add(Label(pair_id=pair.id, user_id=user.id, choice=choice))
-        crud.set_iteration_state(
-            session=session, iteration_id=it.id, state=IterationState.labeling
-        )
+        crud.set_iteration_state(session=session, iteration_id=it.id, state=IterationState.labeling)
 
 
 def bench_dpo_overhead(policy: Path, work: Path, *, n_pairs: int, repeats: int) -> dict:
