@@ -188,7 +188,12 @@ _RUDE_KEYS = (
     "ugh", "do not contact us", "don't contact us", "figure it out yourself", "deal with it",
     "not my job", "stupid", "waste of time", "whatever",
 )  # fmt: skip
-_VAGUE_KEYS = ("look into it", "these things happen", "check the help center", "may get back to you")
+_VAGUE_KEYS = (
+    "look into it",
+    "these things happen",
+    "check the help center",
+    "may get back to you",
+)
 _FILLER_KEYS = ("we value every customer", "our team works hard", "as i said")
 
 _NUMBER_RE = re.compile(r"#\s*(\d{4,6})\b")

@@ -16,7 +16,9 @@ def load_judge(spec: str) -> Callable[[str, str], float]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ValueError(f"judge spec {spec!r}: cannot import module {module_name!r}: {exc}") from exc
+        raise ValueError(
+            f"judge spec {spec!r}: cannot import module {module_name!r}: {exc}"
+        ) from exc
     judge = getattr(module, attr, None)
     if judge is None:
         raise ValueError(f"judge spec {spec!r}: module {module_name!r} has no attribute {attr!r}")

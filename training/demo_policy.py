@@ -271,7 +271,9 @@ def _build(out_dir: Path, config: DemoPolicyConfig, *, progress: bool) -> dict:
         weights = (targets != -100).float()
         weights = weights * torch.where(copy_ids[targets.clamp(min=0)], config.copy_weight, 1.0)
         token_loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100,
+            logits.reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=-100,
             reduction="none",
         ).view_as(weights)
         loss = (token_loss * weights).sum() / weights.sum()
