@@ -193,8 +193,11 @@ def main(quick: bool = False) -> None:
         start = time.perf_counter()
         build_database(url, small)
         print(f"built {small:,} labeled pairs in {time.perf_counter() - start:.1f}s", flush=True)
+        # best of two for the times: the machine is shared; memory from the first run
         rows, s_stream, m_stream = measure("streaming", url, Path(tmp) / "s.parquet")
         _, s_naive, m_naive = measure("naive", url, Path(tmp) / "n.parquet")
+        s_stream = min(s_stream, measure("streaming", url, Path(tmp) / "s.parquet")[1])
+        s_naive = min(s_naive, measure("naive", url, Path(tmp) / "n.parquet")[1])
         print(
             f"export {rows:,} pairs to Parquet: streaming {s_stream:.2f}s (target <= 10s), "
             f"naive load-all {s_naive:.2f}s, ratio {s_stream / s_naive:.2f}x"
