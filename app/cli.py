@@ -265,6 +265,13 @@ cli.command("deploy")(cli_training.deploy)
 cli.command("rollback")(cli_training.rollback)
 cli.command("loop")(cli_training.loop)
 
+from app import cli_labeling  # noqa: E402
+
+cli.command("generate")(cli_labeling.generate)
+cli.command("label")(cli_labeling.label)
+cli.command("quality")(cli_labeling.quality)
+cli.command("refit-proxy")(cli_labeling.refit_proxy)
+
 
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -75,14 +75,31 @@ class ProxySettings(Section):
         "labeling.demo_task:gold_judge", description="module:callable (kind = judge)."
     )
     ensemble_size: int = Field(8, ge=1, le=64, description="Bootstrapped Bradley-Terry heads.")
-    l2: float = Field(1.0, ge=0.0, description="Ridge penalty of the Bradley-Terry heads.")
+    l2: float = Field(
+        0.1,
+        gt=0.0,
+        description="Ridge penalty of the Bradley-Terry heads (0.1: the best held-out accuracy "
+        "on the demo task of 0.03 to 3).",
+    )
 
 
 class PairingSettings(Section):
     strategy: Literal["max_min", "max_random", "random", "uncertain", "explore"] = "max_min"
     pairs_per_prompt: int = Field(1, ge=1, le=8)
+    enhancer: Literal["temperature", "previous"] = Field(
+        "temperature",
+        description="explore: the enhancer is the policy sampled hotter, or the previous policy.",
+    )
     enhancer_temperature: float = Field(
         1.3, gt=0.0, description="explore: the enhancer samples hotter than the main policy."
+    )
+    enhancer_samples: int = Field(
+        4, ge=1, le=64, description="explore: enhancer samples per prompt."
+    )
+    uncertainty: Literal["ensemble", "covariance"] = Field(
+        "ensemble",
+        description="uncertain/explore: the proxy's ensemble disagreement, or the norm of the "
+        "feature difference under the inverse covariance (arXiv 2312.11456).",
     )
 
 
@@ -104,7 +121,12 @@ class LabelingSettings(Section):
 
 
 class LoopSettings(Section):
-    human_quota: int = Field(100, ge=1, description="Human labels that trigger training.")
+    human_quota: int = Field(
+        64,
+        ge=1,
+        description="Human labels that trigger training (or all the round's human pairs "
+        "labeled, when there are fewer).",
+    )
     interval_minutes: float | None = Field(None, gt=0, description="Also train on a timer.")
     cron: str | None = Field(None, description="Also train on a crontab schedule.")
     data_scope: Literal["all", "latest"] = "all"
@@ -128,9 +150,14 @@ class LoopSettings(Section):
 class DPOSettings(Section):
     beta: float = Field(0.1, gt=0.0)
     loss_type: str = "sigmoid"
-    learning_rate: float = Field(5e-5, gt=0.0)
+    learning_rate: float = Field(
+        5e-4,
+        gt=0.0,
+        description="Tuned for the ~1M-parameter demo policy; billion-parameter models want "
+        "about 5e-7 (the RLHF Workflow paper's), or 5e-6 with LoRA.",
+    )
     num_train_epochs: float = Field(2.0, gt=0.0)
-    per_device_train_batch_size: int = Field(8, ge=1)
+    per_device_train_batch_size: int = Field(16, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(256, ge=8)
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)

@@ -1,0 +1,146 @@
+"""Label quality: do annotators agree with each other, with the proxy, and is the proxy right?
+
+- Cohen's κ for every two annotators who labeled at least `min_common` pairs in common;
+- Krippendorff's α (nominal) over all human labels of pairs labeled more than once;
+- annotator-vs-proxy agreement: a human a/b label against the proxy's suggestion (P > 0.5 means a);
+- proxy accuracy on audited pairs (confident pairs humans labeled anyway), against the majority;
+- per annotator: labels, median seconds per label, agreement with the proxy.
+Ties and both_bad count as their own categories for κ and α, and are left out of the proxy
+comparisons (the proxy only says a or b).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter, defaultdict
+from itertools import combinations
+from typing import Any
+
+import numpy as np
+from sqlalchemy.engine import Engine
+
+from storage import crud, pairs
+from storage.db import transaction
+from storage.models import Choice, LabelSource, Route
+
+CATEGORIES = (Choice.a, Choice.b, Choice.tie, Choice.both_bad)
+
+
+def cohens_kappa(x: list[str], y: list[str]) -> float | None:
+    """κ = (p_o − p_e) / (1 − p_e); None when undefined (both always said the same one thing)."""
+    if len(x) != len(y) or not x:
+        raise ValueError("cohens_kappa needs two equally long, non-empty label lists")
+    n = len(x)
+    p_o = sum(a == b for a, b in zip(x, y, strict=True)) / n
+    cx, cy = Counter(x), Counter(y)
+    p_e = sum(cx[c] * cy[c] for c in set(cx) | set(cy)) / (n * n)
+    if p_e == 1.0:
+        return None
+    return (p_o - p_e) / (1 - p_e)
+
+
+def krippendorff_alpha(by_pair: dict[int, dict[int, Choice]]) -> float | None:
+    import krippendorff
+
+    users = sorted({u for labels in by_pair.values() for u in labels})
+    items = [pid for pid, labels in by_pair.items() if len(labels) >= 2]
+    if len(users) < 2 or not items:
+        return None
+    code = {c: float(i) for i, c in enumerate(CATEGORIES)}
+    data = np.full((len(users), len(items)), np.nan)
+    row = {u: i for i, u in enumerate(users)}
+    for col, pid in enumerate(items):
+        for user, choice in by_pair[pid].items():
+            data[row[user], col] = code[choice]
+    if len(np.unique(data[~np.isnan(data)])) < 2:
+        return None  # one category only: α is undefined
+    return float(krippendorff.alpha(reliability_data=data, level_of_measurement="nominal"))
+
+
+def _agrees(choice: Choice, p_a: float) -> bool | None:
+    if choice not in (Choice.a, Choice.b) or p_a == 0.5:
+        return None
+    return (choice == Choice.a) == (p_a > 0.5)
+
+
+def quality_report(*, engine: Engine, min_common: int = 5) -> dict[str, Any]:
+    with transaction(engine, readonly=True) as session:
+        labels = pairs.labeled_pairs(session=session, sources=(LabelSource.human,))
+        suggestions = pairs.latest_suggestions(
+            session=session, pair_ids=sorted({x.pair_id for x in labels})
+        )
+        names = {u.id: u.name for u in crud.list_users(session=session)}
+
+    by_pair: dict[int, dict[int, Choice]] = defaultdict(dict)
+    route_of: dict[int, Route] = {}
+    per_user: dict[int, dict[str, list]] = defaultdict(lambda: {"seconds": [], "agree": []})
+    counts: Counter[int] = Counter()
+    for x in labels:
+        by_pair[x.pair_id][x.user_id] = x.choice
+        route_of[x.pair_id] = x.route
+        counts[x.user_id] += 1
+        if x.seconds is not None:
+            per_user[x.user_id]["seconds"].append(x.seconds)
+        if (s := suggestions.get(x.pair_id)) is not None:
+            agree = _agrees(x.choice, s.p_a)
+            if agree is not None:
+                per_user[x.user_id]["agree"].append(agree)
+
+    kappas = []
+    users = sorted(counts)
+    for u, v in combinations(users, 2):
+        common = [pid for pid, lab in by_pair.items() if u in lab and v in lab]
+        if len(common) < min_common:
+            continue
+        kappa = cohens_kappa([by_pair[p][u] for p in common], [by_pair[p][v] for p in common])
+        kappas.append(
+            {
+                "a": names.get(u, u),
+                "b": names.get(v, v),
+                "n": len(common),
+                "kappa": None if kappa is None else round(kappa, 4),
+            }
+        )
+
+    audit_hits = []
+    for pid, lab in by_pair.items():
+        if route_of[pid] != Route.audit or pid not in suggestions:
+            continue
+        votes = Counter(c for c in lab.values() if c in (Choice.a, Choice.b))
+        if not votes or votes[Choice.a] == votes[Choice.b]:
+            continue
+        majority = Choice.a if votes[Choice.a] > votes[Choice.b] else Choice.b
+        agree = _agrees(majority, suggestions[pid].p_a)
+        if agree is not None:
+            audit_hits.append(agree)
+
+    all_agree = [a for stats in per_user.values() for a in stats["agree"]]
+    alpha = krippendorff_alpha(by_pair)
+    return {
+        "human_labels": len(labels),
+        "pairs_labeled": len(by_pair),
+        "pairs_multi_labeled": sum(1 for lab in by_pair.values() if len(lab) >= 2),
+        "krippendorff_alpha": None if alpha is None else round(alpha, 4),
+        "cohen_kappa": kappas,
+        "human_proxy_agreement": _rate(all_agree),
+        "human_proxy_n": len(all_agree),
+        "proxy_audit_accuracy": _rate(audit_hits),
+        "proxy_audit_n": len(audit_hits),
+        "annotators": [
+            {
+                "name": names.get(u, u),
+                "labels": counts[u],
+                "median_seconds": (
+                    round(statistics.median(per_user[u]["seconds"]), 2)
+                    if per_user[u]["seconds"]
+                    else None
+                ),
+                "proxy_agreement": _rate(per_user[u]["agree"]),
+            }
+            for u in users
+        ],
+    }
+
+
+def _rate(hits: list[bool]) -> float | None:
+    return round(sum(hits) / len(hits), 4) if hits else None

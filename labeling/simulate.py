@@ -1,0 +1,103 @@
+"""Simulated annotators: a judge under Bradley–Terry noise, labeling through the real queue.
+
+Annotator `sim-i` claims a pair with `claim_next_pair`, scores the two texts it was shown with the
+judge (s_left, s_right), picks left with probability σ((s_left − s_right) / B) (B = `noise`;
+B = 0: always the higher score), calls it a tie when the scores are equal (both_bad when both are
+below `both_bad_below`), and submits with `submit_label`: the same path a person's click takes.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+from sqlalchemy.engine import Engine
+
+from storage import crud, queue
+from storage.db import transaction
+from storage.models import Role
+from storage.settings import Settings
+
+
+def ensure_annotators(*, engine: Engine, count: int) -> list[int]:
+    """Ids of users sim-1..sim-count, created (as annotators without a password) when missing."""
+    ids = []
+    with transaction(engine) as session:
+        for i in range(1, count + 1):
+            name = f"sim-{i}"
+            user = crud.get_user_by_name(session=session, name=name)
+            if user is None:
+                user = crud.create_user(
+                    session=session, name=name, role=Role.annotator, password_hash=None
+                )
+            ids.append(user.id)
+    return ids
+
+
+def simulated_choice(
+    s_left: float, s_right: float, *, noise: float, rng: random.Random, both_bad_below: float
+) -> str:
+    if max(s_left, s_right) < both_bad_below:
+        return "both_bad"
+    if s_left == s_right:
+        return "tie"
+    if noise <= 0:
+        return "left" if s_left > s_right else "right"
+    z = (s_left - s_right) / noise
+    p_left = 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, z))))
+    return "left" if rng.random() < p_left else "right"
+
+
+def simulate_labels(
+    *,
+    engine: Engine,
+    settings: Settings,
+    annotators: int = 3,
+    noise: float = 1.0,
+    judge: str | Callable[[str, str], float] | None = None,
+    max_labels: int | None = None,
+    seed: int = 0,
+    both_bad_below: float = 0.0,
+) -> int:
+    """Label queued pairs with `annotators` simulated users until the queue is empty for all of
+    them or `max_labels` are in; returns the number of labels submitted. `judge`: a scoring
+    function or its `module:callable` name (default: settings.proxy.judge)."""
+    from labeling.judges import load_judge
+
+    score = judge if callable(judge) else load_judge(judge or settings.proxy.judge)
+    users = ensure_annotators(engine=engine, count=annotators)
+    rng = random.Random(seed)
+    lease = settings.labeling.lease_seconds
+    submitted = 0
+    idle = set()
+    turn = 0
+    while len(idle) < len(users) and (max_labels is None or submitted < max_labels):
+        user_id = users[turn % len(users)]
+        turn += 1
+        if user_id in idle:
+            continue
+        with transaction(engine) as session:
+            claim = queue.claim_next_pair(
+                session=session, user_id=user_id, lease_seconds=lease, rng=rng
+            )
+        if claim is None:
+            idle.add(user_id)
+            continue
+        choice = simulated_choice(
+            score(claim.prompt, claim.left),
+            score(claim.prompt, claim.right),
+            noise=noise,
+            rng=rng,
+            both_bad_below=both_bad_below,
+        )
+        with transaction(engine) as session:
+            queue.submit_label(
+                session=session,
+                user_id=user_id,
+                pair_id=claim.pair_id,
+                shown_choice=choice,
+                seconds=round(rng.lognormvariate(2.3, 0.5), 2),  # about 10 s, a long tail
+            )
+        submitted += 1
+    return submitted

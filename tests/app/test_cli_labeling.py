@@ -1,0 +1,71 @@
+"""prefloop generate / label --simulate / quality / refit-proxy on a real data directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from app.cli import cli
+from storage import crud
+from storage.db import transaction
+from storage.models import PolicyStatus
+from storage.runtime import open_runtime
+
+demo = pytest.importorskip("labeling.demo_task")
+runner = CliRunner()
+
+
+def run(*args: str, ok: bool = True):
+    result = runner.invoke(cli, list(args))
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch, request):
+    try:
+        policy_dir = request.getfixturevalue("demo_policy_dir")
+    except pytest.FixtureLookupError:
+        pytest.skip("the demo_policy_dir fixture is not available")
+    import torch
+
+    torch.set_num_threads(1)
+    monkeypatch.setenv("PREFLOOP_ADMIN_PASSWORD", "a-long-test-password-1")
+    monkeypatch.setenv("PREFLOOP_GENERATION__N_SAMPLES", "4")
+    monkeypatch.setenv("PREFLOOP_GENERATION__MAX_NEW_TOKENS", "24")
+    monkeypatch.setenv("PREFLOOP_GENERATION__DEVICE", "cpu")
+    run("init", "--data-dir", str(tmp_path))
+    rt = open_runtime(tmp_path)
+    with transaction(rt.engine) as session:
+        crud.add_prompts(
+            session=session,
+            prompts=[crud.PromptIn(text=t, split=s) for t, s in demo.demo_prompts(0)[:20]],
+        )
+        crud.create_policy(
+            session=session, version=0, path=str(policy_dir), status=PolicyStatus.deployed
+        )
+    return str(tmp_path)
+
+
+def test_generate_label_quality(data_dir):
+    report = json.loads(run("generate", "--prompts", "4", "--json", "--data-dir", data_dir).stdout)
+    assert (report["prompts"], report["responses"]) == (4, 16)
+    out = run("label", "--simulate", "--annotators", "2", "--noise", "0.5", "--data-dir", data_dir)
+    assert f"{report['pairs']} labels from 2 simulated annotators" in out.output
+    quality = json.loads(run("quality", "--json", "--data-dir", data_dir).stdout)
+    assert quality["human_labels"] == report["pairs"]
+    text = run("quality", "--data-dir", data_dir).output
+    assert "sim-1" in text and "Krippendorff" in text
+    refit = run("refit-proxy", "--data-dir", data_dir, ok=False)
+    assert refit.exit_code == 1 and "too few labels" in refit.output
+    # the iteration is labeling now: a second round is refused with the reason
+    again = run("generate", "--data-dir", data_dir, ok=False)
+    assert again.exit_code == 1 and "still labeling" in again.output
+
+
+def test_label_without_simulate_points_to_the_browser(data_dir):
+    result = run("label", "--data-dir", data_dir, ok=False)
+    assert result.exit_code == 1 and "prefloop serve" in result.output

@@ -1,0 +1,78 @@
+"""Agreement metrics on labels whose answers are known."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from labeling.quality import cohens_kappa, krippendorff_alpha, quality_report
+from labeling.simulate import simulated_choice
+from storage.db import transaction
+from storage.models import Choice, Label, Route, Suggestion
+from tests.factories import make_pairs, make_user
+
+
+def test_cohens_kappa_known_values():
+    assert cohens_kappa(["a", "b", "a", "b"], ["a", "b", "a", "b"]) == 1.0
+    assert cohens_kappa(["a", "a", "b", "b"], ["a", "b", "a", "b"]) == 0.0
+    # 20 items: p_o = 0.7, p_e = 0.5 -> 0.4
+    x = ["a"] * 10 + ["b"] * 10
+    y = ["a"] * 7 + ["b"] * 3 + ["a"] * 3 + ["b"] * 7
+    assert cohens_kappa(x, y) == pytest.approx(0.4)
+    assert cohens_kappa(["a", "a"], ["a", "a"]) is None
+
+
+def test_krippendorff_alpha_perfect_and_missing():
+    perfect = {
+        1: {1: Choice.a, 2: Choice.a},
+        2: {1: Choice.b, 2: Choice.b, 3: Choice.b},
+        3: {1: Choice.tie},
+    }
+    assert krippendorff_alpha(perfect) == pytest.approx(1.0)
+    disagree = {1: {1: Choice.a, 2: Choice.b}, 2: {1: Choice.b, 2: Choice.a}}
+    assert krippendorff_alpha(disagree) < 0
+
+
+def test_simulated_annotator_follows_the_judge_under_noise():
+    rng = random.Random(0)
+    assert simulated_choice(7, 3, noise=0, rng=rng, both_bad_below=0) == "left"
+    assert simulated_choice(5, 5, noise=1, rng=rng, both_bad_below=0) == "tie"
+    assert simulated_choice(0.5, 1, noise=1, rng=rng, both_bad_below=2) == "both_bad"
+    picks = [simulated_choice(6, 5, noise=1, rng=rng, both_bad_below=0) for _ in range(4000)]
+    assert picks.count("left") / 4000 == pytest.approx(0.731, abs=0.03)  # σ(1)
+
+
+def test_quality_report(engine):
+    with transaction(engine) as session:
+        u1, u2 = make_user(session, name="ann"), make_user(session, name="bob")
+        pairs = make_pairs(session, 6, overlap=2)
+        audit = make_pairs(session, 2, route=Route.audit)
+        plan = [  # (pair, ann, bob)
+            (pairs[0], Choice.a, Choice.a),
+            (pairs[1], Choice.b, Choice.b),
+            (pairs[2], Choice.a, Choice.b),
+            (pairs[3], Choice.tie, Choice.tie),
+            (pairs[4], Choice.b, Choice.b),
+            (pairs[5], Choice.a, Choice.a),
+        ]
+        for pair, c1, c2 in plan:
+            session.add(Label(pair_id=pair.id, user_id=u1.id, choice=c1, seconds=4.0))
+            session.add(Label(pair_id=pair.id, user_id=u2.id, choice=c2, seconds=10.0))
+            session.add(Suggestion(pair_id=pair.id, p_a=0.8, agent="proxy:v1"))
+        # audits: the proxy says a on both; humans say a, then b
+        for pair, choice in zip(audit, (Choice.a, Choice.b), strict=True):
+            session.add(Suggestion(pair_id=pair.id, p_a=0.9, agent="proxy:v1"))
+            session.add(Label(pair_id=pair.id, user_id=u1.id, choice=choice, seconds=6.0))
+    report = quality_report(engine=engine)
+    assert report["human_labels"] == 14 and report["pairs_multi_labeled"] == 6
+    [kappa] = report["cohen_kappa"]
+    assert (kappa["a"], kappa["b"], kappa["n"]) == ("ann", "bob", 6)
+    assert kappa["kappa"] == pytest.approx(cohens_kappa(list("abatba"), list("abbtba")), abs=1e-4)
+    assert 0 < report["krippendorff_alpha"] < 1
+    assert (report["proxy_audit_accuracy"], report["proxy_audit_n"]) == (0.5, 2)
+    ann, bob = report["annotators"]
+    assert (ann["name"], ann["labels"], ann["median_seconds"]) == ("ann", 8, 4.0)
+    assert (bob["labels"], bob["median_seconds"]) == (6, 10.0)
+    # ann's a/b labels: a a a b b(audit) ... agreement with p_a > 0.5 means "a"
+    assert ann["proxy_agreement"] == pytest.approx(4 / 7, abs=1e-4)

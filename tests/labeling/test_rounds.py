@@ -1,0 +1,178 @@
+"""A generation round end to end on the demo policy, then simulated annotators and quality."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+
+from labeling.quality import quality_report
+from labeling.rounds import generate_round
+from labeling.simulate import simulate_labels
+from storage import crud
+from storage.db import transaction
+from storage.models import (
+    Iteration,
+    IterationState,
+    Label,
+    LabelSource,
+    Pair,
+    PairStatus,
+    PolicyStatus,
+    Response,
+    Route,
+    Suggestion,
+)
+from storage.settings import Settings
+
+demo = pytest.importorskip("labeling.demo_task")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def policy_dir(request):
+    try:
+        return request.getfixturevalue("demo_policy_dir")
+    except pytest.FixtureLookupError:
+        pytest.skip("the demo_policy_dir fixture is not available")
+
+
+def setup_loop(engine, tmp_path, policy_dir, **sections) -> Settings:
+    settings = Settings(
+        data_dir=tmp_path,
+        generation={
+            "n_samples": 4,
+            "max_new_tokens": 24,
+            "prompts_per_round": 6,
+            "batch_size": 6,
+            "device": "cpu",
+        },
+        **sections,
+    )
+    prompts = [crud.PromptIn(text=t, split=s) for t, s in demo.demo_prompts(0)[:20]]
+    with transaction(engine) as session:
+        crud.add_prompts(session=session, prompts=prompts)
+        crud.create_policy(
+            session=session, version=0, path=str(policy_dir), status=PolicyStatus.deployed
+        )
+    return settings
+
+
+def test_first_round_pairs_at_random_for_humans_then_simulated_labels(
+    sqlite_engine, tmp_path, policy_dir
+):
+    settings = setup_loop(sqlite_engine, tmp_path, policy_dir)
+    report = generate_round(engine=sqlite_engine, settings=settings)
+    assert report["iteration_k"] == 0 and report["prompts"] == 6
+    assert report["responses"] == 24 and report["strategy"] == "random"  # no proxy fitted yet
+    assert report["routes"]["human"] == report["pairs"] >= 4
+    with transaction(sqlite_engine, readonly=True) as session:
+        iteration = session.exec(sa.select(Iteration)).scalar_one()
+        assert iteration.state == IterationState.labeling
+        responses = session.exec(sa.select(Response)).scalars().all()
+        assert sorted({r.sampling["temperature"] for r in responses}) == [0.7, 1.0]
+        assert all(r.sampling["max_new_tokens"] == 24 for r in responses)
+        assert all(r.policy_id == iteration.policy_in_id for r in responses)
+        assert all(r.iteration_id == iteration.id for r in responses)
+        assert session.exec(sa.select(sa.func.count(Suggestion.id))).scalar_one() == 0
+        for pair in session.exec(sa.select(Pair)).scalars():
+            a, b = (
+                session.get(Response, pair.response_a_id),
+                session.get(Response, pair.response_b_id),
+            )
+            assert a.prompt_id == b.prompt_id == pair.prompt_id and a.text != b.text
+
+    # two simulated annotators label everything through the queue
+    n = simulate_labels(engine=sqlite_engine, settings=settings, annotators=2, noise=0.5)
+    assert n == report["pairs"]
+    with transaction(sqlite_engine, readonly=True) as session:
+        statuses = session.exec(sa.select(Pair.status)).scalars().all()
+        assert set(statuses) == {PairStatus.done}
+        users = {u.name for u in crud.list_users(session=session)}
+    assert {"sim-1", "sim-2"} <= users
+    quality = quality_report(engine=sqlite_engine)
+    assert quality["human_labels"] == n
+    assert sum(a["labels"] for a in quality["annotators"]) == n
+    assert all(a["median_seconds"] > 0 for a in quality["annotators"])
+
+
+def test_confident_pairs_are_labeled_by_the_proxy_within_the_human_budget(
+    sqlite_engine, tmp_path, policy_dir
+):
+    settings = setup_loop(
+        sqlite_engine,
+        tmp_path,
+        policy_dir,
+        proxy={"kind": "judge"},
+        routing={
+            "enabled": True,
+            "tau": 0.3,
+            "max_uncertainty": 0.1,
+            "audit_share": 0.5,
+            "human_budget": 2,
+        },
+        labeling={"overlap": 2},
+    )
+    report = generate_round(engine=sqlite_engine, settings=settings)
+    assert report["strategy"] == "max_min"
+    assert report["routes"]["human"] + report["routes"]["audit"] <= 2
+    with transaction(sqlite_engine, readonly=True) as session:
+        rows = session.exec(sa.select(Pair)).scalars().all()
+        suggestions = {s.pair_id: s for s in session.exec(sa.select(Suggestion)).scalars()}
+        proxy_labels = {
+            label.pair_id: label
+            for label in session.exec(
+                sa.select(Label).where(Label.source == LabelSource.proxy)
+            ).scalars()
+        }
+    assert len(suggestions) == len(rows)
+    for pair in rows:
+        s = suggestions[pair.id]
+        assert s.agent == "judge:labeling.demo_task:gold_judge"
+        assert s.reward_a >= s.reward_b  # max_min: a is the proxy's best
+        if pair.route == Route.proxy:
+            assert abs(s.p_a - 0.5) >= 0.3
+            assert pair.status == PairStatus.done and pair.id in proxy_labels
+        else:
+            assert pair.status == PairStatus.queued and pair.overlap == 2
+            assert pair.id not in proxy_labels
+
+
+def test_explore_pairs_the_policy_with_a_hotter_enhancer(sqlite_engine, tmp_path, policy_dir):
+    settings = setup_loop(
+        sqlite_engine,
+        tmp_path,
+        policy_dir,
+        proxy={"kind": "judge"},
+        pairing={"strategy": "explore", "enhancer_temperature": 1.5, "enhancer_samples": 2},
+    )
+    report = generate_round(engine=sqlite_engine, settings=settings, n_prompts=3)
+    assert report["responses"] == 3 * (4 + 2)
+    with transaction(sqlite_engine, readonly=True) as session:
+        for pair in session.exec(sa.select(Pair)).scalars():
+            a, b = (
+                session.get(Response, pair.response_a_id),
+                session.get(Response, pair.response_b_id),
+            )
+            assert "role" not in a.sampling
+            assert b.sampling["role"] == "enhancer" and b.sampling["temperature"] == 1.5
+
+
+def test_a_failed_round_leaves_the_iteration_failed_and_stores_nothing(
+    sqlite_engine, tmp_path, policy_dir
+):
+    settings = setup_loop(sqlite_engine, tmp_path, tmp_path / "no-such-policy")
+    with pytest.raises(Exception):  # noqa: B017 - whatever transformers raises for a bad path
+        generate_round(engine=sqlite_engine, settings=settings)
+    with transaction(sqlite_engine, readonly=True) as session:
+        iteration = session.exec(sa.select(Iteration)).scalar_one()
+        assert iteration.state == IterationState.failed and "generation" in iteration.error
+        assert session.exec(sa.select(sa.func.count(Response.id))).scalar_one() == 0
