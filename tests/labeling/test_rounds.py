@@ -77,6 +77,7 @@ def test_first_round_pairs_at_random_for_humans_then_simulated_labels(
         responses = session.exec(sa.select(Response)).scalars().all()
         assert sorted({r.sampling["temperature"] for r in responses}) == [0.7, 1.0]
         assert all(r.sampling["max_new_tokens"] == 24 for r in responses)
+        assert all(r.sampling["policy_version"] == 0 for r in responses)
         assert all(r.policy_id == iteration.policy_in_id for r in responses)
         assert all(r.iteration_id == iteration.id for r in responses)
         assert session.exec(sa.select(sa.func.count(Suggestion.id))).scalar_one() == 0
