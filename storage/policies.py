@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from storage.crud import Conflict, NotFound, deployed_policy, get_policy, set_iteration_state
-from storage.models import Iteration, IterationState, Policy, PolicyStatus, ProxyVersion, utcnow
+from storage.models import Iteration, IterationState, Policy, PolicyStatus, utcnow
 
 
 def set_policy_metrics(*, session: Session, version: int, metrics: dict[str, Any]) -> Policy:
@@ -52,10 +52,6 @@ def swap_deployed(*, session: Session, version: int) -> tuple[Policy | None, Pol
     session.add(target)
     session.flush()
     return previous, target
-
-
-def latest_proxy(*, session: Session) -> ProxyVersion | None:
-    return session.exec(select(ProxyVersion).order_by(ProxyVersion.version.desc())).first()
 
 
 def finish_iteration(

@@ -121,7 +121,12 @@ class LabelingSettings(Section):
 
 
 class LoopSettings(Section):
-    human_quota: int = Field(100, ge=1, description="Human labels that trigger training.")
+    human_quota: int = Field(
+        64,
+        ge=1,
+        description="Human labels that trigger training (or all the round's human pairs "
+        "labeled, when there are fewer).",
+    )
     interval_minutes: float | None = Field(None, gt=0, description="Also train on a timer.")
     cron: str | None = Field(None, description="Also train on a crontab schedule.")
     data_scope: Literal["all", "latest"] = "all"
@@ -145,9 +150,14 @@ class LoopSettings(Section):
 class DPOSettings(Section):
     beta: float = Field(0.1, gt=0.0)
     loss_type: str = "sigmoid"
-    learning_rate: float = Field(5e-5, gt=0.0)
+    learning_rate: float = Field(
+        5e-4,
+        gt=0.0,
+        description="Tuned for the ~1M-parameter demo policy; billion-parameter models want "
+        "about 5e-7 (the RLHF Workflow paper's), or 5e-6 with LoRA.",
+    )
     num_train_epochs: float = Field(2.0, gt=0.0)
-    per_device_train_batch_size: int = Field(8, ge=1)
+    per_device_train_batch_size: int = Field(16, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(256, ge=8)
     label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)

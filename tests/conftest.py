@@ -52,3 +52,18 @@ def postgres_engine():
 def engine(request):
     """The same test on SQLite and on PostgreSQL."""
     return request.getfixturevalue(f"{request.param}_engine")
+
+
+@pytest.fixture(scope="session")
+def demo_policy_dir(tmp_path_factory):
+    """The demo policy, built once per test session (and reused across sessions when
+    PREFLOOP_TEST_CACHE names a directory)."""
+    from pathlib import Path
+
+    from training.demo_policy import build_demo_policy
+
+    cache = os.environ.get("PREFLOOP_TEST_CACHE")
+    root = Path(cache) if cache else tmp_path_factory.mktemp("cache")
+    out_dir = root / "demo-policy"
+    build_demo_policy(out_dir, progress=False)
+    return out_dir

@@ -40,10 +40,10 @@ log = logging.getLogger("prefloop.dpo")
 CHECKPOINT_FILE = "prefloop_policy.json"  # the config that produced a checkpoint, beside it
 
 
-def dpo_config(dpo: DPOSettings, output_dir: str | Path, **overrides: Any):
-    """TRL's `DPOConfig` from prefloop's DPO settings (plus `dpo.trl_args`, then `overrides`)."""
+def dpo_config_kwargs(dpo: DPOSettings, output_dir: str | Path) -> dict[str, Any]:
+    """The keyword arguments of TRL's `DPOConfig` for prefloop's DPO settings (`dpo.trl_args`
+    last, so they win)."""
     import torch
-    from trl import DPOConfig
 
     cuda = torch.cuda.is_available()
     values: dict[str, Any] = {
@@ -69,8 +69,14 @@ def dpo_config(dpo: DPOSettings, output_dir: str | Path, **overrides: Any):
         "dataloader_num_workers": 0,
     }
     values.update(dpo.trl_args)
-    values.update(overrides)
-    return DPOConfig(**values)
+    return values
+
+
+def dpo_config(dpo: DPOSettings, output_dir: str | Path):
+    """TRL's `DPOConfig` from prefloop's DPO settings."""
+    from trl import DPOConfig
+
+    return DPOConfig(**dpo_config_kwargs(dpo, output_dir))
 
 
 def peft_config(dpo: DPOSettings):
@@ -337,7 +343,11 @@ def refit_proxy(*, engine, settings, job_id: int) -> None:
         jobs.heartbeat(session=session, job_id=job_id, result={"phase": "proxy"})
     try:
         version = refit(engine=engine, settings=settings)
-        outcome: dict[str, Any] = {"version": version.version, "n_labels": version.n_labels}
+        outcome: dict[str, Any] = (
+            {"skipped": "too few human labels"}
+            if version is None
+            else {"version": version.version, "n_labels": version.n_labels}
+        )
     except Exception as exc:
         log.exception("job %s: proxy refit failed", job_id)
         outcome = {"error": f"{type(exc).__name__}: {exc}"}

@@ -21,7 +21,7 @@ from sqlmodel import select
 from storage import crud
 from storage.db import transaction
 from storage.models import Policy, Prompt, Split
-from storage.policies import latest_proxy, set_policy_metrics
+from storage.policies import set_policy_metrics
 from storage.settings import Settings
 
 Judge = Callable[[str, str], float]  # (prompt, response) -> score
@@ -68,65 +68,10 @@ def gold_judge(settings: Settings) -> Judge | None:
     return load_judge(spec) if spec else None
 
 
-def sample(
-    policy_path: str,
-    prompts: Sequence[str],
-    *,
-    n: int,
-    temperature: float,
-    max_new_tokens: int,
-    seed: int,
-    batch_size: int = 64,
-    threads: int = 2,
-) -> list[list[str]]:
-    """`n` sampled responses per prompt, shape [len(prompts)][n]."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.set_num_threads(threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tokenizer = AutoTokenizer.from_pretrained(policy_path)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(policy_path).to(device).eval()
-    out: list[list[str]] = []
-    torch.manual_seed(seed)
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start : start + batch_size])
-        if tokenizer.chat_template:
-            enc = tokenizer.apply_chat_template(
-                [[{"role": "user", "content": p}] for p in chunk],
-                add_generation_prompt=True,
-                padding=True,
-                return_tensors="pt",
-                return_dict=True,
-            )
-        else:
-            enc = tokenizer(chunk, padding=True, return_tensors="pt")
-        enc = {k: v.to(device) for k, v in enc.items()}
-        with torch.no_grad():
-            ids = model.generate(
-                **enc,
-                do_sample=True,
-                temperature=temperature,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=max_new_tokens,
-                num_return_sequences=n,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        texts = tokenizer.batch_decode(
-            ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
-        )
-        out.extend(texts[i * n : (i + 1) * n] for i in range(len(chunk)))
-    return out
-
-
 def cached_samples(
     *, settings: Settings, policy: Policy, prompts: Sequence[str], seed: int
 ) -> list[list[str]]:
-    """`sample` for `policy`, cached on disk by version, prompts and sampling parameters."""
+    """`sample` for `policy`, cached on disk by version, path, prompts and sampling parameters."""
     ev = settings.eval
     max_new = ev.max_new_tokens or settings.generation.max_new_tokens
     params = {
@@ -141,14 +86,16 @@ def cached_samples(
     path = settings.data_dir / "eval" / f"v{policy.version}-{key}.json"
     if path.exists():
         return json.loads(path.read_text())
-    responses = sample(
+    from labeling.generation import generate
+
+    responses = generate(
         policy.path,
-        prompts,
-        n=ev.samples_per_prompt,
+        list(prompts),
         temperature=ev.temperature,
-        max_new_tokens=max_new,
+        n=ev.samples_per_prompt,
         seed=seed,
-        threads=settings.dpo.threads,
+        max_new_tokens=max_new,
+        settings=settings.generation,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -172,18 +119,21 @@ def score(
 
 
 def proxy_scorer(*, engine, settings: Settings) -> Scorer | None:
-    """The latest proxy as a batched scorer, or None when no proxy has been fitted yet."""
+    """The latest fitted proxy as a batched reward scorer; None before the first fit."""
     try:
         from labeling.proxy import load_proxy
     except ImportError:  # labeling's proxy has not landed in this checkout
         return None
 
-    with transaction(engine, readonly=True) as session:
-        version = latest_proxy(session=session)
-    if version is None:
+    proxy = load_proxy(engine=engine, settings=settings)
+    if not proxy.fitted:
         return None
-    model = load_proxy(version=version, settings=settings.proxy)
-    return model.score
+
+    def rewards(prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        groups = proxy.score_groups(prompts, [[r] for r in responses])
+        return [float(g.rewards[0]) for g in groups]
+
+    return rewards
 
 
 def head_to_head(
@@ -230,6 +180,34 @@ def head_to_head(
             name: win_rate(a_scores[name], b_scores[name]) for name in a_scores
         }
     return result
+
+
+def compare(
+    *,
+    settings: Settings,
+    a: Policy,
+    b: Policy,
+    prompts: Sequence[str],
+    judge: Judge,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Two policies head to head by `judge`, which may come from different databases (the
+    rows only need a version and a path)."""
+    seed = settings.eval.seed if seed is None else seed
+    a_scores, b_scores = (
+        score(
+            prompts,
+            cached_samples(settings=settings, policy=p, prompts=prompts, seed=seed),
+            judge=judge,
+            proxy=None,
+        )["gold"]
+        for p in (a, b)
+    )
+    return {
+        **win_rate(a_scores, b_scores),
+        "mean_a": round(statistics.fmean(a_scores), 4),
+        "mean_b": round(statistics.fmean(b_scores), 4),
+    }
 
 
 def evaluate_candidate(

@@ -60,19 +60,45 @@ def human_labels(*, engine, iteration_id: int) -> int:
         return crud.label_counts(session=session, iteration_id=iteration_id).get("human", 0)
 
 
+def human_capacity(*, engine, iteration_id: int) -> int:
+    """How many human labels the iteration's pairs can take (their overlap; proxy-only and
+    discarded pairs take none)."""
+    import sqlalchemy as sa
+
+    from storage.models import Pair, PairStatus, Route
+
+    query = sa.select(sa.func.coalesce(sa.func.sum(Pair.overlap), 0)).where(
+        Pair.iteration_id == iteration_id,
+        Pair.route.in_([Route.human, Route.audit]),
+        Pair.status != PairStatus.discarded,
+    )
+    with transaction(engine, readonly=True) as session:
+        return int(session.execute(query).scalar_one())
+
+
 def quota_reached(*, engine) -> Iteration | None:
-    """The labeling iteration when its human labels reached its quota, else None."""
+    """The labeling iteration once its human labels reach its quota (or all its pairs have
+    their human labels, when they can take fewer than the quota), else None."""
     with transaction(engine, readonly=True) as session:
         iteration = crud.current_iteration(session=session)
     if iteration is None or iteration.state != IterationState.labeling:
         return None
-    if human_labels(engine=engine, iteration_id=iteration.id) < max(1, iteration.human_quota):
+    target = min(iteration.human_quota, human_capacity(engine=engine, iteration_id=iteration.id))
+    if human_labels(engine=engine, iteration_id=iteration.id) < max(1, target):
         return None
     return iteration
 
 
-def queue_training(*, engine, settings: Settings, user_id: int | None = None) -> Job:
+def queue_training(
+    *,
+    engine,
+    settings: Settings,
+    user_id: int | None = None,
+    refit_proxy: bool = True,
+    evaluate: bool = True,
+) -> Job:
     """Move the labeling iteration to `training` and queue its training job (one transaction).
+    The job refits the proxy first and evaluates its candidate after (each can be left out).
 
     Refuses (crud.Conflict) when no iteration is labeling or a training job is active."""
     with transaction(engine) as session:
@@ -100,7 +126,8 @@ def queue_training(*, engine, settings: Settings, user_id: int | None = None) ->
                 "init_version": deployed.version,
                 "ref_version": first.version if settings.loop.reference == "sft" else None,
                 "iterations": None if settings.loop.data_scope == "all" else [iteration.k],
-                "refit_proxy": True,
+                "refit_proxy": refit_proxy,
+                "evaluate": evaluate,
                 # The settings in effect now (admins' run-time changes included), for the child.
                 "settings": settings.model_dump(mode="json", exclude={"data_dir", "database_url"}),
                 "requested_by": user_id,
@@ -172,8 +199,7 @@ def start_next_round(*, engine, settings: Settings) -> int | None:
     """Generate the next iteration's pairs from the deployed policy; returns its k."""
     from labeling.rounds import generate_round
 
-    iteration = generate_round(engine=engine, settings=settings)
-    return getattr(iteration, "k", None)
+    return generate_round(engine=engine, settings=settings)["iteration_k"]
 
 
 def run_round(

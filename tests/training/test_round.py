@@ -150,3 +150,40 @@ def test_killed_training_child_is_retried_and_deployed_policy_stays(loop_rt):
     assert first.status == JobStatus.failed and "SIGKILL" in first.error
     assert retry.status == JobStatus.succeeded and retry.params["retry_of"] == first.id
     assert not list((rt.settings.data_dir / "policies").glob(".job-*"))
+
+
+def test_scheduler_restart_retries_the_interrupted_round(loop_rt):
+    """prefloop died mid-training (its child too): the restarted scheduler fails the dead job,
+    runs the retry, and the iteration ends; the deployed policy was whole all along."""
+    import subprocess
+    import sys
+
+    from app.scheduler import start_scheduler
+    from training.iteration import queue_training
+
+    rt = loop_rt
+    iteration_id = labeled_round(rt, 16)
+    job = queue_training(engine=rt.engine, settings=rt.settings)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with transaction(rt.engine) as session:
+        jobs.start_job(session=session, job_id=job.id, pid=dead.pid)
+
+    handle = start_scheduler(rt)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            with transaction(rt.engine, readonly=True) as session:
+                iteration = session.get(Iteration, iteration_id)
+            if iteration.state in ("deployed", "rejected", "failed"):
+                break
+            time.sleep(1)
+    finally:
+        handle.shutdown()
+    assert iteration.state in ("deployed", "rejected"), iteration.error
+    with transaction(rt.engine, readonly=True) as session:
+        first, retry = jobs.list_jobs(session=session, kind="train")[::-1]
+        deployed = crud.deployed_policy(session=session)
+    assert first.status == JobStatus.failed and "gone" in first.error
+    assert retry.status == JobStatus.succeeded and retry.attempts == 1
+    assert deploying.checkpoint_complete(deployed.path)
