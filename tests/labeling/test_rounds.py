@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from labeling import demo_task as demo
 from labeling.quality import quality_report
 from labeling.rounds import generate_round
 from labeling.simulate import simulate_labels
@@ -24,8 +25,6 @@ from storage.models import (
 )
 from storage.settings import Settings
 
-demo = pytest.importorskip("labeling.demo_task")
-
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -38,11 +37,8 @@ def one_thread():
 
 
 @pytest.fixture
-def policy_dir(request):
-    try:
-        return request.getfixturevalue("demo_policy_dir")
-    except pytest.FixtureLookupError:
-        pytest.skip("the demo_policy_dir fixture is not available")
+def policy_dir(demo_policy_dir):
+    return demo_policy_dir
 
 
 def setup_loop(engine, tmp_path, policy_dir, **sections) -> Settings:
