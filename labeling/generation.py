@@ -206,7 +206,7 @@ class TransformersSampler:
 
         import torch
 
-        del self.model
+        self.model = None  # closing twice is harmless
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -279,7 +279,7 @@ class VLLMSampler:
     def close(self) -> None:
         import gc
 
-        del self.llm
+        self.llm = None
         gc.collect()
 
 

@@ -132,6 +132,9 @@ def _run(
         prompt_rows = [(p.id, p.text, p.messages) for p in prompts]
         parent = session.get(Policy, parent_id) if parent_id else None
         parent_path = parent.path if parent else None
+        versions = {policy_id: session.get(Policy, policy_id).version}
+        if parent is not None:
+            versions[parent.id] = parent.version
     if not prompt_rows:
         raise RoundError("no active train prompts: import some with `prefloop prompts import`")
     inputs = [messages or text for _, text, messages in prompt_rows]
@@ -222,15 +225,19 @@ def _run(
             prompt_id = prompt_rows[idx][0]
             for j, sample in enumerate(group):
                 from_enhancer = j >= len(rows[idx])
-                sampling = sample.sampling() | {"policy_id": policy_id}
+                made_by = (enhancer_from or policy_id) if from_enhancer else policy_id
+                sampling = sample.sampling() | {
+                    "policy_id": made_by,
+                    "policy_version": versions[made_by],
+                }
                 if from_enhancer:
-                    sampling |= {"role": "enhancer", "policy_id": enhancer_from or policy_id}
+                    sampling["role"] = "enhancer"
                 responses_in.append(
                     pairs.ResponseIn(
                         prompt_id=prompt_id,
                         text=sample.text,
                         sampling=sampling,
-                        policy_id=(enhancer_from or policy_id) if from_enhancer else policy_id,
+                        policy_id=made_by,
                         iteration_id=iteration_id,
                         proxy_reward=float(scored[idx].rewards[j]) if proxy.fitted else None,
                         proxy_version=proxy.version,

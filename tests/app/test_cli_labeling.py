@@ -8,12 +8,12 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
+from labeling import demo_task as demo
 from storage import crud
 from storage.db import transaction
 from storage.models import PolicyStatus
 from storage.runtime import open_runtime
 
-demo = pytest.importorskip("labeling.demo_task")
 runner = CliRunner()
 
 
@@ -25,11 +25,7 @@ def run(*args: str, ok: bool = True):
 
 
 @pytest.fixture
-def data_dir(tmp_path, monkeypatch, request):
-    try:
-        policy_dir = request.getfixturevalue("demo_policy_dir")
-    except pytest.FixtureLookupError:
-        pytest.skip("the demo_policy_dir fixture is not available")
+def data_dir(tmp_path, monkeypatch, demo_policy_dir):
     import torch
 
     torch.set_num_threads(1)
@@ -45,7 +41,7 @@ def data_dir(tmp_path, monkeypatch, request):
             prompts=[crud.PromptIn(text=t, split=s) for t, s in demo.demo_prompts(0)[:20]],
         )
         crud.create_policy(
-            session=session, version=0, path=str(policy_dir), status=PolicyStatus.deployed
+            session=session, version=0, path=str(demo_policy_dir), status=PolicyStatus.deployed
         )
     return str(tmp_path)
 

@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 from sqlmodel import select
 
+from labeling import demo_task as demo
 from labeling import proxy as px
 from storage import crud, pairs
 from storage.db import transaction
 from storage.models import Choice, Label, LabelSource, PairStrategy, Prompt, Route, Split
 from storage.settings import ProxySettings, Settings
-
-demo = pytest.importorskip("labeling.demo_task")
 
 
 def demo_comparisons(split: str, n: int, seed: int) -> list[px.Comparison]:
@@ -153,15 +152,11 @@ def test_judge_proxy(tmp_path):
     assert proxy.agent == "judge:labeling.demo_task:gold_judge"
 
 
-def test_reward_model_proxy(tmp_path, request):
-    try:
-        policy_dir = request.getfixturevalue("demo_policy_dir")
-    except pytest.FixtureLookupError:
-        pytest.skip("the demo_policy_dir fixture is not available")
+def test_reward_model_proxy(tmp_path, demo_policy_dir):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    tokenizer = AutoTokenizer.from_pretrained(demo_policy_dir)
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),

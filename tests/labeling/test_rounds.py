@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from labeling import demo_task as demo
 from labeling.quality import quality_report
 from labeling.rounds import generate_round
 from labeling.simulate import simulate_labels
@@ -24,8 +25,6 @@ from storage.models import (
 )
 from storage.settings import Settings
 
-demo = pytest.importorskip("labeling.demo_task")
-
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
@@ -38,25 +37,19 @@ def one_thread():
 
 
 @pytest.fixture
-def policy_dir(request):
-    try:
-        return request.getfixturevalue("demo_policy_dir")
-    except pytest.FixtureLookupError:
-        pytest.skip("the demo_policy_dir fixture is not available")
+def policy_dir(demo_policy_dir):
+    return demo_policy_dir
 
 
 def setup_loop(engine, tmp_path, policy_dir, **sections) -> Settings:
-    settings = Settings(
-        data_dir=tmp_path,
-        generation={
-            "n_samples": 4,
-            "max_new_tokens": 24,
-            "prompts_per_round": 6,
-            "batch_size": 6,
-            "device": "cpu",
-        },
-        **sections,
-    )
+    generation = {
+        "n_samples": 4,
+        "max_new_tokens": 24,
+        "prompts_per_round": 6,
+        "batch_size": 6,
+        "device": "cpu",
+    } | sections.pop("generation", {})
+    settings = Settings(data_dir=tmp_path, generation=generation, **sections)
     prompts = [crud.PromptIn(text=t, split=s) for t, s in demo.demo_prompts(0)[:20]]
     with transaction(engine) as session:
         crud.add_prompts(session=session, prompts=prompts)
@@ -80,6 +73,7 @@ def test_first_round_pairs_at_random_for_humans_then_simulated_labels(
         responses = session.exec(sa.select(Response)).scalars().all()
         assert sorted({r.sampling["temperature"] for r in responses}) == [0.7, 1.0]
         assert all(r.sampling["max_new_tokens"] == 24 for r in responses)
+        assert all(r.sampling["policy_version"] == 0 for r in responses)
         assert all(r.policy_id == iteration.policy_in_id for r in responses)
         assert all(r.iteration_id == iteration.id for r in responses)
         assert session.exec(sa.select(sa.func.count(Suggestion.id))).scalar_one() == 0
@@ -176,3 +170,53 @@ def test_a_failed_round_leaves_the_iteration_failed_and_stores_nothing(
         iteration = session.exec(sa.select(Iteration)).scalar_one()
         assert iteration.state == IterationState.failed and "generation" in iteration.error
         assert session.exec(sa.select(sa.func.count(Response.id))).scalar_one() == 0
+
+
+@pytest.mark.slow
+def test_second_round_pairs_by_the_refit_proxy(sqlite_engine, tmp_path, policy_dir):
+    from labeling.proxy import refit_proxy
+
+    settings = setup_loop(
+        sqlite_engine,
+        tmp_path,
+        policy_dir,
+        labeling={"overlap": 2},  # 6 pairs, 12 labels
+    )
+    first = generate_round(engine=sqlite_engine, settings=settings)
+    simulate_labels(engine=sqlite_engine, settings=settings, annotators=2, noise=0.5)
+    version = refit_proxy(engine=sqlite_engine, settings=settings)
+    assert version is not None and version.n_labels >= 8
+    with transaction(sqlite_engine) as session:  # the training round, cut short
+        for state in (IterationState.training, IterationState.evaluating, IterationState.rejected):
+            crud.set_iteration_state(
+                session=session, iteration_id=first["iteration_id"], state=state
+            )
+    second = generate_round(engine=sqlite_engine, settings=settings)
+    assert (second["iteration_k"], second["strategy"], second["proxy"]) == (
+        1,
+        "max_min",
+        "proxy:v1",
+    )
+    with transaction(sqlite_engine, readonly=True) as session:
+        rows = (
+            session.exec(sa.select(Pair).where(Pair.iteration_id == second["iteration_id"]))
+            .scalars()
+            .all()
+        )
+        suggestions = {s.pair_id: s for s in session.exec(sa.select(Suggestion)).scalars()}
+        prompts_first = {
+            p.prompt_id
+            for p in session.exec(
+                sa.select(Pair).where(Pair.iteration_id == first["iteration_id"])
+            ).scalars()
+        }
+        responses = (
+            session.exec(sa.select(Response).where(Response.iteration_id == second["iteration_id"]))
+            .scalars()
+            .all()
+        )
+    assert rows and all(suggestions[p.id].agent == "proxy:v1" for p in rows)
+    assert all(suggestions[p.id].reward_a > suggestions[p.id].reward_b for p in rows)
+    assert all(r.proxy_version == 1 and r.proxy_reward is not None for r in responses)
+    # the least-sampled prompts come first: round two samples prompts round one did not
+    assert not prompts_first & {p.prompt_id for p in rows}

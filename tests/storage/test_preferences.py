@@ -249,3 +249,28 @@ def test_seed_preferences_are_stored_as_decided_pairs(engine):
         counts = crud.table_counts(session=session)
     assert (counts["prompt"], counts["response"], counts["pair"], counts["label"]) == (2, 6, 3, 3)
     assert rows(engine, iterations=[0]) == []
+
+
+def test_a_seed_import_that_fails_midway_leaves_nothing(engine):
+    from storage.crud import PromptIn
+    from storage.preferences import SeedPreferenceIn, add_seed_preferences
+
+    items = [SeedPreferenceIn(PromptIn(text=f"q{i}"), f"good {i}", f"bad {i}") for i in range(5)]
+
+    class Boom(RuntimeError):
+        pass
+
+    with pytest.raises(Boom), transaction(engine) as session:
+        real_add_all, calls = session.add_all, []
+
+        def add_all(rows):
+            calls.append(len(rows))
+            if len(calls) == 4:  # prompts, responses, pairs flushed; now the labels
+                raise Boom
+            real_add_all(rows)
+
+        session.add_all = add_all
+        add_seed_preferences(session=session, items=items, chunk=2)
+    with transaction(engine, readonly=True) as session:
+        counts = crud.table_counts(session=session)
+    assert (counts["prompt"], counts["response"], counts["pair"], counts["label"]) == (0, 0, 0, 0)
