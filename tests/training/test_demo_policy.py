@@ -1,0 +1,68 @@
+import json
+import time
+
+import pytest
+
+from labeling.demo_task import demo_prompts
+from training.demo_policy import BUILD_FILE, build_demo_policy, sample_gold_distribution
+
+pytestmark = pytest.mark.slow
+
+
+def test_build_metrics_and_cache(demo_policy_dir):
+    saved = json.loads((demo_policy_dir / BUILD_FILE).read_text())
+    metrics = saved["metrics"]
+    assert metrics["final_loss"] < 0.5 * metrics["initial_loss"]
+    assert metrics["steps"] > 0 and 0.5e6 < metrics["n_params"] < 3e6
+
+    weights = demo_policy_dir / "model.safetensors"
+    mtime = weights.stat().st_mtime_ns
+    started = time.monotonic()
+    assert build_demo_policy(demo_policy_dir, progress=False) == metrics
+    assert time.monotonic() - started < 2
+    assert weights.stat().st_mtime_ns == mtime
+    assert not [p for p in demo_policy_dir.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_loads_with_auto_classes_and_generates(demo_policy_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_policy_dir)
+    model = AutoModelForCausalLM.from_pretrained(demo_policy_dir)
+    prompt = next(text for text, split in demo_prompts() if split == "eval")
+    enc = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    torch.manual_seed(0)
+    out = model.generate(**enc, do_sample=True, max_new_tokens=96)
+    new = out[0, enc["input_ids"].shape[1] :].tolist()
+    assert new[-1] == tokenizer.eos_token_id
+    assert len(tokenizer.decode(new, skip_special_tokens=True).split()) >= 3
+
+
+def test_chat_template_prompt_is_a_prefix(demo_policy_dir):
+    # TRL's DPO splits prompt and completion where the two tokenizations diverge.
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(demo_policy_dir)
+    messages = [{"role": "user", "content": "Hi, this is Maria. Where is order #12345?"}]
+    prompt_ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]
+    full_ids = tokenizer.apply_chat_template(
+        messages + [{"role": "assistant", "content": "Hello Maria, I checked order #12345."}]
+    )["input_ids"]
+    assert full_ids[: len(prompt_ids)] == prompt_ids
+    assert full_ids[-1] == tokenizer.eos_token_id
+
+
+def test_samples_leave_room_to_improve(demo_policy_dir):
+    prompts = [text for text, split in demo_prompts() if split == "eval"][:48]
+    stats = sample_gold_distribution(demo_policy_dir, prompts, n_per_prompt=4)
+    assert stats["n"] == 192
+    assert stats["std"] > 1.0
+    assert stats["mean"] < 0.8 * stats["best_mean"]
+    assert stats["q100"] >= 7.0
+    assert stats["eos_rate"] > 0.9
