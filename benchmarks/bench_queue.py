@@ -133,23 +133,35 @@ def _fresh_postgres(url: str) -> tuple[str, callable]:
     return db_url.render_as_string(hide_password=False), drop
 
 
+ROUNDS = 3
+
+
 def run_backend(label: str, make_url, sizes: list[int], n_clicks: int) -> None:
-    results = {}
-    for n_pairs in sizes:
-        url, cleanup = make_url()
-        engine = make_engine(url)
-        try:
+    """Both sizes are set up first, then measured in alternation, ROUNDS times, keeping each
+    figure's best round: the machine is shared, and its load drifts within a minute."""
+    worlds, cleanups, results = {}, [], {}
+    try:
+        for n_pairs in sizes:
+            url, cleanup = make_url()
+            engine = make_engine(url)
+            cleanups.append((engine, cleanup))
             upgrade(engine)
-            users = seed(engine, n_pairs)
-            results[n_pairs] = measure(engine, users, n_clicks)
-        finally:
+            worlds[n_pairs] = (engine, seed(engine, n_pairs))
+        for _ in range(ROUNDS):
+            for n_pairs, (engine, users) in worlds.items():
+                r = measure(engine, users, n_clicks // ROUNDS)
+                best = results.setdefault(n_pairs, r)
+                results[n_pairs] = {k: max(best[k], r[k]) for k in r}
+    finally:
+        for engine, cleanup in cleanups:
             engine.dispose()
             cleanup()
-        r = results[n_pairs]
+    for n_pairs, r in results.items():
         print(
             f"{label} {n_pairs:>6} queued pairs: submit+claim-next {r['clicks']:.0f}/s, "
             f"queue_stats {r['stats']:.0f}/s; baseline empty write transaction "
-            f"{r['baseline']:.0f}/s; ratio {r['clicks'] / r['baseline']:.2f}",
+            f"{r['baseline']:.0f}/s; ratio {r['clicks'] / r['baseline']:.2f} "
+            f"(best of {ROUNDS} alternating rounds)",
             flush=True,
         )
     small, large = results[sizes[0]], results[sizes[-1]]
