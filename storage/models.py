@@ -204,6 +204,11 @@ class Response(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+# Pairs waiting for human labels (Route.human, Route.audit), as literal SQL: a partial index is used
+# only for a query whose WHERE repeats its condition with the same literals.
+QUEUED_FOR_HUMANS_SQL = "status = 'queued' AND route IN ('human', 'audit')"
+
+
 class Pair(SQLModel, table=True):
     __table_args__ = (
         sa.CheckConstraint("response_a_id <> response_b_id", name="ck_pair_distinct"),
@@ -222,6 +227,19 @@ class Pair(SQLModel, table=True):
     overlap: int = Field(default=1, ge=1)  # human labels wanted
     n_labels: int = Field(default=0)  # human labels received
     created_at: datetime = Field(default_factory=utcnow)
+
+
+# The annotation queue's claim order (storage/queue.py), over the pairs humans may get only: a claim
+# walks it and stops at the first free pair, whatever the queue's size; `overlap` rides along so
+# counting what is left never reads the table.
+sa.Index(
+    "ix_pair_claim",
+    Pair.__table__.c.n_labels.desc(),
+    Pair.__table__.c.id,
+    Pair.__table__.c.overlap,
+    sqlite_where=sa.text(QUEUED_FOR_HUMANS_SQL),
+    postgresql_where=sa.text(QUEUED_FOR_HUMANS_SQL),
+)
 
 
 class Suggestion(SQLModel, table=True):
@@ -267,7 +285,17 @@ class Label(SQLModel, table=True):
 
 
 class Assignment(SQLModel, table=True):
-    __table_args__ = (sa.UniqueConstraint("pair_id", "user_id", name="uq_assignment_pair_user"),)
+    __table_args__ = (
+        sa.UniqueConstraint("pair_id", "user_id", name="uq_assignment_pair_user"),
+        # The live leases (a handful) without scanning every claim ever made.
+        sa.Index(
+            "ix_assignment_live",
+            "pair_id",
+            "expires_at",
+            sqlite_where=sa.text("status = 'active'"),
+            postgresql_where=sa.text("status = 'active'"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     pair_id: int = Field(foreign_key="pair.id", index=True)

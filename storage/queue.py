@@ -28,11 +28,13 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 import sqlalchemy as sa
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
 from storage.crud import Conflict, NotFound
 from storage.db import is_sqlite
 from storage.models import (
+    QUEUED_FOR_HUMANS_SQL,
     Assignment,
     AssignmentStatus,
     Choice,
@@ -82,24 +84,34 @@ class Claim:
     expires_at: datetime
 
 
+# Assignment.status == active, as the partial index ix_assignment_live spells it.
+_LIVE = sa.text("assignment.status = 'active'")
+
+
 def _active_leases(pair_id_column, now: datetime):
     """Scalar subquery: active, unexpired leases on a pair."""
     return (
         select(sa.func.count(Assignment.id))
-        .where(
-            Assignment.pair_id == pair_id_column,
-            Assignment.status == AssignmentStatus.active,
-            Assignment.expires_at > now,
-        )
+        .where(Assignment.pair_id == pair_id_column, _LIVE, Assignment.expires_at > now)
         .scalar_subquery()
     )
 
 
+# Pair.status == queued and Pair.route in HUMAN_ROUTES, spelled as the partial index ix_pair_claim
+# spells it (storage/models.py), so that both databases walk that index.
+_QUEUED_FOR_HUMANS = sa.text("pair.status = 'queued' AND pair.route IN ('human', 'audit')")
+assert _QUEUED_FOR_HUMANS.text.replace("pair.", "") == QUEUED_FOR_HUMANS_SQL
+assert {PairStatus.queued.value} | set(HUMAN_ROUTES) == {"queued", "human", "audit"}
+# The claim order, ix_pair_claim's: pairs that have some labels first (finish them), then oldest.
+_CLAIM_ORDER = (Pair.n_labels.desc(), Pair.id)
+
+
 def _claimable(user_id: int, now: datetime) -> list:
-    """Conditions for a pair this user may claim now."""
+    """Conditions for a pair this user may claim now. Walked in _CLAIM_ORDER, they are checked
+    pair by pair through indexes and the walk stops at the first free pair: the cost depends on
+    how many pairs ahead are leased to others or passed by this user, not on the queue's size."""
     return [
-        Pair.status == PairStatus.queued,
-        Pair.route.in_(HUMAN_ROUTES),
+        _QUEUED_FOR_HUMANS,
         ~sa.exists().where(Assignment.pair_id == Pair.id, Assignment.user_id == user_id),
         Pair.n_labels + _active_leases(Pair.id, now) < Pair.overlap,
     ]
@@ -139,7 +151,7 @@ def claim_next_pair(
         session.exec(select(User.id).where(User.id == user_id).with_for_update(key_share=True))
     held = _held_lease(session, user_id, now)
     if held is not None:
-        return _claim_view(session, held)
+        return _claim_view(session, held.pair_id, held.swapped, held.claimed_at, held.expires_at)
     _expire(session, now, user_id=user_id)
 
     swapped = (rng or random).random() < 0.5
@@ -150,39 +162,39 @@ def claim_next_pair(
         pair_id = _claim_postgres(session, user_id, now, expires_at, swapped)
     if pair_id is None:
         return None
-    assignment = session.exec(
-        select(Assignment)
-        .where(Assignment.pair_id == pair_id, Assignment.user_id == user_id)
-        .execution_options(populate_existing=True)
-    ).one()
-    return _claim_view(session, assignment)
+    return _claim_view(session, pair_id, swapped, now, expires_at)
+
+
+_CLAIM_SQLITE = """
+INSERT INTO assignment (pair_id, user_id, status, swapped, claimed_at, expires_at)
+SELECT pair.id, :user_id, 'active', :swapped, :now, :expires_at
+FROM pair INDEXED BY ix_pair_claim
+WHERE pair.status = 'queued' AND pair.route IN ('human', 'audit')
+  AND NOT EXISTS (SELECT 1 FROM assignment AS mine
+                  WHERE mine.pair_id = pair.id AND mine.user_id = :user_id)
+  AND pair.n_labels + (SELECT count(*) FROM assignment
+                       WHERE assignment.pair_id = pair.id AND assignment.status = 'active'
+                         AND assignment.expires_at > :now) < pair.overlap
+ORDER BY pair.n_labels DESC, pair.id
+LIMIT 1
+RETURNING pair_id
+"""
 
 
 def _claim_sqlite(
     session: Session, user_id: int, now: datetime, expires_at: datetime, swapped: bool
 ) -> int | None:
-    table = Assignment.__table__
-    candidate = (
-        select(
-            Pair.id,
-            sa.literal(user_id),
-            sa.literal(AssignmentStatus.active.value, table.c.status.type),
-            sa.literal(swapped),
-            sa.literal(now, table.c.claimed_at.type),
-            sa.literal(expires_at, table.c.expires_at.type),
-        )
-        .where(*_claimable(user_id, now))
-        .order_by(Pair.n_labels.desc(), Pair.id)
-        .limit(1)
+    # The same conditions and order as _claimable/_CLAIM_ORDER, written out because SQLite's
+    # planner, without statistics, prefers ix_pair_queue and sorts the whole queue; INDEXED BY
+    # makes it walk ix_pair_claim and stop at the first free pair.
+    when = Assignment.__table__.c.expires_at.type
+    statement = sa.text(_CLAIM_SQLITE).bindparams(
+        sa.bindparam("user_id", user_id),
+        sa.bindparam("swapped", swapped, sa.Boolean()),
+        sa.bindparam("now", now, when),
+        sa.bindparam("expires_at", expires_at, when),
     )
-    insert = (
-        sa.insert(table)
-        .from_select(
-            ["pair_id", "user_id", "status", "swapped", "claimed_at", "expires_at"], candidate
-        )
-        .returning(table.c.pair_id)
-    )
-    return session.execute(insert).scalar_one_or_none()
+    return session.execute(statement).scalar_one_or_none()
 
 
 def _claim_postgres(
@@ -193,7 +205,7 @@ def _claim_postgres(
         query = (
             select(Pair.id)
             .where(*_claimable(user_id, now), Pair.id.not_in(tried))
-            .order_by(Pair.n_labels.desc(), Pair.id)
+            .order_by(*_CLAIM_ORDER)
             .limit(1)
             .with_for_update(skip_locked=True, key_share=True, of=Pair)
         )
@@ -221,32 +233,54 @@ def _claim_postgres(
     return pair_id
 
 
-def _claim_view(session: Session, assignment: Assignment) -> Claim:
-    pair = session.get(Pair, assignment.pair_id)
-    prompt = session.get(Prompt, pair.prompt_id)
-    a = session.get(Response, pair.response_a_id)
-    b = session.get(Response, pair.response_b_id)
-    suggestion = session.exec(
-        select(Suggestion)
-        .where(Suggestion.pair_id == pair.id)
-        .order_by(Suggestion.created_at.desc(), Suggestion.id.desc())
+_RESPONSE_A = aliased(Response)
+_RESPONSE_B = aliased(Response)
+_LATEST = aliased(Suggestion)
+
+
+def _claim_view(
+    session: Session, pair_id: int, swapped: bool, claimed_at: datetime, expires_at: datetime
+) -> Claim:
+    """The pair as this user sees it, read in one query (the newest suggestion included)."""
+    latest = (
+        select(_LATEST.id)
+        .where(_LATEST.pair_id == Pair.id)
+        .order_by(_LATEST.created_at.desc(), _LATEST.id.desc())
         .limit(1)
-    ).first()
+        .scalar_subquery()
+    )
+    row = session.execute(
+        select(
+            Prompt.text,
+            Prompt.messages,
+            _RESPONSE_A.text,
+            _RESPONSE_B.text,
+            Suggestion.p_a,
+            Suggestion.uncertainty,
+            Suggestion.agent,
+        )
+        .select_from(Pair)
+        .join(Prompt, Prompt.id == Pair.prompt_id)
+        .join(_RESPONSE_A, _RESPONSE_A.id == Pair.response_a_id)
+        .join(_RESPONSE_B, _RESPONSE_B.id == Pair.response_b_id)
+        .outerjoin(Suggestion, Suggestion.id == latest)
+        .where(Pair.id == pair_id)
+    ).one()
+    prompt, messages, text_a, text_b, p_a, uncertainty, agent = row
     shown = None
-    if suggestion is not None:
-        p_left = 1.0 - suggestion.p_a if assignment.swapped else suggestion.p_a
-        shown = ShownSuggestion(p_left, suggestion.uncertainty, suggestion.agent)
-    left, right = (b, a) if assignment.swapped else (a, b)
+    if agent is not None:
+        shown = ShownSuggestion(1.0 - p_a if swapped else p_a, uncertainty, agent)
+    left, right = (text_b, text_a) if swapped else (text_a, text_b)
     return Claim(
-        pair_id=pair.id,
-        prompt=prompt.text,
-        prompt_messages=prompt.messages,
-        left=left.text,
-        right=right.text,
-        swapped=assignment.swapped,
+        pair_id=pair_id,
+        prompt=prompt,
+        prompt_messages=messages,
+        left=left,
+        right=right,
+        swapped=swapped,
         suggestion=shown,
-        claimed_at=assignment.claimed_at,
-        expires_at=assignment.expires_at,
+        claimed_at=claimed_at,
+        expires_at=expires_at,
     )
 
 
@@ -362,9 +396,35 @@ def release_expired(*, session: Session, now: datetime | None = None) -> int:
     return _expire(session, now or utcnow())
 
 
+_QUEUE_LEFT = """
+SELECT
+  (SELECT count(*) FROM pair {hint}
+   WHERE pair.status = 'queued' AND pair.route IN ('human', 'audit')
+     AND pair.n_labels < pair.overlap)
+  -
+  (SELECT count(*) FROM pair
+   WHERE pair.id IN (SELECT pair_id FROM assignment WHERE user_id = :user_id
+                     UNION
+                     SELECT pair_id FROM assignment
+                     WHERE assignment.status = 'active' AND assignment.expires_at > :now)
+     AND pair.status = 'queued' AND pair.route IN ('human', 'audit')
+     AND pair.n_labels < pair.overlap
+     AND (EXISTS (SELECT 1 FROM assignment AS mine
+                  WHERE mine.pair_id = pair.id AND mine.user_id = :user_id)
+          OR pair.n_labels + (SELECT count(*) FROM assignment
+                              WHERE assignment.pair_id = pair.id
+                                AND assignment.status = 'active'
+                                AND assignment.expires_at > :now) >= pair.overlap))
+"""
+
+
 def queue_stats(*, session: Session, user_id: int, now: datetime | None = None) -> dict[str, int]:
     """{labeled_today: this user's labels since 00:00 UTC, queue_left: pairs they could still get
-    (the one they hold included)}."""
+    (the one they hold included)}.
+
+    The pairs free for this user are counted as: queued human pairs short of labels (an
+    index-only count over ix_pair_claim), less those this user has claimed before or that live
+    leases fill (both found from the assignments, a few rows), never by checking every pair."""
     now = now or utcnow()
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     labeled_today = session.exec(
@@ -372,6 +432,12 @@ def queue_stats(*, session: Session, user_id: int, now: datetime | None = None) 
             Label.user_id == user_id, Label.created_at >= midnight
         )
     ).one()
-    claimable = session.exec(select(sa.func.count(Pair.id)).where(*_claimable(user_id, now))).one()
+    hint = "INDEXED BY ix_pair_claim" if is_sqlite(session.get_bind()) else ""
+    claimable = session.execute(
+        sa.text(_QUEUE_LEFT.format(hint=hint)).bindparams(
+            sa.bindparam("user_id", user_id),
+            sa.bindparam("now", now, Assignment.__table__.c.expires_at.type),
+        )
+    ).scalar_one()
     held = 1 if _held_lease(session, user_id, now) is not None else 0
     return {"labeled_today": labeled_today, "queue_left": claimable + held}

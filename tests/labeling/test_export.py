@@ -23,11 +23,6 @@ from storage.db import transaction
 from storage.models import Choice, Label, LabelSource, Response, Split, Suggestion
 from tests.factories import make_pairs, make_user
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-
 
 def seed_labeled(engine, n=6, *, chat=False):
     """n pairs with readable text: human labels on the even ones, proxy on the odd ones."""
@@ -64,55 +59,11 @@ def seed_labeled(engine, n=6, *, chat=False):
     return pairs
 
 
-@pytest.fixture(scope="session")
-def tiny_policy_dir(tmp_path_factory):
-    """A tiny random Llama with a chat template, saved as a directory (no downloads)."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    out = tmp_path_factory.mktemp("tiny_policy")
-    special = ["<|pad|>", "<|eos|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = ["prompt 1 a kind and helpful answer a rude answer be kind and now?"] * 10
-    tok.train_from_iterator(
-        corpus,
-        trainers.BpeTrainer(
-            vocab_size=300,
-            special_tokens=special,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<|pad|>",
-        eos_token="<|eos|>",
-        chat_template=CHAT_TEMPLATE,
-    )
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("layout", [Layout.standard, Layout.conversational])
 @pytest.mark.parametrize("fmt", [ExportFormat.parquet, ExportFormat.hf])
 def test_export_trains_one_dpo_step_unchanged(
-    sqlite_engine, tmp_path, tiny_policy_dir, layout, fmt
+    sqlite_engine, tmp_path, demo_policy_dir, layout, fmt
 ):
     import torch
     from transformers import AutoModelForCausalLM
@@ -125,7 +76,7 @@ def test_export_trains_one_dpo_step_unchanged(
     assert result.rows == 4
     dataset = load_export(out, fmt)
 
-    before = AutoModelForCausalLM.from_pretrained(tiny_policy_dir).state_dict()
+    before = AutoModelForCausalLM.from_pretrained(demo_policy_dir).state_dict()
     args = DPOConfig(
         output_dir=str(tmp_path / "dpo"),
         use_cpu=True,
@@ -138,7 +89,7 @@ def test_export_trains_one_dpo_step_unchanged(
         save_strategy="no",
         dataset_num_proc=None,
     )
-    trainer = DPOTrainer(model=str(tiny_policy_dir), args=args, train_dataset=dataset)
+    trainer = DPOTrainer(model=str(demo_policy_dir), args=args, train_dataset=dataset)
     trainer.train()
     after = trainer.model.state_dict()
     moved = [name for name, tensor in before.items() if not torch.equal(tensor, after[name].cpu())]

@@ -1,0 +1,157 @@
+"""The annotation queue at the storage level: does a click cost the same with 2k or 20k queued pairs?
+
+50 annotators each hold a lease (the steady state of a busy labeling session); one "click" is what
+the labeling view does in one write transaction: submit the held pair's label and claim the next.
+Then `queue_stats` (the counter under the page) in a read transaction. Baseline: an empty write
+transaction (BEGIN IMMEDIATE + COMMIT) on the same database, timed in the same process.
+The goal: clicks/s at 20k / clicks/s at 2k ≈ 1 (the cost must not grow with the queue).
+
+    python -m benchmarks queue [--quick]
+    PREFLOOP_BENCH_POSTGRES_URL=postgresql://... python -m benchmarks queue   # PostgreSQL too
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from storage import crud, queue
+from storage.db import make_engine, normalize_url, transaction, upgrade
+from storage.models import Pair, Prompt, Response, Role
+
+N_USERS = 50
+LEASE_SECONDS = 600
+
+
+def seed(engine, n_pairs: int) -> list[int]:
+    """n_pairs queued human pairs (bulk inserts: seeding is not what is measured), N_USERS users."""
+    tag = uuid.uuid4().hex[:8]
+    with transaction(engine) as session:
+        prompts = [
+            Prompt(text=f"prompt {tag} {i}", content_hash=f"{tag}{i:056d}") for i in range(n_pairs)
+        ]
+        session.add_all(prompts)
+        session.flush()
+        responses = [
+            (Response(prompt_id=p.id, text=f"reply {p.id} a"), Response(prompt_id=p.id, text="b"))
+            for p in prompts
+        ]
+        session.add_all([r for ab in responses for r in ab])
+        session.flush()
+        session.add_all(
+            [
+                Pair(prompt_id=a.prompt_id, response_a_id=a.id, response_b_id=b.id)
+                for a, b in responses
+            ]
+        )
+        session.flush()
+        users = [
+            crud.create_user(
+                session=session, name=f"bench{tag}{i}", role=Role.annotator, password_hash=None
+            ).id
+            for i in range(N_USERS)
+        ]
+    return users
+
+
+def measure(engine, users: list[int], n_clicks: int) -> dict[str, float]:
+    rng = random.Random(0)
+    held: dict[int, int] = {}
+    for user in users:  # every annotator holds a lease
+        with transaction(engine) as session:
+            claim = queue.claim_next_pair(
+                session=session, user_id=user, lease_seconds=LEASE_SECONDS, rng=rng
+            )
+            held[user] = claim.pair_id
+
+    start = time.perf_counter()
+    for i in range(n_clicks):
+        user = users[i % len(users)]
+        with transaction(engine) as session:
+            queue.submit_label(
+                session=session, user_id=user, pair_id=held[user], shown_choice="left"
+            )
+            claim = queue.claim_next_pair(
+                session=session, user_id=user, lease_seconds=LEASE_SECONDS, rng=rng
+            )
+            held[user] = claim.pair_id
+    clicks = n_clicks / (time.perf_counter() - start)
+
+    start = time.perf_counter()
+    for i in range(n_clicks):
+        with transaction(engine, readonly=True) as session:
+            queue.queue_stats(session=session, user_id=users[i % len(users)])
+    stats = n_clicks / (time.perf_counter() - start)
+
+    start = time.perf_counter()
+    for _ in range(n_clicks):
+        with transaction(engine) as session:
+            session.execute(sa.select(1))
+    baseline = n_clicks / (time.perf_counter() - start)
+    return {"clicks": clicks, "stats": stats, "baseline": baseline}
+
+
+def _fresh_postgres(url: str) -> tuple[str, callable]:
+    admin = make_engine(url).execution_options(isolation_level="AUTOCOMMIT")
+    name = f"prefloop_bench_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as c:
+        c.exec_driver_sql(f"CREATE DATABASE {name}")
+    db_url = sa.make_url(normalize_url(url)).set(database=name)
+
+    def drop() -> None:
+        with admin.connect() as c:
+            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+    return db_url.render_as_string(hide_password=False), drop
+
+
+def run_backend(label: str, make_url, sizes: list[int], n_clicks: int) -> None:
+    results = {}
+    for n_pairs in sizes:
+        url, cleanup = make_url()
+        engine = make_engine(url)
+        try:
+            upgrade(engine)
+            users = seed(engine, n_pairs)
+            results[n_pairs] = measure(engine, users, n_clicks)
+        finally:
+            engine.dispose()
+            cleanup()
+        r = results[n_pairs]
+        print(
+            f"{label} {n_pairs:>6} queued pairs: submit+claim-next {r['clicks']:.0f}/s, "
+            f"queue_stats {r['stats']:.0f}/s; baseline empty write transaction "
+            f"{r['baseline']:.0f}/s; ratio {r['clicks'] / r['baseline']:.2f}",
+            flush=True,
+        )
+    small, large = results[sizes[0]], results[sizes[-1]]
+    print(
+        f"{label} flatness {sizes[-1]} vs {sizes[0]} pairs: submit+claim-next "
+        f"{large['clicks'] / small['clicks']:.2f}, queue_stats {large['stats'] / small['stats']:.2f}"
+        " (1.00 = independent of the queue size)"
+    )
+
+
+def main(quick: bool = False) -> None:
+    sizes = [2_000, 20_000]
+    n_clicks = 300 if quick else 1_000
+    with tempfile.TemporaryDirectory(prefix="prefloop-bench-queue-") as tmp:
+        counter = iter(range(100))
+
+        def sqlite_url():
+            return f"sqlite:///{Path(tmp) / f'q{next(counter)}.db'}", lambda: None
+
+        run_backend("sqlite", sqlite_url, sizes, n_clicks)
+    if pg := os.environ.get("PREFLOOP_BENCH_POSTGRES_URL"):
+        run_backend("postgres", lambda: _fresh_postgres(pg), sizes, n_clicks)
+
+
+if __name__ == "__main__":
+    main()
