@@ -1,11 +1,11 @@
-"""The embedded demo task: customer-support replies, and a gold judge that stands in for human taste.
+"""The embedded demo task: customer-support replies and a gold judge standing in for human taste.
 
 A prompt is a short customer message about one of eight topics, with a name and a ticket number
-(``#48213``). A reply is built from five parts whose quality varies independently: greeting, empathy,
-reference to the customer's number, the concrete next step, closing; some replies ramble.
+(``#48213``). A reply is built from five parts whose quality varies independently: greeting,
+empathy, reference to the customer's number, the concrete next step, closing; some replies ramble.
 
-``gold_judge`` scores any text on a 0..10 scale (see its docstring); the best reply scores 10, a
-random corpus reply about 5, a rude off-topic one 0. Pure Python: the UI process imports this.
+``gold_judge`` scores any text on a 0..10 scale (see its docstring): the best reply scores 10, a
+corpus reply about 5 on average, a rude off-topic one 0. Pure Python: the UI process imports this.
 """
 
 from __future__ import annotations
@@ -180,7 +180,7 @@ _FILLER = (
     "As I said, we value every customer.",
 )
 
-_POLITE_STARTS = ("hi", "hello", "dear", "good morning", "good afternoon", "thanks for reaching")
+_POLITE_START = re.compile(r"(hi|hello|dear|good (morning|afternoon))\b|thanks for reaching")
 _EMPATHY_KEYS = ("sorry", "apologize", "understand how frustrating", "understand your frustration")
 _CLOSING_KEYS = ("anything else", "have a great day", "have a nice day", "happy to help")
 _RUDE_KEYS = (
@@ -306,11 +306,11 @@ def _reply(prompt: str, rng: random.Random, quality: str) -> str:
         # Each part varies on its own; the probabilities set the corpus's (and so the initial
         # policy's) spread of gold scores.
         greeting = rng.choices(
-            (_GREETINGS_NAMED, _GREETINGS_PLAIN, ("",), _GREETINGS_RUDE), (0.55, 0.2, 0.15, 0.1)
+            (_GREETINGS_NAMED, _GREETINGS_PLAIN, ("",), _GREETINGS_RUDE), (0.55, 0.22, 0.17, 0.06)
         )[0]
-        empathy = rng.choices((_EMPATHY, ("",), _DISMISSALS), (0.55, 0.35, 0.1))[0]
-        ref = rng.choices((_ORDER_REFS, _PLAIN_REFS, ("",)), (0.25, 0.4, 0.35))[0]
-        step_kind = rng.choices(("right", "other", "vague", "none"), (0.65, 0.12, 0.13, 0.1))[0]
+        empathy = rng.choices((_EMPATHY, ("",), _DISMISSALS), (0.58, 0.36, 0.06))[0]
+        ref = rng.choices((_ORDER_REFS, _PLAIN_REFS, ("",)), (0.2, 0.45, 0.35))[0]
+        step_kind = rng.choices(("right", "other", "vague", "none"), (0.78, 0.07, 0.08, 0.07))[0]
         step = {
             "right": _STEPS[ticket.topic] if ticket.topic else ("",),
             "other": _STEPS[rng.choice(other_topics)],
@@ -318,15 +318,15 @@ def _reply(prompt: str, rng: random.Random, quality: str) -> str:
             "none": ("",),
         }[step_kind]
         closing = rng.choices(
-            (_CLOSINGS_GOOD, _CLOSINGS_NEUTRAL, ("",), _CLOSINGS_RUDE), (0.55, 0.15, 0.2, 0.1)
+            (_CLOSINGS_GOOD, _CLOSINGS_NEUTRAL, ("",), _CLOSINGS_RUDE), (0.58, 0.15, 0.21, 0.06)
         )[0]
         parts = [rng.choice(p) for p in (greeting, empathy, ref, step, closing)]
         ramble = rng.random()
-        if ramble < 0.1:  # repeat a sentence
+        if ramble < 0.07:  # repeat a sentence
             said = [p for p in parts if p]
             if said:
                 parts.insert(rng.randrange(len(parts) + 1), rng.choice(said))
-        elif ramble < 0.2:  # filler
+        elif ramble < 0.14:  # filler
             parts[-1:-1] = rng.sample(_FILLER, 2)
     else:
         raise ValueError(f"quality must be 'best', 'worst' or 'random', got {quality!r}")
@@ -403,7 +403,7 @@ def gold_judge(prompt: str, response: str) -> float:
     if names - {ticket.name}:
         score -= 1.0
 
-    score += 1.0 * text.startswith(_POLITE_STARTS)
+    score += 1.0 * (_POLITE_START.match(text) is not None)
     score += 1.5 * _has_any(text, _EMPATHY_KEYS)
     score += 1.0 * _has_any(text, _CLOSING_KEYS)
     score -= 2.5 * sum(re.search(rf"\b{re.escape(key)}\b", text) is not None for key in _RUDE_KEYS)

@@ -1,4 +1,4 @@
-"""Gold judges: scoring rules ``(prompt, response) -> float`` named by a ``module:callable`` spec."""
+"""Gold judges: scoring rules ``(prompt, response) -> float``, named by "module:callable"."""
 
 from __future__ import annotations
 
