@@ -9,6 +9,7 @@ The server's `create_app` includes `router`; the runtime comes from `app.state.r
 
 from __future__ import annotations
 
+import json
 import shutil
 from datetime import datetime
 from typing import Annotated, Literal
@@ -24,6 +25,7 @@ from storage import crud, queue
 from storage.db import transaction
 from storage.models import Role, Split, User
 from storage.runtime import Runtime
+from storage.settings import LabelingSettings, Settings, with_overrides
 
 router = APIRouter(prefix="/api/v1", tags=["api"])
 _bearer = HTTPBearer(auto_error=False, description="An API token: `prefloop users token NAME`.")
@@ -118,6 +120,11 @@ class LabelIn(BaseModel):
 class LabelOut(BaseModel):
     pair_id: int
     choice: str = Field(description="Stored as the pair's a / b / tie / both_bad.")
+    next: PairOut | None = Field(
+        None,
+        description="With `?next=true`: your next pair, claimed in the same transaction (None: "
+        "nothing left, or labeling is paused).",
+    )
 
 
 class SkipOut(BaseModel):
@@ -157,6 +164,36 @@ def _suggestion(claim_suggestion) -> Suggestion | None:
     )
 
 
+# (base settings, overrides as JSON, effective settings): validating Settings costs milliseconds
+# and the overrides rarely change. Read in the caller's transaction: no second one per request.
+_settings_memo: dict[str, tuple[Settings, str, Settings]] = {}
+
+
+def _labeling_settings(rt: Runtime, session) -> LabelingSettings:
+    overrides = crud.get_overrides(session=session)
+    if not overrides:
+        return rt.settings.labeling
+    key = json.dumps(overrides, sort_keys=True, default=str)
+    memo = _settings_memo.get("last")
+    if memo is None or memo[0] is not rt.settings or memo[1] != key:
+        memo = (rt.settings, key, with_overrides(rt.settings, overrides))
+        _settings_memo["last"] = memo
+    return memo[2].labeling
+
+
+def _pair_out(claim: queue.Claim, labeling: LabelingSettings) -> PairOut:
+    shown = labeling.suggestion_mode == "shown"
+    return PairOut(
+        pair_id=claim.pair_id,
+        prompt=claim.prompt,
+        prompt_messages=claim.prompt_messages,
+        left=claim.left,
+        right=claim.right,
+        suggestion=_suggestion(claim.suggestion) if shown else None,
+        expires_at=claim.expires_at,
+    )
+
+
 def _queue_errors(exc: Exception) -> HTTPException:
     if isinstance(exc, queue.NotAssigned):
         return HTTPException(404, str(exc))
@@ -181,27 +218,14 @@ def next_pair(request: Request, user: CurrentUser) -> NextPairOut:
     """Claim the next pair to label (or the one you hold). Responses are model output: show
     them as plain text."""
     rt = get_runtime(request)
-    labeling = rt.effective_settings().labeling
-    if labeling.paused:
-        raise HTTPException(409, "labeling is paused by an admin")
     with transaction(rt.engine) as session:
+        labeling = _labeling_settings(rt, session)
+        if labeling.paused:
+            raise HTTPException(409, "labeling is paused by an admin")
         claim = queue.claim_next_pair(
             session=session, user_id=user.id, lease_seconds=labeling.lease_seconds
         )
-    if claim is None:
-        return NextPairOut(pair=None)
-    shown = labeling.suggestion_mode == "shown"
-    return NextPairOut(
-        pair=PairOut(
-            pair_id=claim.pair_id,
-            prompt=claim.prompt,
-            prompt_messages=claim.prompt_messages,
-            left=claim.left,
-            right=claim.right,
-            suggestion=_suggestion(claim.suggestion) if shown else None,
-            expires_at=claim.expires_at,
-        )
-    )
+    return NextPairOut(pair=None if claim is None else _pair_out(claim, labeling))
 
 
 @router.post(
@@ -214,9 +238,13 @@ def label_pair(
     user: CurrentUser,
     body: LabelIn,
     pair_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+    next: Annotated[
+        bool, Query(description="Also claim your next pair (one round trip, one transaction).")
+    ] = False,
 ) -> LabelOut:
     """Label a pair you claimed. Submitting twice returns the first label."""
     rt = get_runtime(request)
+    claim, labeling = None, None
     try:
         with transaction(rt.engine) as session:
             label = queue.submit_label(
@@ -227,9 +255,16 @@ def label_pair(
                 seconds=body.seconds,
                 reason=body.reason,
             )
+            if next:
+                labeling = _labeling_settings(rt, session)
+                if not labeling.paused:
+                    claim = queue.claim_next_pair(
+                        session=session, user_id=user.id, lease_seconds=labeling.lease_seconds
+                    )
     except (crud.NotFound, crud.Conflict, ValueError) as exc:
         raise _queue_errors(exc) from None
-    return LabelOut(pair_id=pair_id, choice=str(label.choice))
+    following = None if claim is None else _pair_out(claim, labeling)
+    return LabelOut(pair_id=pair_id, choice=str(label.choice), next=following)
 
 
 @router.post(

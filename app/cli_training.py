@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from typing import Annotated, Any
 
@@ -136,6 +137,7 @@ def loop(
             timeout=timeout,
         ):
             typer.echo(json.dumps(line, default=str) if as_json else _describe_loop(line))
+            sys.stdout.flush()
     except (crud.Conflict, LoopError) as exc:
         raise fail(str(exc)) from None
 
@@ -144,11 +146,17 @@ class LoopError(RuntimeError):
     pass
 
 
-def _wait(rt: Runtime, predicate, timeout: float, what: str) -> Iteration:
+def _wait(rt: Runtime, predicate, timeout: float, what: str, k: int | None = None) -> Iteration:
+    """Poll until `predicate` holds for iteration `k` (default: the current one)."""
+    from sqlmodel import select
+
     deadline = time.monotonic() + timeout
     while True:
         with transaction(rt.engine, readonly=True) as session:
-            iteration = crud.current_iteration(session=session)
+            if k is None:
+                iteration = crud.current_iteration(session=session)
+            else:
+                iteration = session.exec(select(Iteration).where(Iteration.k == k)).first()
         if iteration is not None and predicate(iteration):
             return iteration
         if time.monotonic() > deadline:
@@ -200,16 +208,13 @@ def run_loop(
             )
             quota_at = time.monotonic()
             handle.wake()
-            done = _wait(
-                rt, lambda it, k=labeling.k: it.k == k and it.state in FINISHED, timeout, "training"
-            )
+            done = _wait(rt, lambda it: it.state in FINISHED, timeout, "training", k=labeling.k)
             next_round = _wait(
                 rt,
-                lambda it, k=labeling.k: (
-                    it.k > k and it.state in (IterationState.labeling, IterationState.failed)
-                ),
+                lambda it: it.state in (IterationState.labeling, IterationState.failed),
                 timeout,
                 "the next round's pairs",
+                k=labeling.k + 1,
             )
             turnaround = time.monotonic() - quota_at
             yield _loop_report(rt, done, turnaround, next_round)

@@ -97,6 +97,9 @@ def start_scheduler(rt: Runtime, *, recover: bool = True) -> SchedulerHandle:
         name="prefloop: quota check and queued jobs",
         replace_existing=True,
         next_run_time=datetime.now(UTC),
+        # A tick while a round runs returns at once (the lock); two instances keep APScheduler
+        # from warning that it skipped one.
+        max_instances=2,
     )
     timers = {
         TRAIN_INTERVAL: IntervalTrigger(minutes=settings.loop.interval_minutes, timezone=UTC)

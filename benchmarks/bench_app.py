@@ -1,11 +1,15 @@
-"""The web app under load, on a real `prefloop serve` subprocess and SQLite.
+"""The web app under load, on a real `prefloop serve` subprocess and SQLite, at 2k and 20k queued pairs.
 
 1. Click-to-next-pair latency in the real browser (chromium): from the click on "A better" to
    the next pair's text on screen, timed inside the page; baseline: a fetch of /healthz from the
    same page (one HTTP round trip through the same server).
-2. Submit throughput: 50 concurrent clients, each its own signed-in annotator, labeling through
-   the labeling app's Gradio queue protocol (what the browser speaks: queue/join + the SSE
-   stream); baseline: the same clients hammering GET /healthz.
+2. Submit throughput, 50 concurrent clients, each its own annotator:
+   (a) the labeling app's Gradio event path (what the browser speaks: queue/join + the SSE
+       stream), one submit = one click on "A better" (label + next pair + counters);
+   (b) the JSON API, one submit = POST /api/v1/pairs/{id}/label?next=true (label + next pair);
+   baseline: the same 50 clients hammering GET /healthz (the server's floor for one request).
+   Each phase starts with the queue topped up to its size, so the two sizes show flatness.
+Client and server share the machine's cores, as they do in the baseline.
 Targets (issue #5): p95 <= 300 ms, >= 100 submits/s on 2 cores.
 """
 
@@ -21,9 +25,13 @@ from pathlib import Path
 
 import httpx
 
+from app.auth import generate_token, hash_token
 from app.sessions import COOKIE_NAME
+from benchmarks.bench_queue import add_pairs, queued_pairs
+from storage import crud
+from storage.db import transaction
 from storage.models import Role
-from tests.app.live_server import PASSWORD, live_server, seed_pairs, seed_users
+from tests.app.live_server import PASSWORD, live_server, seed_users
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -129,28 +137,33 @@ async def _login(base: str, name: str) -> dict[str, str]:
         return {COOKIE_NAME: r.cookies[COOKIE_NAME]}
 
 
-async def submit_throughput(url: str, names: list[str], seconds: float) -> dict[str, float]:
+async def _hammer(deadline: float, work) -> int:
+    done = 0
+    while time.perf_counter() < deadline:
+        await work()
+        done += 1
+    return done
+
+
+async def _rate(n_clients: int, seconds: float, make_work) -> float:
+    """Units of work per second, n_clients coroutines each looping `make_work(deadline)`."""
+    start = time.perf_counter()
+    counts = await asyncio.gather(*(make_work(start + seconds) for _ in range(n_clients)))
+    return sum(counts) / (time.perf_counter() - start)
+
+
+async def healthz_rate(url: str, n_clients: int, seconds: float) -> float:
+    limits = httpx.Limits(max_connections=n_clients * 2)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+        return await _rate(
+            n_clients, seconds, lambda end: _hammer(end, lambda: http.get(url + "/healthz"))
+        )
+
+
+async def gradio_submit_rate(url: str, cookies: list[dict], seconds: float) -> float:
     base = url + "/label"
-    cookies = await asyncio.gather(*(_login(url, name) for name in names))
     config = httpx.get(base + "/config", cookies=cookies[0]).json()
     fns = {d["api_name"]: i for i, d in enumerate(config["dependencies"]) if d.get("api_name")}
-    limits = httpx.Limits(max_connections=len(names) * 2)
-
-    async def hammer(deadline: float, work) -> int:
-        done = 0
-        while time.perf_counter() < deadline:
-            await work()
-            done += 1
-        return done
-
-    async def run(make_work) -> float:
-        start = time.perf_counter()
-        counts = await asyncio.gather(*(make_work(start + seconds) for _ in names))
-        return sum(counts) / (time.perf_counter() - start)
-
-    async with httpx.AsyncClient(limits=limits, timeout=60) as health_http:
-        health = await run(lambda end: hammer(end, lambda: health_http.get(url + "/healthz")))
-
     clients = []
     for cookie in cookies:
         http = httpx.AsyncClient(cookies=cookie, timeout=60)
@@ -160,18 +173,59 @@ async def submit_throughput(url: str, names: list[str], seconds: float) -> dict[
 
     def submitter(end: float):
         client = next(iterator)
-        return hammer(end, lambda: client.call("label_left", [None, ""]))
+        return _hammer(end, lambda: client.call("label_left", [None, ""]))
 
-    submits = await run(submitter)
-    for c in clients:
-        await c.http.aclose()
-    return {"submits_per_s": submits, "healthz_per_s": health}
+    try:
+        return await _rate(len(clients), seconds, submitter)
+    finally:
+        for c in clients:
+            await c.http.aclose()
 
 
-def main(quick: bool = False) -> None:
-    n_clicks = 20 if quick else 60
-    n_clients = 50
-    seconds = 5.0 if quick else 15.0
+async def api_submit_rate(url: str, tokens: list[str], seconds: float) -> float:
+    """POST .../label?next=true in a loop: every call labels the held pair and claims the next."""
+    limits = httpx.Limits(max_connections=len(tokens) * 2)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+
+        async def annotator(token: str, end: float) -> int:
+            headers = {"Authorization": f"Bearer {token}"}
+            r = await http.get(url + "/api/v1/pairs/next", headers=headers)
+            pair = r.raise_for_status().json()["pair"]
+            done = 0
+            while pair is not None and time.perf_counter() < end:
+                r = await http.post(
+                    f"{url}/api/v1/pairs/{pair['pair_id']}/label?next=true",
+                    json={"choice": "left"},
+                    headers=headers,
+                )
+                pair = r.raise_for_status().json()["next"]
+                done += 1
+            if pair is None:  # the queue ran dry: the rate is still over the time it took
+                print("  (the queue ran dry during the API phase)", flush=True)
+            return done
+
+        iterator = iter(tokens)
+        return await _rate(len(tokens), seconds, lambda end: annotator(next(iterator), end))
+
+
+def issue_tokens(rt, names: list[str]) -> list[str]:
+    tokens = []
+    with transaction(rt.engine) as session:
+        for name in names:
+            token = generate_token()
+            user = crud.get_user_by_name(session=session, name=name)
+            crud.update_user(session=session, user_id=user.id, token_hash=hash_token(token))
+            tokens.append(token)
+    return tokens
+
+
+def top_up(rt, n_pairs: int) -> None:
+    missing = n_pairs - queued_pairs(rt.engine)
+    if missing > 0:
+        add_pairs(rt.engine, missing)
+
+
+def run_size(n_pairs: int, n_clients: int, seconds: float, n_clicks: int) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="prefloop-bench-") as tmp,
         live_server(Path(tmp)) as server,
@@ -180,30 +234,44 @@ def main(quick: bool = False) -> None:
         seed_users(
             server.rt, {"bench-browser": Role.annotator} | dict.fromkeys(names, Role.annotator)
         )
-        n_pairs = 200 * (1 if quick else 10) + n_clicks + 10
-        seed_pairs(
-            server.rt,
-            [
-                (f"Prompt {i}: *compare*", f"Reply a {i}\n\n- one", f"Reply b {i}")
-                for i in range(n_pairs)
-            ],
-            p_a=0.7,
-        )
+        tokens = issue_tokens(server.rt, names)
+        top_up(server.rt, n_pairs)
+        tag = f"{n_pairs:>6} queued pairs:"
         latency = browser_latency(server.url, n_clicks)
         print(
-            f"click-to-next-pair over {n_clicks} clicks: p50 {latency['p50']:.0f} ms, "
+            f"{tag} click-to-next-pair over {n_clicks} clicks: p50 {latency['p50']:.0f} ms, "
             f"p95 {latency['p95']:.0f} ms (target p95 <= 300 ms); "
             f"baseline fetch /healthz p50 {latency['base_p50']:.1f} ms, "
             f"p95 {latency['base_p95']:.1f} ms; ratio p50 "
-            f"{latency['p50'] / latency['base_p50']:.1f}x"
+            f"{latency['p50'] / latency['base_p50']:.1f}x",
+            flush=True,
         )
-        rates = asyncio.run(submit_throughput(server.url, names, seconds))
-        print(
-            f"submit throughput, {n_clients} concurrent clients for {seconds:.0f}s: "
-            f"{rates['submits_per_s']:.0f} submits/s (target >= 100); baseline GET /healthz "
-            f"{rates['healthz_per_s']:.0f} req/s; ratio "
-            f"{rates['submits_per_s'] / rates['healthz_per_s']:.2f}"
-        )
+
+        async def phases() -> dict[str, float]:
+            cookies = await asyncio.gather(*(_login(server.url, name) for name in names))
+            health = await healthz_rate(server.url, n_clients, seconds)
+            top_up(server.rt, n_pairs)
+            gradio = await gradio_submit_rate(server.url, cookies, seconds)
+            top_up(server.rt, n_pairs)
+            api_rate = await api_submit_rate(server.url, tokens, seconds)
+            return {"healthz": health, "gradio": gradio, "api": api_rate}
+
+        rates = asyncio.run(phases())
+        for path, what in (("gradio", "Gradio UI event"), ("api", "JSON API label?next")):
+            print(
+                f"{tag} submit throughput via {what}, {n_clients} concurrent clients for "
+                f"{seconds:.0f}s: {rates[path]:.0f} submits/s (target >= 100); baseline "
+                f"GET /healthz {rates['healthz']:.0f} req/s; ratio "
+                f"{rates[path] / rates['healthz']:.2f}",
+                flush=True,
+            )
+
+
+def main(quick: bool = False) -> None:
+    n_clicks = 20 if quick else 60
+    seconds = 5.0 if quick else 15.0
+    for n_pairs in (2_000, 20_000):
+        run_size(n_pairs, 50, seconds, n_clicks)
 
 
 if __name__ == "__main__":

@@ -117,21 +117,33 @@ def _claimable(user_id: int, now: datetime) -> list:
     ]
 
 
-def _held_lease(session: Session, user_id: int, now: datetime) -> Assignment | None:
-    query = (
-        select(Assignment)
-        .join(Pair, Pair.id == Assignment.pair_id)
-        .where(
-            Assignment.user_id == user_id,
-            Assignment.status == AssignmentStatus.active,
-            Assignment.expires_at > now,
-            Pair.status == PairStatus.queued,
-        )
-        .order_by(Assignment.claimed_at.desc(), Assignment.id.desc())
-        .limit(1)
-        .execution_options(populate_existing=True)
+_ASSIGNMENT = Assignment.__table__
+_PAIR = Pair.__table__
+
+# The hot path's statements are built once, with bound parameters: building a SQLAlchemy statement
+# costs more than SQLite running it.
+_HELD_LEASE = (
+    sa.select(
+        _ASSIGNMENT.c.pair_id,
+        _ASSIGNMENT.c.swapped,
+        _ASSIGNMENT.c.claimed_at,
+        _ASSIGNMENT.c.expires_at,
     )
-    return session.exec(query).first()
+    .join(_PAIR, _PAIR.c.id == _ASSIGNMENT.c.pair_id)
+    .where(
+        _ASSIGNMENT.c.user_id == sa.bindparam("user_id"),
+        _LIVE,
+        _ASSIGNMENT.c.expires_at > sa.bindparam("now", type_=_ASSIGNMENT.c.expires_at.type),
+        _PAIR.c.status == PairStatus.queued.value,
+    )
+    .order_by(_ASSIGNMENT.c.claimed_at.desc(), _ASSIGNMENT.c.id.desc())
+    .limit(1)
+)
+
+
+def _held_lease(session: Session, user_id: int, now: datetime) -> sa.Row | None:
+    """(pair_id, swapped, claimed_at, expires_at) of the lease the user holds, if any."""
+    return session.execute(_HELD_LEASE, {"user_id": user_id, "now": now}).first()
 
 
 def claim_next_pair(
@@ -151,7 +163,7 @@ def claim_next_pair(
         session.exec(select(User.id).where(User.id == user_id).with_for_update(key_share=True))
     held = _held_lease(session, user_id, now)
     if held is not None:
-        return _claim_view(session, held.pair_id, held.swapped, held.claimed_at, held.expires_at)
+        return _claim_view(session, *held)
     _expire(session, now, user_id=user_id)
 
     swapped = (rng or random).random() < 0.5
@@ -238,34 +250,37 @@ _RESPONSE_B = aliased(Response)
 _LATEST = aliased(Suggestion)
 
 
+_LATEST_SUGGESTION = (
+    select(_LATEST.id)
+    .where(_LATEST.pair_id == Pair.id)
+    .order_by(_LATEST.created_at.desc(), _LATEST.id.desc())
+    .limit(1)
+    .scalar_subquery()
+)
+_CLAIM_VIEW = (
+    select(
+        Prompt.text,
+        Prompt.messages,
+        _RESPONSE_A.text,
+        _RESPONSE_B.text,
+        Suggestion.p_a,
+        Suggestion.uncertainty,
+        Suggestion.agent,
+    )
+    .select_from(Pair)
+    .join(Prompt, Prompt.id == Pair.prompt_id)
+    .join(_RESPONSE_A, _RESPONSE_A.id == Pair.response_a_id)
+    .join(_RESPONSE_B, _RESPONSE_B.id == Pair.response_b_id)
+    .outerjoin(Suggestion, Suggestion.id == _LATEST_SUGGESTION)
+    .where(Pair.id == sa.bindparam("pair_id"))
+)
+
+
 def _claim_view(
     session: Session, pair_id: int, swapped: bool, claimed_at: datetime, expires_at: datetime
 ) -> Claim:
     """The pair as this user sees it, read in one query (the newest suggestion included)."""
-    latest = (
-        select(_LATEST.id)
-        .where(_LATEST.pair_id == Pair.id)
-        .order_by(_LATEST.created_at.desc(), _LATEST.id.desc())
-        .limit(1)
-        .scalar_subquery()
-    )
-    row = session.execute(
-        select(
-            Prompt.text,
-            Prompt.messages,
-            _RESPONSE_A.text,
-            _RESPONSE_B.text,
-            Suggestion.p_a,
-            Suggestion.uncertainty,
-            Suggestion.agent,
-        )
-        .select_from(Pair)
-        .join(Prompt, Prompt.id == Pair.prompt_id)
-        .join(_RESPONSE_A, _RESPONSE_A.id == Pair.response_a_id)
-        .join(_RESPONSE_B, _RESPONSE_B.id == Pair.response_b_id)
-        .outerjoin(Suggestion, Suggestion.id == latest)
-        .where(Pair.id == pair_id)
-    ).one()
+    row = session.execute(_CLAIM_VIEW, {"pair_id": pair_id}).one()
     prompt, messages, text_a, text_b, p_a, uncertainty, agent = row
     shown = None
     if agent is not None:
@@ -326,25 +341,29 @@ def submit_label(
         raise ValueError(f"seconds: must be >= 0 (got {seconds!r})")
     if reason is not None and len(reason) > MAX_REASON_CHARS:
         raise ValueError(f"reason: at most {MAX_REASON_CHARS} characters (got {len(reason)})")
-    assignment = _locked_assignment(session, user_id, pair_id)
-    existing = session.exec(
-        select(Label).where(Label.pair_id == pair_id, Label.user_id == user_id)
+    postgres = not is_sqlite(session.get_bind())
+    params = {"pair_id": pair_id, "user_id": user_id}
+    assignment = session.execute(
+        _SUBMIT_ASSIGNMENT_LOCKED if postgres else _SUBMIT_ASSIGNMENT, params
     ).first()
+    if assignment is None:
+        raise NotAssigned(f"user {user_id} has no claim on pair {pair_id}")
+    assignment_id, status, swapped, expires_at = assignment
+    existing = session.execute(_EXISTING_LABEL, params).scalars().first()
     if existing is not None:
         return existing
-    choice = _translate(shown_choice, assignment.swapped)
-    if assignment.status == AssignmentStatus.skipped:
+    choice = _translate(shown_choice, swapped)
+    if status == AssignmentStatus.skipped:
         raise Conflict(f"pair {pair_id} was skipped by user {user_id}")
 
-    pair_query = select(Pair).where(Pair.id == pair_id).execution_options(populate_existing=True)
-    if not is_sqlite(session.get_bind()):
-        pair_query = pair_query.with_for_update(key_share=True)
-    pair = session.exec(pair_query).one()
-    if pair.status == PairStatus.discarded:
+    pair_status, n_labels, overlap = session.execute(
+        _SUBMIT_PAIR_LOCKED if postgres else _SUBMIT_PAIR, params
+    ).one()
+    if pair_status == PairStatus.discarded:
         raise Conflict(f"pair {pair_id} was withdrawn")
-    if assignment.status != AssignmentStatus.active or assignment.expires_at <= now:
+    if status != AssignmentStatus.active or expires_at <= now:
         others = session.execute(select(_active_leases(pair_id, now))).scalar_one()
-        if pair.status != PairStatus.queued or pair.n_labels + others >= pair.overlap:
+        if pair_status != PairStatus.queued or n_labels + others >= overlap:
             raise LeaseExpired(f"the lease on pair {pair_id} expired and others took it")
 
     label = Label(
@@ -352,24 +371,47 @@ def submit_label(
         user_id=user_id,
         source=LabelSource.human,
         choice=choice,
-        swapped=assignment.swapped,
+        swapped=swapped,
         seconds=seconds,
         reason=reason,
     )
-    assignment.status = AssignmentStatus.submitted
-    session.add_all([label, assignment])
-    session.execute(
-        sa.update(Pair)
-        .where(Pair.id == pair_id)
-        .values(
-            n_labels=Pair.n_labels + 1,
-            status=sa.case(
-                (Pair.n_labels + 1 >= Pair.overlap, PairStatus.done.value), else_=Pair.status
-            ),
-        )
-    )
+    session.add(label)
     session.flush()
+    session.execute(_MARK_SUBMITTED, {"assignment_id": assignment_id})
+    session.execute(_COUNT_LABEL, params)
     return label
+
+
+_SUBMIT_ASSIGNMENT = sa.select(
+    _ASSIGNMENT.c.id, _ASSIGNMENT.c.status, _ASSIGNMENT.c.swapped, _ASSIGNMENT.c.expires_at
+).where(
+    _ASSIGNMENT.c.pair_id == sa.bindparam("pair_id"),
+    _ASSIGNMENT.c.user_id == sa.bindparam("user_id"),
+)
+_SUBMIT_ASSIGNMENT_LOCKED = _SUBMIT_ASSIGNMENT.with_for_update(key_share=True)
+_EXISTING_LABEL = select(Label).where(
+    Label.pair_id == sa.bindparam("pair_id"), Label.user_id == sa.bindparam("user_id")
+)
+_SUBMIT_PAIR = sa.select(_PAIR.c.status, _PAIR.c.n_labels, _PAIR.c.overlap).where(
+    _PAIR.c.id == sa.bindparam("pair_id")
+)
+_SUBMIT_PAIR_LOCKED = _SUBMIT_PAIR.with_for_update(key_share=True)
+_MARK_SUBMITTED = (
+    sa.update(_ASSIGNMENT)
+    .where(_ASSIGNMENT.c.id == sa.bindparam("assignment_id"))
+    .values(status=AssignmentStatus.submitted.value)
+)
+_COUNT_LABEL = (
+    sa.update(_PAIR)
+    .where(_PAIR.c.id == sa.bindparam("pair_id"))
+    .values(
+        n_labels=_PAIR.c.n_labels + 1,
+        status=sa.case(
+            (_PAIR.c.n_labels + 1 >= _PAIR.c.overlap, PairStatus.done.value),
+            else_=_PAIR.c.status,
+        ),
+    )
+)
 
 
 def skip_pair(*, session: Session, user_id: int, pair_id: int) -> None:
@@ -383,12 +425,12 @@ def skip_pair(*, session: Session, user_id: int, pair_id: int) -> None:
 
 
 def _expire(session: Session, now: datetime, *, user_id: int | None = None) -> int:
-    query = sa.update(Assignment).where(
-        Assignment.status == AssignmentStatus.active, Assignment.expires_at <= now
-    )
+    # A Core update: the ORM's would evaluate its WHERE against every Assignment in the session.
+    query = sa.update(_ASSIGNMENT).where(_LIVE, _ASSIGNMENT.c.expires_at <= now)
     if user_id is not None:
-        query = query.where(Assignment.user_id == user_id)
-    return session.execute(query.values(status=AssignmentStatus.expired.value)).rowcount
+        query = query.where(_ASSIGNMENT.c.user_id == user_id)
+    query = query.values(status=AssignmentStatus.expired.value)
+    return session.execute(query, execution_options={"synchronize_session": False}).rowcount
 
 
 def release_expired(*, session: Session, now: datetime | None = None) -> int:

@@ -168,6 +168,35 @@ def test_next_is_null_when_nothing_is_left_and_409_when_paused(world, engine):
     assert client.get("/api/v1/pairs/next", headers=headers).status_code == 409
 
 
+def test_label_with_next_claims_the_following_pair_in_one_call(world, engine):
+    client, tokens, pair_ids = world
+    headers = auth(tokens["annotator"])
+    pair = client.get("/api/v1/pairs/next", headers=headers).json()["pair"]
+    seen = [pair["pair_id"]]
+    while pair is not None:
+        body = client.post(
+            f"/api/v1/pairs/{pair['pair_id']}/label?next=true",
+            json={"choice": "tie"},
+            headers=headers,
+        ).json()
+        assert body["pair_id"] == pair["pair_id"] and body["choice"] == "tie"
+        pair = body["next"]
+        if pair is not None:
+            assert pair["pair_id"] not in seen and pair["left"] != pair["right"]
+            seen.append(pair["pair_id"])
+    assert sorted(seen) == sorted(pair_ids)
+    # the held claim is what GET /next returns now: nothing, every pair is labeled
+    assert client.get("/api/v1/pairs/next", headers=headers).json() == {"pair": None}
+    plain = client.post(f"/api/v1/pairs/{seen[0]}/label", json={"choice": "left"}, headers=headers)
+    assert plain.json() == {"pair_id": seen[0], "choice": "tie", "next": None}
+    with transaction(engine) as session:
+        crud.set_overrides(session=session, values={"labeling.paused": True}, user_id=None)
+    paused = client.post(
+        f"/api/v1/pairs/{seen[0]}/label?next=true", json={"choice": "tie"}, headers=headers
+    )
+    assert paused.status_code == 200 and paused.json()["next"] is None
+
+
 def test_admin_export_download_and_iterations(world, engine):
     import pyarrow.parquet as pq
 
