@@ -9,12 +9,14 @@
 
 Kinds:
 - ``embedded`` (default): a linear Bradley–Terry model r(x, y) = <θ, φ(x, y)> on frozen MiniLM
-  sentence embeddings, φ = [e_y, √D · e_x ⊙ e_y] (e_x alone is left out: it cancels in every
-  comparison of two responses to one prompt). An ensemble of ridge logistic heads fitted on
-  bootstrap resamples of the labels gives P (the heads' mean) and its uncertainty (their standard
-  deviation); the MAP head's Laplace covariance gives the exploration bonus of arXiv 2312.11456,
-  ‖φ(a) − φ(b)‖ under the inverse Hessian. Versions live in ``<data_dir>/proxy/vN/`` with a
-  `ProxyVersion` row. Before the first fit the proxy is unfitted (every reward 0, P = 0.5).
+  sentence embeddings (unit norm), φ = [e_y, 4·cos(e_x, e_y)]: the response, and its relevance to
+  the prompt (e_x alone cancels in every comparison of two responses to one prompt; the full
+  interaction e_x ⊙ e_y overfit: 0.79 held out on the demo after 300 labels against 0.82). The ridge logistic (MAP) head fitted on all labels
+  gives the rewards and P = σ(r_a − r_b); an ensemble of heads fitted on bootstrap resamples gives
+  its uncertainty (the spread of their P; their mean was less accurate than the MAP head, 0.785
+  vs 0.815 held out on the demo); the MAP head's Laplace covariance gives the exploration bonus
+  of arXiv 2312.11456, ‖φ(a) − φ(b)‖ under the inverse Hessian. Versions live in
+  ``<data_dir>/proxy/vN/`` with a `ProxyVersion` row. Before the first fit the proxy is unfitted (every reward 0, P = 0.5).
 - ``reward_model``: any Hugging Face `AutoModelForSequenceClassification` (settings.proxy.path);
   P = σ(r_a − r_b), no uncertainty.
 - ``judge``: a `module:callable` scoring rule (the demo's gold judge by default); P = σ(r_a − r_b).
@@ -26,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -67,12 +68,11 @@ class GroupScores:
     bonus: np.ndarray | None = None  # (n, n): ‖φ_i − φ_j‖ under the inverse Hessian
 
     def p(self, i: int, j: int) -> float:
-        """P(response i ≻ response j)."""
-        if self.members is None:
-            return float(_sigmoid(self.rewards[i] - self.rewards[j]))
-        return float(_sigmoid(self.members[:, i] - self.members[:, j]).mean())
+        """P(response i ≻ response j) = σ(r_i − r_j)."""
+        return float(_sigmoid(self.rewards[i] - self.rewards[j]))
 
     def uncertainty(self, i: int, j: int) -> float:
+        """The ensemble heads' spread of P(i ≻ j); 0 for a proxy without an ensemble."""
         if self.members is None or len(self.members) < 2:
             return 0.0
         return float(_sigmoid(self.members[:, i] - self.members[:, j]).std())
@@ -167,10 +167,14 @@ def get_embedder() -> Embedder:
     return _embedders["default"]
 
 
+FEATURES = "[e_y, 4 cos(e_x, e_y)], all-MiniLM-L6-v2, unit norm"
+
+
 def features(embedder: Embedder, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-    """φ(x, y) = [e_y, √D · e_x ⊙ e_y], shape (N, 2D)."""
+    """φ(x, y) = [e_y, 4·cos(e_x, e_y)], shape (N, D + 1). (The factor 4 gives the one relevance
+    feature the scale of the embedding's useful directions under the shared ridge penalty.)"""
     e_x, e_y = embedder(prompts), embedder(responses)
-    return np.concatenate([e_y, math.sqrt(e_y.shape[1]) * e_x * e_y], axis=1)
+    return np.concatenate([e_y, 4.0 * np.sum(e_x * e_y, axis=1, keepdims=True)], axis=1)
 
 
 def fit_head(
@@ -221,7 +225,7 @@ class EmbeddedProxy(_Scoring):
 
     @classmethod
     def unfitted(cls, dim: int = 384) -> EmbeddedProxy:
-        return cls(heads=np.zeros((1, 2 * dim)), theta=np.zeros(2 * dim), covariance=None)
+        return cls(heads=np.zeros((1, dim + 1)), theta=np.zeros(dim + 1), covariance=None)
 
     def score_groups(
         self, prompts: Sequence[str], groups: Sequence[Sequence[str]]
@@ -239,6 +243,7 @@ class EmbeddedProxy(_Scoring):
     ) -> list[GroupScores]:
         phi = phi.astype(np.float64)
         member_rewards = self.heads @ phi.T  # (m, N)
+        rewards = phi @ self.theta  # (N,)
         out, start = [], 0
         for g in groups:
             sl = slice(start, start + len(g))
@@ -249,7 +254,7 @@ class EmbeddedProxy(_Scoring):
                 gram = phi[sl] @ self.covariance @ phi[sl].T
                 diag = np.diag(gram)
                 bonus = np.sqrt((diag[:, None] + diag[None, :] - 2 * gram).clip(0))
-            out.append(GroupScores(rewards=members.mean(axis=0), members=members, bonus=bonus))
+            out.append(GroupScores(rewards=rewards[sl], members=members, bonus=bonus))
             start += len(g)
         return out
 
@@ -262,13 +267,18 @@ class EmbeddedProxy(_Scoring):
             covariance=self.covariance if self.covariance is not None else np.zeros(0),
         )
         meta = {"version": self.version, "n_labels": self.n_labels, "metrics": self.metrics}
-        meta["features"] = "[e_y, sqrt(D) * e_x * e_y], all-MiniLM-L6-v2, unit norm"
+        meta["features"] = FEATURES
         (directory / "proxy.json").write_text(json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, directory: Path) -> EmbeddedProxy:
         arrays = np.load(directory / "heads.npz")
         meta = json.loads((directory / "proxy.json").read_text())
+        if meta.get("features") != FEATURES:
+            raise ValueError(
+                f"{directory}: a proxy on other features ({meta.get('features')!r}); "
+                "refit it with `prefloop refit-proxy`"
+            )
         covariance = arrays["covariance"]
         return cls(
             heads=arrays["heads"],
