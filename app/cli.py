@@ -132,6 +132,17 @@ def db_upgrade(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
     typer.echo("database schema is current")
 
 
+def new_password(from_stdin: bool) -> tuple[str, str]:
+    """A password read from standard input or generated, and its hash; too short fails."""
+    from app.auth import generate_password, hash_password
+
+    password = sys.stdin.readline().rstrip("\r\n") if from_stdin else generate_password()
+    try:
+        return password, hash_password(password)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
 @users_cli.command("add")
 def users_add(
     name: str,
@@ -142,13 +153,7 @@ def users_add(
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Add a user. Without --password-stdin a password is generated and shown once."""
-    from app.auth import generate_password, hash_password
-
-    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else generate_password()
-    try:
-        password_hash = hash_password(password)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
+    password, password_hash = new_password(password_stdin)
     rt = runtime(data_dir)
     try:
         with transaction(rt.engine) as session:
@@ -188,13 +193,7 @@ def users_passwd(
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Set a new password (generated and shown once unless read from standard input)."""
-    from app.auth import generate_password, hash_password
-
-    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else generate_password()
-    try:
-        password_hash = hash_password(password)
-    except ValueError as exc:
-        raise fail(str(exc)) from None
+    password, password_hash = new_password(password_stdin)
     rt = runtime(data_dir)
     with transaction(rt.engine) as session:
         user = crud.get_user_by_name(session=session, name=name)
