@@ -111,17 +111,31 @@ def _init_demo(rt: Runtime) -> None:
         f"{metrics['n_params'] / 1e6:.1f}M parameters, built in {metrics['seconds']:.0f}s"
     )
     with transaction(rt.engine) as session:
-        if crud.list_policies(session=session):
-            typer.echo("policy v0: registered already")
-            return
-        crud.create_policy(
-            session=session,
-            version=0,
-            path=str(policy_dir.resolve()),
-            status=PolicyStatus.deployed,
-            config={"source": "demo", "build": metrics},
-        )
-    typer.echo("policy v0: registered and deployed")
+        registered = bool(crud.list_policies(session=session))
+        if not registered:
+            crud.create_policy(
+                session=session,
+                version=0,
+                path=str(policy_dir.resolve()),
+                status=PolicyStatus.deployed,
+                config={"source": "demo", "build": metrics},
+            )
+        first_round_due = crud.current_iteration(session=session) is None
+    typer.echo("policy v0: " + ("registered already" if registered else "registered and deployed"))
+    if first_round_due:
+        _generate_first_round(rt)
+
+
+def _generate_first_round(rt: Runtime) -> None:
+    """Queue the demo's first pairs, so that `make run` ends ready to label."""
+    from labeling.rounds import generate_round
+
+    typer.echo("first round: sampling with the demo policy ...")
+    report = generate_round(
+        engine=rt.engine, settings=rt.effective_settings(), progress=sys.stderr.isatty()
+    )
+    routes = ", ".join(f"{route} {n}" for route, n in report["routes"].items())
+    typer.echo(f"first round: iteration {report['iteration_k']} queued ({routes})")
 
 
 @db_cli.command("upgrade")

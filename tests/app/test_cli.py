@@ -156,3 +156,21 @@ def test_invalid_settings_file_is_reported(data_dir):
     (Path(data_dir) / "prefloop.toml").write_text("[dpo]\nbeta = 0\n")
     result = run("status", "--data-dir", data_dir, ok=False)
     assert result.exit_code == 1 and "dpo.beta" in result.output
+
+
+@pytest.mark.slow
+def test_init_demo_ends_ready_to_label_and_is_safe_twice(tmp_path, monkeypatch, demo_policy_dir):
+    import shutil
+
+    monkeypatch.delenv("PREFLOOP_ADMIN_PASSWORD", raising=False)
+    # the cached build stands in for the 90 s one: init finds it complete and reuses it
+    shutil.copytree(demo_policy_dir, tmp_path / "policies" / "v0")
+    out = run("init", "--demo", "--data-dir", str(tmp_path)).output
+    assert "500 added" in out and "first round: iteration 0 queued" in out
+    report = status(str(tmp_path))
+    assert report["deployed_policy"]["version"] == 0
+    assert report["iteration"]["state"] == "labeling"
+    assert report["counts"]["pair"] > 0 and report["counts"]["response"] > 0
+    again = run("init", "--demo", "--data-dir", str(tmp_path)).output
+    assert "0 added, 500 present already" in again and "first round" not in again
+    assert status(str(tmp_path))["counts"] == report["counts"]
