@@ -40,7 +40,8 @@ def test_loop_runs_iterations_unattended(tmp_path, demo_policy_dir):
         ["loop", "--simulate", "--iterations", "1", "--json", "--data-dir", str(data_dir)],
     )
     assert result.exit_code == 0, result.output
-    (line,) = [json.loads(x) for x in result.output.splitlines() if x.startswith("{")]
+    # stdout alone: progress bars on stderr share output's lines in the test runner
+    (line,) = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
     assert line["iteration"] == 0 and line["decision"] in ("deployed", "rejected")
     assert line["human_labels"] == 8 and line["dpo"]["n_pairs"] > 0
     assert 0.0 <= line["gold_win_rate_vs_pi0"] <= 1.0

@@ -14,7 +14,7 @@ from sqlmodel import select
 from storage import crud, jobs
 from storage.db import transaction
 from storage.models import Iteration, Job, JobStatus, Prompt, Split
-from tests.training.conftest import labeled_round
+from tests.training.conftest import labeled_round, make_loop_runtime
 from training import deploy as deploying
 from training.iteration import run_round
 
@@ -105,8 +105,11 @@ def test_dpo_round_trains_evaluates_and_deploys(loop_rt):
     assert train["first_loss"] > train["final_loss"]
 
 
-def test_gate_rejects_a_worse_candidate(loop_rt):
-    rt = loop_rt
+def test_gate_rejects_a_worse_candidate(tmp_path, demo_policy_dir):
+    # Enough steps on the flipped labels that the candidate really is worse: with 3 steps its
+    # seeded samples can equal v0's, every comparison ties and the win-rate is exactly 0.5.
+    dpo = {"num_train_epochs": 4, "per_device_train_batch_size": 8, "learning_rate": 2e-3}
+    rt = make_loop_runtime(tmp_path / "data", demo_policy_dir, dpo=dpo)
     iteration_id = labeled_round(rt, 24, flip=True)  # annotators who prefer the worst reply
     report = run_round(engine=rt.engine, settings=rt.settings, continue_loop=False)
     assert report.decision == "rejected", report
