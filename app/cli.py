@@ -12,7 +12,7 @@ import typer
 
 from storage import crud
 from storage.db import transaction, upgrade
-from storage.models import PolicyStatus, Role, Split
+from storage.models import Role
 from storage.runtime import Runtime, open_runtime
 from storage.settings import DEFAULT_DATA_DIR, SettingsError
 
@@ -95,12 +95,9 @@ def _ensure_admin(rt: Runtime) -> None:
 
 
 def _init_demo(rt: Runtime) -> None:
-    from labeling.demo_task import demo_prompts
-    from training.demo_policy import build_demo_policy
+    from training.demo_policy import add_demo_prompts, build_demo_policy, register_demo_policy
 
-    records = [crud.PromptIn(text=t, source="demo", split=Split(s)) for t, s in demo_prompts()]
-    with transaction(rt.engine) as session:
-        added, skipped = crud.add_prompts(session=session, prompts=records)
+    added, skipped = add_demo_prompts(engine=rt.engine)
     typer.echo(f"demo prompts: {added} added, {skipped} present already")
 
     policy_dir = rt.settings.demo_policy_dir
@@ -110,18 +107,10 @@ def _init_demo(rt: Runtime) -> None:
         f"demo policy: loss {metrics['initial_loss']:.2f} -> {metrics['final_loss']:.2f}, "
         f"{metrics['n_params'] / 1e6:.1f}M parameters, built in {metrics['seconds']:.0f}s"
     )
-    with transaction(rt.engine) as session:
-        registered = bool(crud.list_policies(session=session))
-        if not registered:
-            crud.create_policy(
-                session=session,
-                version=0,
-                path=str(policy_dir.resolve()),
-                status=PolicyStatus.deployed,
-                config={"source": "demo", "build": metrics},
-            )
+    registered = register_demo_policy(engine=rt.engine, policy_dir=policy_dir, build=metrics)
+    typer.echo("policy v0: " + ("registered and deployed" if registered else "registered already"))
+    with transaction(rt.engine, readonly=True) as session:
         first_round_due = crud.current_iteration(session=session) is None
-    typer.echo("policy v0: " + ("registered already" if registered else "registered and deployed"))
     if first_round_due:
         _generate_first_round(rt)
 

@@ -52,26 +52,15 @@ def demo_policy(cache: Path) -> Path:
 
 def demo_runtime(data_dir: Path, policy: Path, **flags):
     """A data directory like `prefloop init --demo` leaves it (the policy copied, not rebuilt)."""
-    from labeling.demo_task import demo_prompts
-    from storage import crud
-    from storage.db import transaction, upgrade
-    from storage.models import PolicyStatus
+    from storage.db import upgrade
     from storage.runtime import open_runtime
+    from training.demo_policy import add_demo_prompts, register_demo_policy
 
     shutil.copytree(policy, data_dir / "policies" / "v0")
     rt = open_runtime(data_dir, **flags)
     upgrade(rt.engine)
-    with transaction(rt.engine) as session:
-        crud.add_prompts(
-            session=session,
-            prompts=[crud.PromptIn(text=t, split=s, source="demo") for t, s in demo_prompts()],
-        )
-        crud.create_policy(
-            session=session,
-            version=0,
-            path=str((data_dir / "policies" / "v0").resolve()),
-            status=PolicyStatus.deployed,
-        )
+    add_demo_prompts(engine=rt.engine)
+    register_demo_policy(engine=rt.engine, policy_dir=data_dir / "policies" / "v0")
     return rt
 
 

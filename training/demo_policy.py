@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from labeling.demo_task import NAMES, demo_corpus, gold_judge, reference_reply
+from labeling.demo_task import NAMES, demo_corpus, demo_prompts, gold_judge, reference_reply
 
 BUILD_FILE = "prefloop_demo.json"
 BUILD_VERSION = 1
@@ -397,3 +397,33 @@ def sample_gold_distribution(
         "eos_rate": round(ended / len(scores), 4),
         "examples": examples,
     }
+
+
+def add_demo_prompts(*, engine) -> tuple[int, int]:
+    """Store the demo task's prompts (train and eval splits); returns (added, present already)."""
+    from storage import crud
+    from storage.db import transaction
+    from storage.models import Split
+
+    records = [crud.PromptIn(text=t, source="demo", split=Split(s)) for t, s in demo_prompts()]
+    with transaction(engine) as session:
+        return crud.add_prompts(session=session, prompts=records)
+
+
+def register_demo_policy(*, engine, policy_dir: Path, build: dict | None = None) -> bool:
+    """Register `policy_dir` as v0, deployed, unless a policy exists; True when it registered."""
+    from storage import crud
+    from storage.db import transaction
+    from storage.models import PolicyStatus
+
+    with transaction(engine) as session:
+        if crud.list_policies(session=session):
+            return False
+        crud.create_policy(
+            session=session,
+            version=0,
+            path=str(Path(policy_dir).resolve()),
+            status=PolicyStatus.deployed,
+            config={"source": "demo", "build": build or {}},
+        )
+    return True

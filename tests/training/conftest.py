@@ -16,7 +16,6 @@ from storage.models import (
     Label,
     LabelSource,
     Pair,
-    PolicyStatus,
     Prompt,
     Response,
     Split,
@@ -32,23 +31,14 @@ SMALL = {
 
 
 def make_loop_runtime(data_dir, policy_dir, **flags) -> Runtime:
-    from labeling.demo_task import demo_prompts
+    from training.demo_policy import add_demo_prompts, register_demo_policy
 
     (data_dir / "policies").mkdir(parents=True)
     shutil.copytree(policy_dir, data_dir / "policies" / "v0")
     rt = open_runtime(data_dir, **{**SMALL, **flags})
     upgrade(rt.engine)
-    with transaction(rt.engine) as session:
-        crud.add_prompts(
-            session=session,
-            prompts=[crud.PromptIn(text=t, split=s, source="demo") for t, s in demo_prompts()],
-        )
-        crud.create_policy(
-            session=session,
-            version=0,
-            path=str((data_dir / "policies" / "v0").resolve()),
-            status=PolicyStatus.deployed,
-        )
+    add_demo_prompts(engine=rt.engine)
+    register_demo_policy(engine=rt.engine, policy_dir=data_dir / "policies" / "v0")
     return rt
 
 
