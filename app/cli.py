@@ -105,8 +105,11 @@ def _init_demo(rt: Runtime) -> None:
     metrics = build_demo_policy(policy_dir, progress=sys.stderr.isatty())
     typer.echo(
         f"demo policy: loss {metrics['initial_loss']:.2f} -> {metrics['final_loss']:.2f}, "
-        f"{metrics['n_params'] / 1e6:.1f}M parameters, built in {metrics['seconds']:.0f}s"
+        f"{metrics['n_params'] / 1e6:.1f}M parameters, {metrics['steps']} steps in "
+        f"{metrics['seconds']:.0f}s"
     )
+    if metrics.get("stopped_early"):
+        typer.echo("demo policy: this machine hit the build's time ceiling; pi_0 is undertrained")
     registered = register_demo_policy(engine=rt.engine, policy_dir=policy_dir, build=metrics)
     typer.echo("policy v0: " + ("registered and deployed" if registered else "registered already"))
     with transaction(rt.engine, readonly=True) as session:

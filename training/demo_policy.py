@@ -2,8 +2,10 @@
 
 The result is an ordinary Hugging Face checkpoint directory (model, tokenizer with a chat template,
 ``prefloop_demo.json`` with the build config and metrics), addressed by path like any other policy.
-Two layers rather than four: on 2 CPU cores the budget allows a few hundred steps, and the smaller
-model learns the task's structure (and to copy the customer's name) in fewer seconds.
+Two layers rather than four: on 2 CPU cores a build of about 80 seconds allows 800 steps, and the
+smaller model learns the task's structure (and to copy the customer's name) in fewer of them.
+The step count is fixed, not a time budget, so the demo's pi_0 (and every number measured on it)
+is the same on a busy machine as on an idle one; only the wall time differs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 from labeling.demo_task import NAMES, demo_corpus, demo_prompts, gold_judge, reference_reply
 
 BUILD_FILE = "prefloop_demo.json"
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -46,12 +48,13 @@ class DemoPolicyConfig:
     intermediate_size: int = field(default=384, metadata={"help": "MLP width."})
     num_layers: int = field(default=2, metadata={"help": "Transformer blocks."})
     num_heads: int = field(default=4, metadata={"help": "Attention heads."})
-    max_steps: int = field(default=1200, metadata={"help": "Optimizer steps if time allows."})
+    steps: int = field(default=800, metadata={"help": "Optimizer steps (fixed, not timed)."})
     batch_size: int = field(default=16, metadata={"help": "Sequences per step."})
     lr: float = field(default=7e-3, metadata={"help": "Peak AdamW learning rate."})
     warmup_steps: int = field(default=30, metadata={"help": "Linear warmup steps."})
     max_seconds: float = field(
-        default=90.0, metadata={"help": "Budget for the whole build; training stops to meet it."}
+        default=1800.0,
+        metadata={"help": "Safety ceiling: a machine this slow stops early (metrics say so)."},
     )
     threads: int = field(default=2, metadata={"help": "torch CPU threads."})
     copy_weight: float = field(
@@ -172,14 +175,14 @@ def _load_build(out_dir: Path, config: DemoPolicyConfig) -> dict | None:
 
 
 def build_demo_policy(
-    out_dir: Path, *, seed: int = 0, max_seconds: float = 90, progress: bool = True
+    out_dir: Path, *, seed: int = 0, max_seconds: float = 1800, progress: bool = True
 ) -> dict:
     """Train the demo tokenizer and policy into ``out_dir``; return metrics.
 
     A complete build already in ``out_dir`` (same seed) is returned as is. The checkpoint is
     written to a temporary directory beside ``out_dir`` and renamed, so a reader never sees half a
     policy. Metrics: initial_loss and final_loss (held-out reply tokens, nats), steps, seconds,
-    n_params.
+    n_params, and stopped_early when the max_seconds ceiling cut the build short.
     """
     config = DemoPolicyConfig(seed=seed, max_seconds=max_seconds)
     return _build(Path(out_dir), config, progress=progress)
@@ -201,8 +204,7 @@ def _build(out_dir: Path, config: DemoPolicyConfig, *, progress: bool) -> dict:
         tokenizer = _train_tokenizer([f"{p}\n{r}" for p, r in corpus], config.vocab_size)
         encoded = _encode(tokenizer, corpus)
         model = _new_model(tokenizer, config)
-        # The whole build fits in max_seconds; keep a few for the final loss and the save.
-        deadline = started + config.max_seconds - 3.0
+        deadline = started + config.max_seconds
         metrics = _train(model, tokenizer, encoded, config, deadline=deadline, progress=progress)
     finally:
         torch.set_num_threads(old_threads)
@@ -240,7 +242,7 @@ def _new_model(tokenizer, config: DemoPolicyConfig):
 
 
 def _train(model, tokenizer, encoded, config: DemoPolicyConfig, *, deadline: float, progress):
-    """AdamW on reply tokens until max_steps or the deadline; returns the metrics."""
+    """AdamW on reply tokens for `config.steps` steps (the deadline is a safety ceiling)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -254,7 +256,7 @@ def _train(model, tokenizer, encoded, config: DemoPolicyConfig, *, deadline: flo
         betas=(0.9, 0.98),
     )
     # The customer's name (and ticket digits): tokens a reply copies from the prompt. Weighting
-    # them up makes the copying attention form within the few hundred steps the budget allows.
+    # them up makes the copying attention form within the few hundred steps of the build.
     copy_ids = torch.zeros(len(tokenizer), dtype=torch.bool)
     for word in [*NAMES, *"0123456789"]:
         for ids in (tokenizer.encode(word), tokenizer.encode(" " + word)):
@@ -265,17 +267,11 @@ def _train(model, tokenizer, encoded, config: DemoPolicyConfig, *, deadline: flo
     generator = torch.Generator().manual_seed(config.seed)
     order: list[int] = []
     started = time.monotonic()
-    budget = max(1.0, deadline - started)
     step, running = 0, initial_loss
-    bar = tqdm(total=config.max_steps, desc="demo policy", disable=not progress, leave=False)
+    bar = tqdm(total=config.steps, desc="demo policy", disable=not progress, leave=False)
     model.train()
-    while step < config.max_steps:
-        elapsed = time.monotonic() - started
-        if elapsed > budget:
-            break
-        # Cosine decay over whichever runs out first, steps or seconds, so a slow machine still
-        # ends at a low learning rate instead of being cut off at the peak.
-        done = max(step / config.max_steps, elapsed / budget)
+    while step < config.steps and time.monotonic() < deadline:
+        done = step / config.steps  # cosine decay to 5% of the peak
         warm = min(1.0, (step + 1) / config.warmup_steps)
         for group in optimizer.param_groups:
             group["lr"] = config.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done)))
@@ -307,6 +303,7 @@ def _train(model, tokenizer, encoded, config: DemoPolicyConfig, *, deadline: flo
         "initial_loss": round(initial_loss, 4),
         "final_loss": round(_heldout_loss(model, heldout_rows, pad_id), 4),
         "steps": step,
+        "stopped_early": step < config.steps,
         "train_seconds": round(time.monotonic() - started, 2),
         "n_params": sum(p.numel() for p in model.parameters()),
     }
