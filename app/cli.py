@@ -5,16 +5,17 @@ from __future__ import annotations
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from app import cli_data, cli_labeling, cli_serve, cli_training
+from app.cli_common import DataDir, fail, runtime
 from storage import crud
 from storage.db import transaction, upgrade
 from storage.models import Role
-from storage.runtime import Runtime, open_runtime
-from storage.settings import DEFAULT_DATA_DIR, SettingsError
+from storage.runtime import Runtime
+from storage.settings import DEFAULT_DATA_DIR
 
 cli = typer.Typer(
     name="prefloop",
@@ -28,27 +29,6 @@ prompts_cli = typer.Typer(help="Prompts to sample responses for.", no_args_is_he
 cli.add_typer(db_cli, name="db")
 cli.add_typer(users_cli, name="users")
 cli.add_typer(prompts_cli, name="prompts")
-
-DataDir = Annotated[
-    Path,
-    typer.Option(
-        "--data-dir",
-        envvar="PREFLOOP_DATA_DIR",
-        help="Holds prefloop.toml, the SQLite database, checkpoints and logs.",
-    ),
-]
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    return typer.Exit(code)
-
-
-def runtime(data_dir: Path, **flags) -> Runtime:
-    try:
-        return open_runtime(data_dir, **flags)
-    except SettingsError as exc:
-        raise fail(str(exc)) from None
 
 
 @cli.command()
@@ -255,7 +235,6 @@ def collect_status(rt: Runtime) -> dict:
 
 
 # Commands of the other areas, each in its own module (imported last: they reuse DataDir above).
-from app import cli_data, cli_serve  # noqa: E402
 
 prompts_cli.command("import")(cli_data.prompts_import)
 users_cli.command("token")(cli_data.users_token)
@@ -263,14 +242,12 @@ cli.add_typer(cli_data.prefs_cli, name="prefs")
 cli.command("export")(cli_data.export)
 cli.command("serve")(cli_serve.serve)
 
-from app import cli_training  # noqa: E402
 
 cli.command("train")(cli_training.train)
 cli.command("deploy")(cli_training.deploy)
 cli.command("rollback")(cli_training.rollback)
 cli.command("loop")(cli_training.loop)
 
-from app import cli_labeling  # noqa: E402
 
 cli.command("generate")(cli_labeling.generate)
 cli.command("label")(cli_labeling.label)

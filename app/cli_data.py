@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli import DataDir, fail, runtime
+from app.cli_common import DataDir, fail, runtime
 from storage import crud
 from storage.db import transaction
 from storage.models import Split

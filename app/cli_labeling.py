@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli import DataDir, fail, runtime
+from app.cli_common import DataDir, fail, runtime
 from storage import crud
 from storage.settings import DEFAULT_DATA_DIR
 

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli import DataDir, fail, runtime
+from app.cli_common import DataDir, fail, runtime
 from storage.settings import DEFAULT_DATA_DIR
 
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli import DataDir, fail, runtime
+from app.cli_common import DataDir, fail, runtime
 from storage import crud
 from storage.db import transaction
 from storage.models import Iteration, IterationState

@@ -174,3 +174,15 @@ def test_init_demo_ends_ready_to_label_and_is_safe_twice(tmp_path, monkeypatch, 
     again = run("init", "--demo", "--data-dir", str(tmp_path)).output
     assert "0 added, 500 present already" in again and "first round" not in again
     assert status(str(tmp_path))["counts"] == report["counts"]
+
+
+@pytest.mark.parametrize("module", ["cli_data", "cli_labeling", "cli_serve", "cli_training"])
+def test_each_command_module_imports_on_its_own(module):
+    """Benchmarks import `app.cli_training` directly; no cycle through the assembled CLI."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", f"import app.{module}"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
