@@ -299,6 +299,23 @@ def _claim_view(
     )
 
 
+_SUGGESTION_VIEW = (
+    select(Suggestion.p_a, Suggestion.uncertainty, Suggestion.agent)
+    .select_from(Pair)
+    .join(Suggestion, Suggestion.id == _LATEST_SUGGESTION)
+    .where(Pair.id == sa.bindparam("pair_id"))
+)
+
+
+def shown_suggestion(*, session: Session, pair_id: int, swapped: bool) -> ShownSuggestion | None:
+    """The pair's newest suggestion in the order the user saw it (for "revealed after the vote")."""
+    row = session.execute(_SUGGESTION_VIEW, {"pair_id": pair_id}).first()
+    if row is None:
+        return None
+    p_a, uncertainty, agent = row
+    return ShownSuggestion(1.0 - p_a if swapped else p_a, uncertainty, agent)
+
+
 def _translate(shown_choice: str, swapped: bool) -> Choice:
     if shown_choice in ("tie", "both_bad"):
         return Choice(shown_choice)
@@ -329,11 +346,13 @@ def submit_label(
     seconds: float | None = None,
     reason: str | None = None,
     now: datetime | None = None,
+    timed_from_claim: bool = False,
 ) -> Label:
     """Store the user's label for a pair they claimed; a repeated submit returns the first label.
 
     `shown_choice` is what the user picked in the order they saw ("left", "right", "tie",
-    "both_bad"). A submit after the lease expired is taken while the pair still has a free slot."""
+    "both_bad"). A submit after the lease expired is taken while the pair still has a free slot.
+    With `timed_from_claim` and no `seconds`, the time spent is measured here, from the claim."""
     now = now or utcnow()
     if shown_choice not in SHOWN_CHOICES:
         raise ValueError(f"choice {shown_choice!r}: expected one of {', '.join(SHOWN_CHOICES)}")
@@ -348,7 +367,9 @@ def submit_label(
     ).first()
     if assignment is None:
         raise NotAssigned(f"user {user_id} has no claim on pair {pair_id}")
-    assignment_id, status, swapped, expires_at = assignment
+    assignment_id, status, swapped, claimed_at, expires_at = assignment
+    if seconds is None and timed_from_claim:
+        seconds = max(0.0, (now - claimed_at).total_seconds())
     existing = session.execute(_EXISTING_LABEL, params).scalars().first()
     if existing is not None:
         return existing
@@ -383,7 +404,11 @@ def submit_label(
 
 
 _SUBMIT_ASSIGNMENT = sa.select(
-    _ASSIGNMENT.c.id, _ASSIGNMENT.c.status, _ASSIGNMENT.c.swapped, _ASSIGNMENT.c.expires_at
+    _ASSIGNMENT.c.id,
+    _ASSIGNMENT.c.status,
+    _ASSIGNMENT.c.swapped,
+    _ASSIGNMENT.c.claimed_at,
+    _ASSIGNMENT.c.expires_at,
 ).where(
     _ASSIGNMENT.c.pair_id == sa.bindparam("pair_id"),
     _ASSIGNMENT.c.user_id == sa.bindparam("user_id"),

@@ -10,7 +10,7 @@ from app.ui.admin_loop import build_loop
 from app.ui.admin_plots import build_plots
 from app.ui.admin_settings import build_settings
 from app.ui.admin_users import build_users
-from app.ui.common import header_html, html
+from app.ui.common import DIRECT, header_html, html
 from app.ui.guard import AppContext, require_user
 from storage.models import Role
 
@@ -34,8 +34,8 @@ def build_admin(ctx: AppContext) -> gr.Blocks:
                 build_data(ctx)
             with gr.Tab("Plots", id="plots"):
                 loaders.append(build_plots(ctx))
-        blocks.load(show, None, [header], api_name="show")
+        blocks.load(show, None, [header], api_name="show", **DIRECT)
         for i, (refresh, outputs) in enumerate(loaders):
-            blocks.load(refresh, None, outputs, api_name=f"load_{i}")
+            blocks.load(refresh, None, outputs, api_name=f"load_{i}", **DIRECT)
     blocks.queue(default_concurrency_limit=4)
     return blocks

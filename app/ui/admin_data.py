@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from app.ui.common import html
+from app.ui.common import DIRECT, html
 from app.ui.guard import AppContext, require_user
 from app.ui.render import escape
 from storage import crud
@@ -107,7 +107,9 @@ def build_data(ctx: AppContext):
             export_button = gr.Button("Export", elem_id="pf-export")
             export_result = html(elem_id="pf-export-result")
             download = gr.File(label="Download", interactive=False, elem_id="pf-download")
-    upload_button.click(upload, [file, text_field], [upload_result], api_name="prompts_upload")
+    upload_button.click(
+        upload, [file, text_field], [upload_result], api_name="prompts_upload", **DIRECT
+    )
     export_button.click(
-        export, [fmt, layout, sources], [export_result, download], api_name="export"
+        export, [fmt, layout, sources], [export_result, download], api_name="export", **DIRECT
     )

@@ -7,7 +7,7 @@ from datetime import datetime
 
 import gradio as gr
 
-from app.ui.common import html
+from app.ui.common import DIRECT, html
 from app.ui.guard import AppContext, require_user
 from app.ui.render import escape
 from storage import crud, reports
@@ -134,9 +134,11 @@ def build_loop(ctx: AppContext):
         (deploy, "deploy"),
         (rollback, "rollback"),
     ]:
-        button.click(_bind(act, action), [version, force], outputs, api_name=f"loop_{action}")
+        button.click(
+            _bind(act, action), [version, force], outputs, api_name=f"loop_{action}", **DIRECT
+        )
     gr.Timer(REFRESH_SECONDS).tick(
-        tick, None, [timeline], api_name="loop_tick", show_progress="hidden"
+        tick, None, [timeline], api_name="loop_tick", show_progress="hidden", **DIRECT
     )
     return refresh, [timeline, version]
 

@@ -8,6 +8,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from app.ui.common import DIRECT
 from app.ui.guard import AppContext, require_user
 from storage import crud, reports
 from storage.db import transaction
@@ -105,7 +106,7 @@ def build_plots(ctx: AppContext):
         )
     refresh_button = gr.Button("Refresh plots", size="sm", elem_id="pf-plots-refresh")
     outputs = [per_hour, agreement, win_rate, training]
-    refresh_button.click(refresh, None, outputs, api_name="plots")
+    refresh_button.click(refresh, None, outputs, api_name="plots", **DIRECT)
     return refresh, outputs
 
 

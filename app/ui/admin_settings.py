@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import gradio as gr
 
-from app.ui.common import html
+from app.ui.common import DIRECT, html
 from app.ui.guard import AppContext, require_user
 from app.ui.render import escape
 from storage import crud
@@ -137,5 +137,5 @@ def build_settings(ctx: AppContext):
     save_button = gr.Button("Save settings", variant="primary", elem_id="pf-save-settings")
     result = html(elem_id="pf-settings-result")
     # A set of inputs: the handler gets one {component: value} dict.
-    save_button.click(save, set(widgets), [result], api_name="settings_save")
+    save_button.click(save, set(widgets), [result], api_name="settings_save", **DIRECT)
     return refresh, widgets

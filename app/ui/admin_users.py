@@ -6,7 +6,7 @@ import gradio as gr
 import pandas as pd
 
 from app.auth import generate_password, hash_password
-from app.ui.common import html
+from app.ui.common import DIRECT, html
 from app.ui.guard import AppContext, require_user
 from app.ui.render import escape
 from storage import crud
@@ -130,8 +130,10 @@ def build_users(ctx: AppContext):
             role = gr.Radio([r.value for r in Role], value="annotator", label="Role (for set role)")
             change_button = gr.Button("Apply", elem_id="pf-change-user")
     result = html(elem_id="pf-users-result")
-    add_button.click(add, [new_name, new_role], [result, table], api_name="user_add")
-    change_button.click(change, [target, action, role], [result, table], api_name="user_change")
+    add_button.click(add, [new_name, new_role], [result, table], api_name="user_add", **DIRECT)
+    change_button.click(
+        change, [target, action, role], [result, table], api_name="user_change", **DIRECT
+    )
     return refresh, [table]
 
 

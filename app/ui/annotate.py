@@ -3,22 +3,26 @@
 The A/B order is drawn by the queue on each claim and stored with the assignment; the buttons
 send what the person saw ("left", "right", ...) and the queue translates it back to the pair's a/b.
 The proxy's suggestion follows the admin's `labeling.suggestion_mode`: shown with the pair,
-revealed after the vote (kept on the server until then), or off.
+revealed after the vote (read from the database then, never sent before), or off.
+
+The page holds no server-side state: it sends back the id of the pair it shows, and the queue
+accepts a label only for a pair the signed-in user holds. So any server process can take any
+click (`prefloop serve --workers N`), and a stale tab cannot label a pair it never showed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import Any
 
 import gradio as gr
 from sqlmodel import Session
 
-from app.ui.common import header_html, html, message_html
+from app.ui.common import DIRECT, header_html, html, message_html
 from app.ui.guard import AppContext, CurrentUser, require_user
 from app.ui.render import escape, markdown_to_safe_html
 from storage import crud, queue
 from storage.db import transaction
-from storage.models import utcnow
 from storage.settings import Settings
 
 CHOICES = {"left": "A better", "right": "B better", "tie": "Tie", "both_bad": "Both bad"}
@@ -27,21 +31,11 @@ KEYS = {"left": "1", "right": "2", "tie": "3", "both_bad": "4"}
 
 
 @dataclass(frozen=True)
-class Shown:
-    """What this browser session was shown last; kept server-side in gr.State."""
-
-    pair_id: int
-    claimed_at: object  # aware datetime
-    suggestion: queue.ShownSuggestion | None
-
-
-@dataclass(frozen=True)
 class Screen:
-    """Everything the view shows after one call, in the order of `_outputs`."""
+    """Everything the view shows after one call, in the order of `_render`'s outputs."""
 
     user: CurrentUser
     stats: dict
-    shown: Shown | None
     claim: queue.Claim | None
     message: str
     suggestion_mode: str
@@ -70,8 +64,7 @@ def _next_screen(
         message = "The queue is empty: every pair has its labels. Check again later."
     else:
         message = ""
-    shown = Shown(claim.pair_id, claim.claimed_at, claim.suggestion) if claim else None
-    return Screen(user, {}, shown, claim, message, labeling.suggestion_mode, feedback)
+    return Screen(user, {}, claim, message, labeling.suggestion_mode, feedback)
 
 
 def _with_stats(ctx: AppContext, screen: Screen) -> Screen:
@@ -87,6 +80,7 @@ def _box(css_class: str, untrusted: str, elem_id: str = "") -> str:
 
 
 def _render(screen: Screen) -> tuple:
+    """The outputs of a click (`click_outputs` in build_annotate); the page load adds the header."""
     claim = screen.claim
     stats = (
         f'<div class="pf-stats">Labeled today: <b id="pf-today">{screen.stats["labeled_today"]}'
@@ -96,7 +90,6 @@ def _render(screen: Screen) -> tuple:
     if claim and claim.suggestion and screen.suggestion_mode == "shown":
         suggestion = f"Proxy suggests: {escape(suggestion_text(claim.suggestion))}"
     return (
-        header_html(screen.user, page="label"),
         stats,
         message_html(screen.message) if screen.message else "",
         gr.update(visible=bool(screen.message)),
@@ -107,22 +100,33 @@ def _render(screen: Screen) -> tuple:
         f'<div class="pf-suggestion" id="pf-suggestion">{suggestion}</div>',
         f'<div class="pf-feedback" id="pf-feedback">{screen.feedback}</div>',
         "",
-        screen.shown,
+        claim.pair_id if claim else None,
     )
 
 
-def _feedback(shown: Shown, choice: str, mode: str) -> str:
+def _feedback(choice: str, suggestion: queue.ShownSuggestion | None) -> str:
     text = f"Saved: {CHOICES[choice]}."
-    if mode == "after_vote" and shown.suggestion is not None:
-        text += f" The proxy suggested {suggestion_text(shown.suggestion)}."
+    if suggestion is not None:
+        text += f" The proxy suggested {suggestion_text(suggestion)}."
     return f'<span class="pf-ok">{escape(text)}</span>'
+
+
+def _pair_id(value: Any) -> int:
+    """The pair id the page sent back (untrusted: the queue checks the user holds it)."""
+    try:
+        pair_id = int(value)
+    except (TypeError, ValueError):
+        raise gr.Error("No pair is shown: reload the page.", print_exception=False) from None
+    if pair_id < 1:
+        raise gr.Error("No pair is shown: reload the page.", print_exception=False)
+    return pair_id
 
 
 def _bind_choice(choose, choice: str):
     """One handler per button (typed, so Gradio passes the request)."""
 
-    def handler(shown: Shown | None, reason: str, request: gr.Request):
-        return choose(choice, shown, reason, request)
+    def handler(pair_id: float | None, reason: str, request: gr.Request):
+        return choose(choice, pair_id, reason, request)
 
     return handler
 
@@ -135,46 +139,54 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
 
     def show(request: gr.Request):
         user = require_user(ctx, request)
-        return _render(screen(user))
+        return (header_html(user, page="label"), *_render(screen(user)))
 
-    def choose(choice: str, shown: Shown | None, reason: str, request: gr.Request):
-        user = require_user(ctx, request)
-        if shown is None:
-            raise gr.Error("No pair is shown: reload the page.")
+    def choose(choice: str, shown_id: float | None, reason: str, request: gr.Request):
         reason = (reason or "").strip() or None
-        seconds = max(0.0, (utcnow() - shown.claimed_at).total_seconds())
+        user = None
         try:
-            # The label and the next pair in one transaction: one commit per click.
+            # Who is asking, the label and the next pair in one transaction: one commit a click.
             with transaction(ctx.rt.engine) as session:
-                queue.submit_label(
+                user = require_user(ctx, request, session=session)
+                pair_id = _pair_id(shown_id)
+                label = queue.submit_label(
                     session=session,
                     user_id=user.id,
-                    pair_id=shown.pair_id,
+                    pair_id=pair_id,
                     shown_choice=choice,
-                    seconds=seconds,
                     reason=reason,
+                    timed_from_claim=True,
                 )
                 settings = ctx.effective_settings(session)
-                feedback = _feedback(shown, choice, settings.labeling.suggestion_mode)
-                next_screen = _next_screen(session, settings, user, feedback)
+                revealed = None
+                if settings.labeling.suggestion_mode == "after_vote":
+                    revealed = queue.shown_suggestion(
+                        session=session, pair_id=pair_id, swapped=label.swapped
+                    )
+                next_screen = _next_screen(session, settings, user, _feedback(choice, revealed))
+        except gr.Error:
+            raise
         except (crud.Conflict, crud.NotFound, ValueError) as exc:
+            if user is None:
+                raise
             return _render(screen(user, f'<span class="pf-error">Not saved: {escape(exc)}</span>'))
         return _render(_with_stats(ctx, next_screen))
 
-    def skip(shown: Shown | None, request: gr.Request):
+    def skip(pair_id: float | None, request: gr.Request):
         user = require_user(ctx, request)
         feedback = ""
-        if shown is not None:
+        if pair_id is not None:
             try:
                 with transaction(ctx.rt.engine) as session:
-                    queue.skip_pair(session=session, user_id=user.id, pair_id=shown.pair_id)
+                    queue.skip_pair(session=session, user_id=user.id, pair_id=_pair_id(pair_id))
                 feedback = "Skipped."
             except (crud.Conflict, crud.NotFound) as exc:
                 feedback = f'<span class="pf-error">{escape(exc)}</span>'
         return _render(screen(user, feedback))
 
     with gr.Blocks(title="prefloop · label") as blocks:
-        state = gr.State(None)
+        # The shown pair's id, held by the page and sent back with each click.
+        shown_pair = gr.Number(None, visible=False, precision=0, elem_id="pf-pair-id")
         header = html(header_html(None, page="label"))
         stats = html()
         with gr.Column(visible=False) as message_box:
@@ -208,18 +220,20 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
             )
         feedback = html()
 
-        outputs = [header, stats, message, message_box, pair_box, prompt, left, right, suggestion]
-        outputs += [feedback, reason, state]
-        blocks.load(show, None, outputs, api_name="show")
-        refresh.click(show, None, outputs, api_name="refresh")
+        outputs = [stats, message, message_box, pair_box, prompt, left, right, suggestion]
+        outputs += [feedback, reason, shown_pair]
+        # One POST per click (see DIRECT); costs the server a fraction of a queued event.
+        direct = {**DIRECT, "show_progress": "hidden"}
+        blocks.load(show, None, [header, *outputs], api_name="show", **direct)
+        refresh.click(show, None, [header, *outputs], api_name="refresh", **direct)
         for choice, button in buttons.items():
             button.click(
                 _bind_choice(choose, choice),
-                [state, reason],
+                [shown_pair, reason],
                 outputs,
                 api_name=f"label_{choice}",
-                concurrency_limit=None,
+                **direct,
             )
-        skip_button.click(skip, [state], outputs, api_name="skip", concurrency_limit=None)
+        skip_button.click(skip, [shown_pair], outputs, api_name="skip", **direct)
     blocks.queue(default_concurrency_limit=None)
     return blocks

@@ -7,6 +7,13 @@ import gradio as gr
 from app.ui.guard import CurrentUser
 from app.ui.render import escape
 
+# Event options for every handler of both views: one POST to /gradio_api/run/<name> per event
+# (queue=False) rather than Gradio's queue (a join POST and an event stream, both held by one
+# server process). Every handler is a short database transaction or queues a job, so the queue's
+# ordering buys nothing, and without it any worker of `prefloop serve --workers N` can take any
+# event: the views keep no state in the server process.
+DIRECT = {"queue": False}
+
 
 def html(value: str = "", **kwargs) -> gr.HTML:
     """A gr.HTML for server-rendered, already-escaped HTML (no click listener)."""

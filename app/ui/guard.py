@@ -67,29 +67,41 @@ def session_cookie(request: gr.Request | None) -> str | None:
     return dict(cookies).get(COOKIE_NAME)
 
 
-def current_user(ctx: AppContext, request: gr.Request | None) -> CurrentUser | None:
+def current_user(
+    ctx: AppContext, request: gr.Request | None, session: Session | None = None
+) -> CurrentUser | None:
     """The active user behind this request's session cookie, or None."""
     data = read_session(ctx.secret, session_cookie(request))
-    return None if data is None else current_user_by_id(ctx, data)
+    return None if data is None else current_user_by_id(ctx, data, session)
 
 
-def current_user_by_id(ctx: AppContext, data: SessionData) -> CurrentUser | None:
-    """The session's user if still active and the password unchanged since sign-in."""
-    with transaction(ctx.rt.engine, readonly=True) as session:
-        try:
-            user = crud.get_user(session=session, user_id=data.user_id)
-        except crud.NotFound:
-            return None
+def current_user_by_id(
+    ctx: AppContext, data: SessionData, session: Session | None = None
+) -> CurrentUser | None:
+    """The session's user if still active and the password unchanged since sign-in; read in
+    `session` when given (the caller's transaction), else in a read transaction of its own."""
+    if session is None:
+        with transaction(ctx.rt.engine, readonly=True) as own:
+            return current_user_by_id(ctx, data, own)
+    try:
+        user = crud.get_user(session=session, user_id=data.user_id)
+    except crud.NotFound:
+        return None
     if not user.active or password_fingerprint(user.password_hash) != data.fingerprint:
         return None
     return CurrentUser(id=user.id, name=user.name, role=Role(user.role))
 
 
 def require_user(
-    ctx: AppContext, request: gr.Request | None, *, role: Role | None = None
+    ctx: AppContext,
+    request: gr.Request | None,
+    *,
+    role: Role | None = None,
+    session: Session | None = None,
 ) -> CurrentUser:
-    """The caller, or Refused. `role=Role.admin` also refuses annotators."""
-    user = current_user(ctx, request)
+    """The caller, or Refused. `role=Role.admin` also refuses annotators. With `session`, the
+    check reads in the caller's transaction (one transaction per click on the hot path)."""
+    user = current_user(ctx, request, session)
     if user is None:
         raise Refused("Not signed in (or the session ended): reload the page to sign in.")
     if role == Role.admin and not user.is_admin:

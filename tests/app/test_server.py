@@ -87,9 +87,11 @@ def test_anonymous_gets_only_the_login_page(client):
         "/admin/config",
         "/label/gradio_api/info",
         "/admin/gradio_api/queue/join",
+        "/label/gradio_api/run/label_left",  # the labeling events' direct (queue=False) path
         "/label/gradio_api/upload",
     ):
-        response = client.post(path) if path.endswith(("join", "upload")) else client.get(path)
+        posted = path.endswith(("join", "upload", "label_left"))
+        response = client.post(path) if posted else client.get(path)
         assert response.status_code == 401, path
 
 
@@ -199,3 +201,31 @@ def test_labeling_handlers_store_the_meant_choice(rt, users):
     assert label.choice == ("a" if meant_a else "b")
     assert label.swapped == (not meant_a)
     assert label.reason == "clearer" and label.seconds > 0
+
+
+def test_a_click_labels_only_a_pair_the_user_holds(rt, users):
+    """The page sends back the shown pair's id; an id the user does not hold (forged, another
+    user's, a stale tab's) stores nothing, and the page says so."""
+    from sqlmodel import select
+
+    from storage.models import Label
+
+    ctx = AppContext(rt=rt, secret=b"s" * 32)
+    seed_pairs(rt, [(f"p{i}", f"a{i}", f"b{i}") for i in range(3)])
+    by_name = {f.api_name: f.fn for f in build_annotate(ctx).fns.values()}
+    with transaction(rt.engine, readonly=True) as session:
+        ann = crud.get_user(session=session, user_id=users["ann"])
+        boss = crud.get_user(session=session, user_id=users["boss"])
+    as_ann = _request(ctx, ann.id, ann.password_hash)
+    as_boss = _request(ctx, boss.id, boss.password_hash)
+    held_by_ann = by_name["show"](as_ann)[-1]
+    held_by_boss = by_name["show"](as_boss)[-1]
+    assert held_by_ann != held_by_boss
+
+    outputs = by_name["label_left"](held_by_boss, "", as_ann)
+    assert "Not saved" in outputs[-3] and "no claim" in outputs[-3]
+    assert outputs[-1] == held_by_ann  # the page goes on showing the user's own pair
+    with pytest.raises(gr.Error, match="No pair is shown"):
+        by_name["label_left"](None, "", as_ann)
+    with transaction(rt.engine, readonly=True) as session:
+        assert session.exec(select(Label)).all() == []
