@@ -3,13 +3,17 @@
 SQLite (the default) runs in WAL mode with a busy timeout. Its Python driver starts transactions
 lazily, so two sessions that read and then write can deadlock on the lock upgrade; here every
 transaction that may write starts with ``BEGIN IMMEDIATE`` and takes the write lock up front,
-while ``readonly=True`` transactions stay deferred and run beside the writer. Within one process
-the writers also queue on a lock, which wakes them in turn: SQLite's busy handler polls with
-backoff, and under a few dozen threads some writers starved past the busy timeout.
+while ``readonly=True`` transactions stay deferred and run beside the writer. The writers also
+queue on a lock that wakes them in turn, threads on an RLock and processes (server workers, the
+scheduler's children, the CLI) on an flock of a file beside the database: SQLite's busy handler
+polls with backoff, so under a few dozen threads some writers starved past the busy timeout, and
+two server workers handed the lock back and forth with sleeps of milliseconds.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 import weakref
 from collections.abc import Iterator
@@ -22,8 +26,38 @@ from sqlmodel import Session
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
+
+class _WriterLock:
+    """The write lock of one SQLite database: an RLock for this process's threads, then (at the
+    outermost level) an exclusive flock of `path` for the processes; `path` None: threads only."""
+
+    def __init__(self, path: str | None):
+        self._threads = threading.RLock()
+        self._depth = 0
+        self._path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> None:
+        self._threads.acquire()
+        if self._depth == 0 and self._path is not None:
+            try:
+                if self._fd is None:
+                    self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+                fcntl.flock(self._fd, fcntl.LOCK_EX)  # blocks without the GIL
+            except BaseException:
+                self._threads.release()
+                raise
+        self._depth += 1
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._threads.release()
+
+
 # One write lock per SQLite engine (see the module docstring).
-_sqlite_writers: weakref.WeakKeyDictionary[Engine, threading.RLock] = weakref.WeakKeyDictionary()
+_sqlite_writers: weakref.WeakKeyDictionary[Engine, _WriterLock] = weakref.WeakKeyDictionary()
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -51,7 +85,9 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             max_overflow=54,
         )
         _configure_sqlite(engine)
-        _sqlite_writers[engine] = threading.RLock()
+        database = engine.url.database
+        on_disk = database not in (None, "", ":memory:") and not database.startswith("file:")
+        _sqlite_writers[engine] = _WriterLock(f"{database}-writer.lock" if on_disk else None)
         return engine
     return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=40)
 
