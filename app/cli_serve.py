@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated
 
 import typer
@@ -17,28 +18,58 @@ def serve(
         bool,
         typer.Option("--no-scheduler", help="Serve only (extra replicas): no training triggers."),
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=64,
+            help="Server processes sharing the port (default 1; about one per core). The "
+            "scheduler runs once, in this process.",
+        ),
+    ] = None,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Serve the labeling and admin views (http://HOST:PORT/), the API and /healthz."""
-    import uvicorn
-
-    from app.server import create_app
+    from app.sessions import load_or_create_secret
     from storage.db import current_revision
 
-    flags = {"server": {k: v for k, v in {"host": host, "port": port}.items() if v is not None}}
-    rt = runtime(data_dir, **flags)
+    given = {"host": host, "port": port, "workers": workers}
+    rt = runtime(data_dir, server={k: v for k, v in given.items() if v is not None})
     if current_revision(rt.engine) is None:
         raise fail(f"no database in {data_dir}: run `prefloop init --data-dir {data_dir}` first")
     server = rt.settings.server
     scheduler = server.scheduler and not no_scheduler
-    app = create_app(rt, scheduler=scheduler)
+    load_or_create_secret(rt.settings.data_dir)  # once, before any worker reads it
     shown_host = "127.0.0.1" if server.host in ("0.0.0.0", "::") else server.host
+    processes = f"{server.workers} worker processes, " if server.workers > 1 else ""
     typer.echo(
         f"prefloop is serving http://{shown_host}:{server.port}/ "
-        f"(scheduler {'on' if scheduler else 'off'}; Ctrl-C stops it)\n"
+        f"({processes}scheduler {'on' if scheduler else 'off'}; Ctrl-C stops it)\n"
         "  sign in as a user of `prefloop users list`: the first admin is 'admin', with the "
         "password `prefloop init` showed\n"
         "  (or set one: `prefloop users passwd admin`); add annotators with "
         "`prefloop users add NAME` or in the admin view"
     )
-    uvicorn.run(app, host=server.host, port=server.port, log_level="warning")
+    _run(rt, scheduler=scheduler)
+
+
+def _run(rt, *, scheduler: bool) -> None:
+    import uvicorn
+
+    from app.scheduler import start_scheduler
+    from app.server import create_app
+
+    server = rt.settings.server
+    options = {"host": server.host, "port": server.port, "log_level": "warning"}
+    if server.workers == 1:
+        uvicorn.run(create_app(rt, scheduler=scheduler), **options)
+        return
+    # Workers are spawned interpreters that build the app from the data directory; this process
+    # supervises them and runs the scheduler, so the loop has one scheduler however many workers.
+    os.environ["PREFLOOP_DATA_DIR"] = str(rt.settings.data_dir.resolve())
+    handle = start_scheduler(rt) if scheduler else None
+    try:
+        uvicorn.run("app.server:app_from_env", factory=True, workers=server.workers, **options)
+    finally:
+        if handle is not None:
+            handle.shutdown(wait=False)

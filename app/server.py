@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 from string import Template
 from urllib.parse import quote
@@ -201,10 +202,17 @@ def create_app(rt: Runtime, *, scheduler: bool = True) -> FastAPI:
     common = dict(
         footer_links=[], run_history=False, ssr_mode=False, theme=theme, css=css, head=head
     )
+    # root_path: the file URLs Gradio returns from a direct (queue=False) event are built from
+    # it; without it a mounted app's direct events link /gradio_api/file=... at the site root.
+    label_blocks = build_annotate(ctx)
+    # Labeling events get their own small thread pool (Gradio makes one when max_threads is not
+    # its default): on SQLite, 1 thread per worker gave 1.5-2x the submits/s of 40 (bench app).
+    label_blocks.max_threads = rt.settings.server.label_threads
     gr.mount_gradio_app(
         app,
-        build_annotate(ctx),
+        label_blocks,
         path=LABEL_PATH,
+        root_path=LABEL_PATH,
         auth_dependency=_auth_dependency(ctx, admin=False),
         **common,
     )
@@ -212,11 +220,21 @@ def create_app(rt: Runtime, *, scheduler: bool = True) -> FastAPI:
         app,
         build_admin(ctx),
         path=ADMIN_PATH,
+        root_path=ADMIN_PATH,
         auth_dependency=_auth_dependency(ctx, admin=True),
         max_file_size="20mb",
         **common,
     )
     return app
+
+
+def app_from_env() -> FastAPI:
+    """One worker's app under `prefloop serve --workers N` (uvicorn's factory, in a spawned
+    process): the runtime of PREFLOOP_DATA_DIR, no scheduler (it runs in the supervising process).
+    Workers share nothing but the database and the data directory, which is all the views need."""
+    from storage.runtime import open_runtime
+
+    return create_app(open_runtime(Path(os.environ["PREFLOOP_DATA_DIR"])), scheduler=False)
 
 
 def _start_scheduler(rt: Runtime):

@@ -199,6 +199,17 @@ class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(7860, ge=1, le=65535)
     scheduler: bool = True
+    workers: int = Field(
+        1, ge=1, le=64, description="Server processes; the scheduler runs once, beside them."
+    )
+    label_threads: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Threads per worker for labeling events. Each is one short write, and "
+        "SQLite takes one writer at a time: more threads only contend for the lock and the GIL "
+        "(with PostgreSQL, more can help).",
+    )
 
 
 class Settings(BaseSettings):

@@ -90,7 +90,9 @@ def seed_pairs(
 
 
 @contextmanager
-def live_server(data_dir: Path, *, scheduler: bool = False) -> Iterator[LiveServer]:
+def live_server(
+    data_dir: Path, *, scheduler: bool = False, workers: int = 1
+) -> Iterator[LiveServer]:
     """Start `prefloop serve` on a free port of 127.0.0.1 and wait for /healthz."""
     rt = open_runtime(data_dir)
     upgrade(rt.engine)
@@ -105,6 +107,7 @@ def live_server(data_dir: Path, *, scheduler: bool = False) -> Iterator[LiveServ
     args += ["--data-dir", str(data_dir), "--port", str(port), "--host", "127.0.0.1"]
     if not scheduler:
         args.append("--no-scheduler")
+    args += ["--workers", str(workers)]
     log = data_dir / "serve.log"
     with log.open("wb") as out:
         process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)

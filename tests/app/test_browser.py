@@ -45,7 +45,8 @@ TIMEOUT_MS = 20_000
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("serve")
-    with live_server(data_dir, scheduler=True) as server:
+    # Two worker processes: every click and admin action must work whichever worker takes it.
+    with live_server(data_dir, scheduler=True, workers=2) as server:
         server.users = seed_users(
             server.rt,
             {
@@ -243,9 +244,13 @@ def test_annotator_cannot_reach_the_admin_view_or_its_endpoints(page, server):
     shot(page, "annotator_sent_back_from_admin")
 
     cookies = {COOKIE_NAME: _session_cookie(server, "kim")}
-    # the labeling app works through gradio_client with the session ...
-    client = Client(server.url + "/label/", httpx_kwargs={"cookies": cookies}, verbose=False)
-    assert client.predict(api_name="/show")[1].count("pf-today") == 1
+    # the labeling app answers a direct call with the session ...
+    show = httpx.post(
+        server.url + "/label/gradio_api/run/show",
+        json={"data": [], "session_hash": "direct-call"},
+        cookies=cookies,
+    )
+    assert show.status_code == 200 and show.json()["data"][1].count("pf-today") == 1
     # ... the admin app refuses it, as it refuses an anonymous client
     with pytest.raises(Exception, match="403|admins only|Could not"):
         Client(server.url + "/admin/", httpx_kwargs={"cookies": cookies}, verbose=False)
