@@ -4,12 +4,14 @@
    the next pair's text on screen, timed inside the page; baseline: a fetch of /healthz from the
    same page (one HTTP round trip through the same server).
 2. Submit throughput, 50 concurrent clients, each its own annotator:
-   (a) the labeling app's Gradio event path (what the browser speaks: queue/join + the SSE
-       stream), one submit = one click on "A better" (label + next pair + counters);
+   (a) the labeling app's Gradio event path, spoken as the page speaks it (a POST to
+       /label/gradio_api/run/label_left with the shown pair's id: the labeling events are not
+       queued), one submit = one click on "A better" (label + next pair + counters);
    (b) the JSON API, one submit = POST /api/v1/pairs/{id}/label?next=true (label + next pair);
    baseline: the same 50 clients hammering GET /healthz (the server's floor for one request).
    Each phase starts with the queue topped up to its size, so the two sizes show flatness.
-Client and server share the machine's cores, as they do in the baseline.
+Each size runs with `prefloop serve --workers 1` and `--workers 2`. Client and server share the
+machine's cores, as they do in the baseline; the load client is a lean keep-alive HTTP client.
 Targets (issue #5): p95 <= 300 ms, >= 100 submits/s on 2 cores.
 """
 
@@ -98,37 +100,51 @@ def browser_latency(url: str, n: int) -> dict[str, float]:
     }
 
 
-class QueueClient:
-    """One signed-in browser session speaking Gradio's queue protocol."""
+class Connection:
+    """One keep-alive HTTP/1.1 connection speaking just enough HTTP for the load phases.
 
-    def __init__(self, http: httpx.AsyncClient, base: str, fns: dict[str, int]):
-        self.http, self.base, self.fns = http, base, fns
-        self.session_hash = uuid.uuid4().hex[:11]
+    httpx spends about 10 ms of CPU per request: with 50 clients on the server's 2 cores it
+    measured the client (GET /healthz topped out near 100/s). This costs ~0.2 ms a request."""
 
-    async def call(self, api_name: str, data: list) -> dict:
-        body = {
-            "data": data,
-            "fn_index": self.fns[api_name],
-            "session_hash": self.session_hash,
-            "event_data": None,
-            "trigger_id": None,
-        }
-        join = await self.http.post(f"{self.base}/gradio_api/queue/join", json=body)
-        join.raise_for_status()
-        event_id = join.json()["event_id"]
-        params = {"session_hash": self.session_hash}
-        async with self.http.stream(
-            "GET", f"{self.base}/gradio_api/queue/data", params=params
-        ) as r:
-            async for line in r.aiter_lines():
-                if not line.startswith("data:"):
-                    continue
-                message = json.loads(line[5:])
-                if message.get("event_id") == event_id and message["msg"] == "process_completed":
-                    if not message.get("success"):
-                        raise RuntimeError(f"{api_name} failed: {message}")
-                    return message
-        raise RuntimeError(f"{api_name}: stream ended without a result")
+    def __init__(self, url: str, headers: dict[str, str]):
+        host_port = url.split("://", 1)[1]
+        self.host, self.port = host_port.split(":")[0], int(host_port.split(":")[1])
+        self.head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": host_port, **headers}.items())
+        self.reader = self.writer = None
+
+    async def request(self, method: str, path: str, body: object = None) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        payload = b"" if body is None else json.dumps(body).encode()
+        head = f"{method} {path} HTTP/1.1\r\n{self.head}"
+        if payload:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + payload)
+        status = int((await self.reader.readline()).split()[1])
+        length, chunked = 0, False
+        while (line := await self.reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+            elif name.lower() == "transfer-encoding" and "chunked" in value:
+                chunked = True
+        if not chunked:
+            return status, await self.reader.readexactly(length)
+        data = b""
+        while size := int((await self.reader.readline()).strip(), 16):
+            data += (await self.reader.readexactly(size + 2))[:-2]
+        await self.reader.readline()
+        return status, data
+
+    async def json(self, method: str, path: str, body: object = None) -> dict:
+        status, data = await self.request(method, path, body)
+        if status != 200:
+            raise RuntimeError(f"{method} {path}: {status} {data[:300]!r}")
+        return json.loads(data)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 async def _login(base: str, name: str) -> dict[str, str]:
@@ -153,59 +169,84 @@ async def _rate(n_clients: int, seconds: float, make_work) -> float:
 
 
 async def healthz_rate(url: str, n_clients: int, seconds: float) -> float:
-    limits = httpx.Limits(max_connections=n_clients * 2)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
-        return await _rate(
-            n_clients, seconds, lambda end: _hammer(end, lambda: http.get(url + "/healthz"))
-        )
+    connections = [Connection(url, {}) for _ in range(n_clients)]
+    iterator = iter(connections)
+
+    def hammer(end: float):
+        connection = next(iterator)
+        return _hammer(end, lambda: connection.json("GET", "/healthz"))
+
+    try:
+        return await _rate(n_clients, seconds, hammer)
+    finally:
+        for connection in connections:
+            connection.close()
 
 
 async def gradio_submit_rate(url: str, cookies: list[dict], seconds: float) -> float:
-    base = url + "/label"
-    config = httpx.get(base + "/config", cookies=cookies[0]).json()
-    fns = {d["api_name"]: i for i, d in enumerate(config["dependencies"]) if d.get("api_name")}
+    """Each client as the page: POST /label/gradio_api/run/label_left with the shown pair's id."""
+    config = httpx.get(url + "/label/config", cookies=cookies[0]).json()
+    deps = {d["api_name"]: d for d in config["dependencies"] if d.get("api_name")}
+    if deps["label_left"].get("queue") is not False:
+        raise RuntimeError("label_left is a queued event: the page would not POST it directly")
     clients = []
     for cookie in cookies:
-        http = httpx.AsyncClient(cookies=cookie, timeout=60)
-        clients.append(QueueClient(http, base, fns))
-    await asyncio.gather(*(c.call("show", []) for c in clients))
+        header = "; ".join(f"{k}={v}" for k, v in cookie.items())
+        clients.append((Connection(url, {"Cookie": header}), uuid.uuid4().hex[:11]))
+
+    async def call(client, api_name: str, data: list) -> list:
+        connection, session_hash = client
+        body = {
+            "data": data,
+            "fn_index": deps[api_name]["id"],
+            "session_hash": session_hash,
+            "event_data": None,
+            "trigger_id": None,
+        }
+        return (await connection.json("POST", f"/label/gradio_api/run/{api_name}", body))["data"]
+
+    # The page holds the shown pair's id (the last output) and sends it back with each click.
+    shown = await asyncio.gather(*(call(c, "show", []) for c in clients))
+    held = {id(c): outputs[-1] for c, outputs in zip(clients, shown, strict=True)}
     iterator = iter(clients)
+
+    async def click(client) -> None:
+        outputs = await call(client, "label_left", [held[id(client)], ""])
+        if "Saved" not in outputs[-3]:  # the feedback line: a submit that stored nothing
+            raise RuntimeError(f"a click stored no label: {outputs[-3]}")
+        held[id(client)] = outputs[-1]
 
     def submitter(end: float):
         client = next(iterator)
-        return _hammer(end, lambda: client.call("label_left", [None, ""]))
+        return _hammer(end, lambda: click(client))
 
     try:
         return await _rate(len(clients), seconds, submitter)
     finally:
-        for c in clients:
-            await c.http.aclose()
+        for connection, _ in clients:
+            connection.close()
 
 
 async def api_submit_rate(url: str, tokens: list[str], seconds: float) -> float:
     """POST .../label?next=true in a loop: every call labels the held pair and claims the next."""
-    limits = httpx.Limits(max_connections=len(tokens) * 2)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
 
-        async def annotator(token: str, end: float) -> int:
-            headers = {"Authorization": f"Bearer {token}"}
-            r = await http.get(url + "/api/v1/pairs/next", headers=headers)
-            pair = r.raise_for_status().json()["pair"]
+    async def annotator(token: str, end: float) -> int:
+        connection = Connection(url, {"Authorization": f"Bearer {token}"})
+        try:
+            pair = (await connection.json("GET", "/api/v1/pairs/next"))["pair"]
             done = 0
             while pair is not None and time.perf_counter() < end:
-                r = await http.post(
-                    f"{url}/api/v1/pairs/{pair['pair_id']}/label?next=true",
-                    json={"choice": "left"},
-                    headers=headers,
-                )
-                pair = r.raise_for_status().json()["next"]
+                path = f"/api/v1/pairs/{pair['pair_id']}/label?next=true"
+                pair = (await connection.json("POST", path, {"choice": "left"}))["next"]
                 done += 1
             if pair is None:  # the queue ran dry: the rate is still over the time it took
                 print("  (the queue ran dry during the API phase)", flush=True)
             return done
+        finally:
+            connection.close()
 
-        iterator = iter(tokens)
-        return await _rate(len(tokens), seconds, lambda end: annotator(next(iterator), end))
+    iterator = iter(tokens)
+    return await _rate(len(tokens), seconds, lambda end: annotator(next(iterator), end))
 
 
 def issue_tokens(rt, names: list[str]) -> list[str]:
@@ -225,10 +266,10 @@ def top_up(rt, n_pairs: int) -> None:
         add_pairs(rt.engine, missing)
 
 
-def run_size(n_pairs: int, n_clients: int, seconds: float, n_clicks: int) -> None:
+def run_size(n_pairs: int, n_clients: int, seconds: float, n_clicks: int, workers: int) -> None:
     with (
         tempfile.TemporaryDirectory(prefix="prefloop-bench-") as tmp,
-        live_server(Path(tmp)) as server,
+        live_server(Path(tmp), workers=workers) as server,
     ):
         names = [f"bench{i}" for i in range(n_clients)]
         seed_users(
@@ -236,7 +277,7 @@ def run_size(n_pairs: int, n_clients: int, seconds: float, n_clicks: int) -> Non
         )
         tokens = issue_tokens(server.rt, names)
         top_up(server.rt, n_pairs)
-        tag = f"{n_pairs:>6} queued pairs:"
+        tag = f"{n_pairs:>6} queued pairs, --workers {workers}:"
         latency = browser_latency(server.url, n_clicks)
         print(
             f"{tag} click-to-next-pair over {n_clicks} clicks: p50 {latency['p50']:.0f} ms, "
@@ -270,8 +311,9 @@ def run_size(n_pairs: int, n_clients: int, seconds: float, n_clicks: int) -> Non
 def main(quick: bool = False) -> None:
     n_clicks = 20 if quick else 60
     seconds = 5.0 if quick else 15.0
-    for n_pairs in (2_000, 20_000):
-        run_size(n_pairs, 50, seconds, n_clicks)
+    for workers in (1, 2):  # one process, and one per core of a 2-core machine
+        for n_pairs in (2_000, 20_000):
+            run_size(n_pairs, 50, seconds, n_clicks, workers)
 
 
 if __name__ == "__main__":
