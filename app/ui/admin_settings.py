@@ -3,6 +3,7 @@ stored; an error names the key."""
 
 from __future__ import annotations
 
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -103,14 +104,21 @@ def build_settings(ctx: AppContext):
     def refresh(request: gr.Request):
         require_user(ctx, request, role=Role.admin)
         settings = ctx.rt.effective_settings()
-        return [to_widget(f, _current(settings, f.key)) for f in FIELDS]
+        loaded = {f.key: _current(settings, f.key) for f in FIELDS}
+        widget_values = [to_widget(f, loaded[f.key]) for f in FIELDS]
+        marker = '<span class="pf-settings-loaded"></span>'
+        return [*widget_values, json.dumps(loaded, default=str), marker]
 
     def save(values: dict, request: gr.Request):
         admin = require_user(ctx, request, role=Role.admin)
         current = ctx.rt.effective_settings()
         try:
             parsed = {f.key: parse(f, values[w]) for f, w in zip(FIELDS, widgets, strict=True)}
-            changes = {k: v for k, v in parsed.items() if v != _current(current, k)}
+            # Only what the admin edited since the form loaded: a key changed elsewhere
+            # meanwhile (labeling paused on the loop tab) keeps its new value.
+            loaded = json.loads(values[loaded_box] or "null") or {}
+            edited = {k: v for k, v in parsed.items() if k not in loaded or not _same(v, loaded[k])}
+            changes = {k: v for k, v in edited.items() if not _same(v, _current(current, k))}
             if not changes:
                 return '<span class="pf-ok">Nothing changed.</span>'
             with transaction(ctx.rt.engine) as session:
@@ -136,6 +144,12 @@ def build_settings(ctx: AppContext):
                 widgets.append(_widget(field, _current(defaults, field.key)))
     save_button = gr.Button("Save settings", variant="primary", elem_id="pf-save-settings")
     result = html(elem_id="pf-settings-result")
+    loaded_box = gr.Textbox(visible=False)  # the values the form was loaded with, as JSON
     # A set of inputs: the handler gets one {component: value} dict.
-    save_button.click(save, set(widgets), [result], api_name="settings_save", **DIRECT)
-    return refresh, widgets
+    save_button.click(save, {*widgets, loaded_box}, [result], api_name="settings_save", **DIRECT)
+    return refresh, [*widgets, loaded_box, result]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as settings values (a tuple and a list of the same numbers are the same)."""
+    return json.dumps(a, default=str) == json.dumps(b, default=str)

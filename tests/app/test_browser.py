@@ -299,6 +299,8 @@ def test_admin_pauses_changes_a_setting_and_manages_users(page, server):
         assert crud.get_overrides(session=session)["labeling.paused"] is True
 
     page.get_by_role("tab", name="Settings").click()
+    # the form has its values (a later load would overwrite what the test types)
+    page.wait_for_selector("#pf-settings-result .pf-settings-loaded", state="attached")
     beta = page.get_by_label("dpo.beta")
     beta.fill("-1")
     page.click("#pf-save-settings")
@@ -309,7 +311,9 @@ def test_admin_pauses_changes_a_setting_and_manages_users(page, server):
     page.click("#pf-save-settings")
     page.wait_for_selector("#pf-settings-result:has-text('Saved')")
     with transaction(server.rt.engine, readonly=True) as session:
-        assert crud.get_overrides(session=session)["dpo.beta"] == 0.25
+        overrides = crud.get_overrides(session=session)
+    # saving the form changed what was edited, and left the pause made on the loop tab alone
+    assert overrides["dpo.beta"] == 0.25 and overrides["labeling.paused"] is True
 
     page.get_by_role("tab", name="Users").click()
     page.fill("#pf-new-user input, #pf-new-user textarea", "newbie")
