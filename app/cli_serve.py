@@ -61,15 +61,15 @@ def _run(rt, *, scheduler: bool) -> None:
 
     server = rt.settings.server
     options = {"host": server.host, "port": server.port, "log_level": "warning"}
-    if server.workers == 1:
-        uvicorn.run(create_app(rt, scheduler=scheduler), **options)
-        return
-    # Workers are spawned interpreters that build the app from the data directory; this process
-    # supervises them and runs the scheduler, so the loop has one scheduler however many workers.
-    os.environ["PREFLOOP_DATA_DIR"] = str(rt.settings.data_dir.resolve())
+    # One scheduler, in this process, however many processes serve the app.
     handle = start_scheduler(rt) if scheduler else None
     try:
-        uvicorn.run("app.server:app_from_env", factory=True, workers=server.workers, **options)
+        if server.workers == 1:
+            uvicorn.run(create_app(rt), **options)
+        else:
+            # Workers are spawned interpreters that build the app from the data directory.
+            os.environ["PREFLOOP_DATA_DIR"] = str(rt.settings.data_dir.resolve())
+            uvicorn.run("app.server:app_from_env", factory=True, workers=server.workers, **options)
     finally:
         if handle is not None:
             handle.shutdown(wait=False)

@@ -8,7 +8,6 @@ endpoints are callable directly.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 from pathlib import Path
@@ -121,23 +120,15 @@ def _auth_dependency(ctx: AppContext, *, admin: bool):
     return dependency
 
 
-def create_app(rt: Runtime, *, scheduler: bool = True) -> FastAPI:
-    """The whole web app for `rt`; with `scheduler`, the loop's scheduler runs in-process."""
+def create_app(rt: Runtime) -> FastAPI:
+    """The whole web app for `rt`. The loop's scheduler is not part of it: `prefloop serve` runs
+    it once beside the server, however many worker processes serve the app."""
     from app.ui.admin import build_admin
     from app.ui.annotate import build_annotate
 
     ctx = AppContext(rt=rt, secret=load_or_create_secret(rt.settings.data_dir))
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI):
-        stop = _start_scheduler(rt) if scheduler else None
-        try:
-            yield
-        finally:
-            if stop is not None:
-                stop()
-
-    app = FastAPI(title="prefloop", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="prefloop", docs_url=None, redoc_url=None)
     app.state.runtime = rt
     app.state.ctx = ctx
     app.add_middleware(SessionGate, ctx=ctx)
@@ -234,12 +225,4 @@ def app_from_env() -> FastAPI:
     Workers share nothing but the database and the data directory, which is all the views need."""
     from storage.runtime import open_runtime
 
-    return create_app(open_runtime(Path(os.environ["PREFLOOP_DATA_DIR"])), scheduler=False)
-
-
-def _start_scheduler(rt: Runtime):
-    """Start the loop's scheduler; returns the function that stops it."""
-    from app.scheduler import start_scheduler
-
-    handle = start_scheduler(rt)
-    return lambda: handle.shutdown(wait=False)
+    return create_app(open_runtime(Path(os.environ["PREFLOOP_DATA_DIR"])))

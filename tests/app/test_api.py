@@ -263,7 +263,7 @@ def test_the_web_app_serves_the_api_past_its_login_gate(sqlite_engine, tmp_path)
     with transaction(sqlite_engine) as session:
         token = issue_token(session, make_user(session, name="ann"))
     rt = Runtime(settings=load_settings(tmp_path), engine=sqlite_engine)
-    with TestClient(create_app(rt, scheduler=False), follow_redirects=False) as client:
+    with TestClient(create_app(rt), follow_redirects=False) as client:
         assert client.get("/api/v1/status", headers=auth(token)).json()["user"] == "ann"
         anonymous = client.get("/api/v1/status")
         assert anonymous.status_code == 401 and "API token" in anonymous.json()["detail"]

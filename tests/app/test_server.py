@@ -41,7 +41,7 @@ def users(rt):
 def client(rt, users):
     with transaction(rt.engine) as session:
         crud.update_user(session=session, user_id=users["gone"], active=False)
-    with TestClient(create_app(rt, scheduler=False), follow_redirects=False) as client:
+    with TestClient(create_app(rt), follow_redirects=False) as client:
         yield client
 
 
