@@ -282,9 +282,7 @@ def _claim_view(
     """The pair as this user sees it, read in one query (the newest suggestion included)."""
     row = session.execute(_CLAIM_VIEW, {"pair_id": pair_id}).one()
     prompt, messages, text_a, text_b, p_a, uncertainty, agent = row
-    shown = None
-    if agent is not None:
-        shown = ShownSuggestion(1.0 - p_a if swapped else p_a, uncertainty, agent)
+    shown = None if agent is None else _as_shown(p_a, uncertainty, agent, swapped)
     left, right = (text_b, text_a) if swapped else (text_a, text_b)
     return Claim(
         pair_id=pair_id,
@@ -310,9 +308,11 @@ _SUGGESTION_VIEW = (
 def shown_suggestion(*, session: Session, pair_id: int, swapped: bool) -> ShownSuggestion | None:
     """The pair's newest suggestion in the order the user saw it (for "revealed after the vote")."""
     row = session.execute(_SUGGESTION_VIEW, {"pair_id": pair_id}).first()
-    if row is None:
-        return None
-    p_a, uncertainty, agent = row
+    return None if row is None else _as_shown(*row, swapped)
+
+
+def _as_shown(p_a: float, uncertainty: float, agent: str, swapped: bool) -> ShownSuggestion:
+    """A suggestion about (a, b) in the order the user sees: P(left ≻ right)."""
     return ShownSuggestion(1.0 - p_a if swapped else p_a, uncertainty, agent)
 
 

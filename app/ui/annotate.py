@@ -80,7 +80,7 @@ def _box(css_class: str, untrusted: str, elem_id: str = "") -> str:
 
 
 def _render(screen: Screen) -> tuple:
-    """The outputs of a click (`click_outputs` in build_annotate); the page load adds the header."""
+    """The outputs of a click (`outputs` in build_annotate); the page load adds the header."""
     claim = screen.claim
     stats = (
         f'<div class="pf-stats">Labeled today: <b id="pf-today">{screen.stats["labeled_today"]}'
@@ -114,12 +114,11 @@ def _feedback(choice: str, suggestion: queue.ShownSuggestion | None) -> str:
 def _pair_id(value: Any) -> int:
     """The pair id the page sent back (untrusted: the queue checks the user holds it)."""
     try:
-        pair_id = int(value)
+        if int(value) >= 1:
+            return int(value)
     except (TypeError, ValueError):
-        raise gr.Error("No pair is shown: reload the page.", print_exception=False) from None
-    if pair_id < 1:
-        raise gr.Error("No pair is shown: reload the page.", print_exception=False)
-    return pair_id
+        pass
+    raise gr.Error("No pair is shown: reload the page.", print_exception=False)
 
 
 def _bind_choice(choose, choice: str):
