@@ -33,16 +33,7 @@ from benchmarks.bench_queue import add_pairs, queued_pairs
 from storage import crud
 from storage.db import transaction
 from storage.models import Role
-from tests.app.live_server import PASSWORD, live_server, seed_users
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from tests.app.live_server import CHROMIUM, CHROMIUM_ARGS, PASSWORD, live_server, seed_users
 
 CLICK_TO_NEXT_JS = """
 async () => {
@@ -77,7 +68,7 @@ def browser_latency(url: str, n: int) -> dict[str, float]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page()
         page.goto(url + "/label/")
         page.fill("#name", "bench-browser")

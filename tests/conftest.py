@@ -17,6 +17,18 @@ from storage.db import make_engine, upgrade  # noqa: E402
 POSTGRES_URL = os.environ.get("PREFLOOP_TEST_POSTGRES_URL")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for a module: on a shared machine, OpenMP threads spinning against
+    other jobs run many times slower. Modules opt in with pytest.mark.usefixtures."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def sqlite_engine(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'prefloop.db'}")

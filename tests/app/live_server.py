@@ -27,6 +27,16 @@ from storage.runtime import Runtime, open_runtime
 
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "correct-horse-battery"
+# Debian's chromium, driven by Playwright (the browser tests and the app benchmark).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 @dataclass

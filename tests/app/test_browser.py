@@ -19,19 +19,17 @@ from app.sessions import COOKIE_NAME
 from storage import crud, reports
 from storage.db import transaction
 from storage.models import Label, Pair, Response, Role
-from tests.app.live_server import PASSWORD, live_server, seed_pairs, seed_users
+from tests.app.live_server import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    PASSWORD,
+    live_server,
+    seed_pairs,
+    seed_users,
+)
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
 XSS = {
     "script": "<script>window.__pwned=1</script>",

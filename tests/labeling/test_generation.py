@@ -9,6 +9,9 @@ import pytest
 from labeling.generation import generate, load_sampler, render_prompt, split_temperatures
 from storage.settings import GenerationSettings
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
 PROMPTS = [
     "Hi, this is Maria. I was charged twice for invoice #48213. Please fix this.",
     [{"role": "user", "content": "My account #55120 is locked. - Tom"}],
@@ -22,17 +25,6 @@ def test_split_temperatures():
     assert split_temperatures(1, [1.0, 0.7]) == [(1.0, 1)]
     with pytest.raises(ValueError):
         split_temperatures(0, [1.0])
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The test machine is shared; two OpenMP threads spinning against other jobs run 20x slower.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

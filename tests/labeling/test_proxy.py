@@ -15,6 +15,8 @@ from storage.db import transaction
 from storage.models import Choice, Label, LabelSource, PairStrategy, Prompt, Route, Split
 from storage.settings import ProxySettings, Settings
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def demo_comparisons(split: str, n: int, seed: int) -> list[px.Comparison]:
     """Pairs of two random-quality demo replies, labeled by the gold judge (ties left out)."""
@@ -77,17 +79,6 @@ def accuracy(proxy, comparisons) -> float:
         [c.b for c in comparisons],
     )
     return float(np.mean((p > 0.5) == (np.array([c.target for c in comparisons]) > 0.5)))
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The test machine is shared; OpenMP threads spinning against other jobs run far slower.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
