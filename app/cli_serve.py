@@ -30,7 +30,6 @@ def serve(
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Serve the labeling and admin views (http://HOST:PORT/), the API and /healthz."""
-    from app.sessions import load_or_create_secret
     from storage.db import current_revision
 
     given = {"host": host, "port": port, "workers": workers}
@@ -39,7 +38,6 @@ def serve(
         raise fail(f"no database in {data_dir}: run `prefloop init --data-dir {data_dir}` first")
     server = rt.settings.server
     scheduler = server.scheduler and not no_scheduler
-    load_or_create_secret(rt.settings.data_dir)  # once, before any worker reads it
     shown_host = "127.0.0.1" if server.host in ("0.0.0.0", "::") else server.host
     processes = f"{server.workers} worker processes, " if server.workers > 1 else ""
     typer.echo(
@@ -58,6 +56,7 @@ def _run(rt, *, scheduler: bool) -> None:
 
     from app.scheduler import start_scheduler
     from app.server import create_app
+    from app.sessions import load_or_create_secret
 
     server = rt.settings.server
     options = {"host": server.host, "port": server.port, "log_level": "warning"}
@@ -67,7 +66,9 @@ def _run(rt, *, scheduler: bool) -> None:
         if server.workers == 1:
             uvicorn.run(create_app(rt), **options)
         else:
-            # Workers are spawned interpreters that build the app from the data directory.
+            # Workers are spawned interpreters that build the app from the data directory; the
+            # session key is made here, once, before they race to create it.
+            load_or_create_secret(rt.settings.data_dir)
             os.environ["PREFLOOP_DATA_DIR"] = str(rt.settings.data_dir.resolve())
             uvicorn.run("app.server:app_from_env", factory=True, workers=server.workers, **options)
     finally:
