@@ -11,6 +11,7 @@ import time
 import gradio as gr
 import pytest
 from fastapi.testclient import TestClient
+from sqlmodel import select
 
 from app import sessions
 from app.server import create_app, safe_next
@@ -19,7 +20,7 @@ from app.ui.annotate import build_annotate
 from app.ui.guard import AppContext, Refused
 from storage import crud
 from storage.db import transaction, upgrade
-from storage.models import Role
+from storage.models import Label, Role
 from storage.runtime import open_runtime
 from tests.app.live_server import PASSWORD, seed_pairs, seed_users
 
@@ -129,6 +130,17 @@ def _request(ctx: AppContext, user_id: int | None, password_hash: str | None = N
     return gr.Request(cookies=cookies, headers={})
 
 
+def _as_user(ctx: AppContext, user_id: int) -> gr.Request:
+    """A request signed in as `user_id`, with the password they have now."""
+    with transaction(ctx.rt.engine, readonly=True) as session:
+        user = crud.get_user(session=session, user_id=user_id)
+    return _request(ctx, user.id, user.password_hash)
+
+
+def _handlers(blocks: gr.Blocks) -> dict:
+    return {f.api_name: f.fn for f in blocks.fns.values()}
+
+
 def _call_every_handler(blocks: gr.Blocks, request: gr.Request) -> list[str]:
     """Call each event handler with empty inputs; return the api names that did not refuse."""
     let_through = []
@@ -152,18 +164,15 @@ def _call_every_handler(blocks: gr.Blocks, request: gr.Request) -> list[str]:
 def test_every_admin_handler_refuses_annotators_disabled_and_anonymous(rt, users):
     ctx = AppContext(rt=rt, secret=b"s" * 32)
     blocks = build_admin(ctx)
-    with transaction(rt.engine, readonly=True) as session:
-        hashes = {u.id: u.password_hash for u in crud.list_users(session=session)}
     assert len(blocks.fns) >= 10
     assert _call_every_handler(blocks, _request(ctx, None)) == []
-    annotator = _request(ctx, users["ann"], hashes[users["ann"]])
-    assert _call_every_handler(blocks, annotator) == []
+    assert _call_every_handler(blocks, _as_user(ctx, users["ann"])) == []
     # an admin whose password changed since sign-in, or who was disabled, is out at once
     stale = _request(ctx, users["boss"], "an older hash")
     assert _call_every_handler(blocks, stale) == []
     with transaction(rt.engine) as session:
         crud.update_user(session=session, user_id=users["boss"], active=False)
-    assert _call_every_handler(blocks, _request(ctx, users["boss"], hashes[users["boss"]])) == []
+    assert _call_every_handler(blocks, _as_user(ctx, users["boss"])) == []
 
 
 def test_every_labeling_handler_refuses_anonymous_and_disabled(rt, users):
@@ -178,17 +187,10 @@ def test_every_labeling_handler_refuses_anonymous_and_disabled(rt, users):
 
 def test_labeling_handlers_store_the_meant_choice(rt, users):
     """The handler path without a browser: the shown side maps back to the pair's a/b."""
-    from sqlmodel import select
-
-    from storage.models import Label
-
     ctx = AppContext(rt=rt, secret=b"s" * 32)
     seed_pairs(rt, [(f"p{i}", f"a{i}", f"b{i}") for i in range(4)])
-    blocks = build_annotate(ctx)
-    by_name = {f.api_name: f.fn for f in blocks.fns.values()}
-    with transaction(rt.engine, readonly=True) as session:
-        ann = crud.get_user(session=session, user_id=users["ann"])
-    request = _request(ctx, ann.id, ann.password_hash)
+    by_name = _handlers(build_annotate(ctx))
+    request = _as_user(ctx, users["ann"])
     outputs = by_name["show"](request)
     shown = outputs[-1]
     left_text = outputs[6]
@@ -206,18 +208,11 @@ def test_labeling_handlers_store_the_meant_choice(rt, users):
 def test_a_click_labels_only_a_pair_the_user_holds(rt, users):
     """The page sends back the shown pair's id; an id the user does not hold (forged, another
     user's, a stale tab's) stores nothing, and the page says so."""
-    from sqlmodel import select
-
-    from storage.models import Label
-
     ctx = AppContext(rt=rt, secret=b"s" * 32)
     seed_pairs(rt, [(f"p{i}", f"a{i}", f"b{i}") for i in range(3)])
-    by_name = {f.api_name: f.fn for f in build_annotate(ctx).fns.values()}
-    with transaction(rt.engine, readonly=True) as session:
-        ann = crud.get_user(session=session, user_id=users["ann"])
-        boss = crud.get_user(session=session, user_id=users["boss"])
-    as_ann = _request(ctx, ann.id, ann.password_hash)
-    as_boss = _request(ctx, boss.id, boss.password_hash)
+    by_name = _handlers(build_annotate(ctx))
+    as_ann = _as_user(ctx, users["ann"])
+    as_boss = _as_user(ctx, users["boss"])
     held_by_ann = by_name["show"](as_ann)[-1]
     held_by_boss = by_name["show"](as_boss)[-1]
     assert held_by_ann != held_by_boss
