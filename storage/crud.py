@@ -236,13 +236,18 @@ def start_iteration(
     return iteration
 
 
+def get_iteration(*, session: Session, iteration_id: int) -> Iteration:
+    iteration = session.get(Iteration, iteration_id)
+    if iteration is None:
+        raise NotFound(f"no iteration with id {iteration_id}")
+    return iteration
+
+
 def set_iteration_state(
     *, session: Session, iteration_id: int, state: IterationState, error: str | None = None
 ) -> Iteration:
     """Move an iteration along its lifecycle, stamping the time; an illegal move raises."""
-    iteration = session.get(Iteration, iteration_id)
-    if iteration is None:
-        raise NotFound(f"no iteration with id {iteration_id}")
+    iteration = get_iteration(session=session, iteration_id=iteration_id)
     allowed = _NEXT_STATES.get(iteration.state, set())
     if state != IterationState.failed and state not in allowed:
         raise Conflict(f"iteration {iteration.k}: cannot go from {iteration.state} to {state}")

@@ -11,7 +11,13 @@ from typing import Any
 
 from sqlmodel import Session
 
-from storage.crud import Conflict, NotFound, deployed_policy, get_policy, set_iteration_state
+from storage.crud import (
+    Conflict,
+    deployed_policy,
+    get_iteration,
+    get_policy,
+    set_iteration_state,
+)
 from storage.models import Iteration, IterationState, Policy, PolicyStatus, utcnow
 
 
@@ -74,9 +80,7 @@ def finish_iteration(
 
 
 def set_iteration_metrics(*, session: Session, iteration_id: int, metrics: dict[str, Any]) -> None:
-    iteration = session.get(Iteration, iteration_id)
-    if iteration is None:
-        raise NotFound(f"no iteration with id {iteration_id}")
+    iteration = get_iteration(session=session, iteration_id=iteration_id)
     iteration.metrics = {**iteration.metrics, **metrics}
     session.add(iteration)
     session.flush()
