@@ -203,8 +203,8 @@ async def gradio_submit_rate(url: str, cookies: list[dict], seconds: float) -> f
 
     async def click(client) -> None:
         outputs = await call(client, "label_left", [held[id(client)], ""])
-        if "Saved" not in outputs[-3]:  # the feedback line: a submit that stored nothing
-            raise RuntimeError(f"a click stored no label: {outputs[-3]}")
+        if "Saved" not in outputs[0]:  # the page's body, with its feedback line
+            raise RuntimeError(f"a click stored no label: {outputs[0][-300:]}")
         held[id(client)] = outputs[-1]
 
     def submitter(end: float):

@@ -18,7 +18,7 @@ from typing import Any
 import gradio as gr
 from sqlmodel import Session
 
-from app.ui.common import DIRECT, header_html, html, message_html
+from app.ui.common import DIRECT, header_html, html
 from app.ui.guard import AppContext, CurrentUser, require_user
 from app.ui.render import escape, markdown_to_safe_html
 from storage import crud, queue
@@ -79,29 +79,40 @@ def _box(css_class: str, untrusted: str, elem_id: str = "") -> str:
     return f'<div class="{css_class}"{id_attr}>{markdown_to_safe_html(untrusted)}</div>'
 
 
+def _pair_html(claim: queue.Claim, suggestion: str) -> str:
+    return (
+        '<div class="pf-pair">'
+        f"{_box('pf-prompt', claim.prompt)}"
+        '<div class="pf-sides">'
+        f'<div><div class="pf-side">A</div>{_box("pf-response", claim.left, "pf-text-left")}</div>'
+        f'<div><div class="pf-side">B</div>{_box("pf-response", claim.right, "pf-text-right")}'
+        "</div></div>"
+        f'<div class="pf-suggestion" id="pf-suggestion">{suggestion}</div></div>'
+    )
+
+
 def _render(screen: Screen) -> tuple:
-    """The outputs of a click (`outputs` in build_annotate); the page load adds the header."""
+    """The outputs of a click (`outputs` in build_annotate): the page's body as one HTML string,
+    the cleared reason and the shown pair's id; the page load adds the header.
+
+    One output rather than one per box: Gradio postprocesses each output on its own (a thread hop
+    apiece, and a new component for each visibility update), which was most of a click's cost.
+    The stylesheet shows the buttons only beside a pair and "Check again" only beside a message.
+    """
     claim = screen.claim
     stats = (
         f'<div class="pf-stats">Labeled today: <b id="pf-today">{screen.stats["labeled_today"]}'
         f'</b> · Left in the queue: <b id="pf-left-count">{screen.stats["queue_left"]}</b></div>'
     )
-    suggestion = ""
-    if claim and claim.suggestion and screen.suggestion_mode == "shown":
-        suggestion = f"Proxy suggests: {escape(suggestion_text(claim.suggestion))}"
-    return (
-        stats,
-        message_html(screen.message) if screen.message else "",
-        gr.update(visible=bool(screen.message)),
-        gr.update(visible=claim is not None),
-        _box("pf-prompt", claim.prompt if claim else ""),
-        _box("pf-response", claim.left if claim else "", "pf-text-left"),
-        _box("pf-response", claim.right if claim else "", "pf-text-right"),
-        f'<div class="pf-suggestion" id="pf-suggestion">{suggestion}</div>',
-        f'<div class="pf-feedback" id="pf-feedback">{screen.feedback}</div>',
-        "",
-        claim.pair_id if claim else None,
-    )
+    if claim is None:
+        main = f'<div class="pf-message" id="pf-message">{escape(screen.message)}</div>'
+    else:
+        suggestion = ""
+        if claim.suggestion and screen.suggestion_mode == "shown":
+            suggestion = f"Proxy suggests: {escape(suggestion_text(claim.suggestion))}"
+        main = _pair_html(claim, suggestion)
+    feedback = f'<div class="pf-feedback" id="pf-feedback">{screen.feedback}</div>'
+    return stats + main + feedback, "", claim.pair_id if claim else None
 
 
 def _feedback(choice: str, suggestion: queue.ShownSuggestion | None) -> str:
@@ -121,10 +132,19 @@ def _pair_id(value: Any) -> int:
     raise gr.Error("No pair is shown: reload the page.", print_exception=False)
 
 
+def _reason(value: Any) -> str | None:
+    """The optional reason as the page sent it (raw: the events skip Gradio's preprocessing)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise gr.Error("reason: expected text", print_exception=False)
+    return value.strip() or None
+
+
 def _bind_choice(choose, choice: str):
     """One handler per button (typed, so Gradio passes the request)."""
 
-    def handler(pair_id: float | None, reason: str, request: gr.Request):
+    def handler(pair_id: Any, reason: Any, request: gr.Request):
         return choose(choice, pair_id, reason, request)
 
     return handler
@@ -140,8 +160,7 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
         user = require_user(ctx, request)
         return (header_html(user, page="label"), *_render(screen(user)))
 
-    def choose(choice: str, shown_id: float | None, reason: str, request: gr.Request):
-        reason = (reason or "").strip() or None
+    def choose(choice: str, shown_id: Any, reason: Any, request: gr.Request):
         user = None
         try:
             # Who is asking, the label and the next pair in one transaction: one commit a click.
@@ -153,7 +172,7 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
                     user_id=user.id,
                     pair_id=pair_id,
                     shown_choice=choice,
-                    reason=reason,
+                    reason=_reason(reason),
                     timed_from_claim=True,
                 )
                 settings = ctx.effective_settings(session)
@@ -171,7 +190,7 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
             return _render(screen(user, f'<span class="pf-error">Not saved: {escape(exc)}</span>'))
         return _render(_with_stats(ctx, next_screen))
 
-    def skip(pair_id: float | None, request: gr.Request):
+    def skip(pair_id: Any, request: gr.Request):
         user = require_user(ctx, request)
         feedback = ""
         if pair_id is not None:
@@ -187,20 +206,10 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
         # The shown pair's id, held by the page and sent back with each click.
         shown_pair = gr.Number(None, visible=False, precision=0, elem_id="pf-pair-id")
         header = html(header_html(None, page="label"))
-        stats = html()
-        with gr.Column(visible=False) as message_box:
-            message = html(elem_id="pf-message")
+        body = html(elem_id="pf-body")
+        with gr.Row(elem_id="pf-refresh-row"):
             refresh = gr.Button("Check again", elem_id="pf-refresh", size="sm")
-        with gr.Column(visible=False) as pair_box:
-            prompt = html()
-            with gr.Row(equal_height=False):
-                with gr.Column():
-                    html('<div class="pf-side">A</div>')
-                    left = html()
-                with gr.Column():
-                    html('<div class="pf-side">B</div>')
-                    right = html()
-            suggestion = html()
+        with gr.Column(elem_id="pf-controls"):
             with gr.Row():
                 buttons = {
                     choice: gr.Button(
@@ -217,12 +226,11 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
                 lines=1,
                 elem_id="pf-reason",
             )
-        feedback = html()
 
-        outputs = [stats, message, message_box, pair_box, prompt, left, right, suggestion]
-        outputs += [feedback, reason, shown_pair]
-        # One POST per click (see DIRECT); costs the server a fraction of a queued event.
-        direct = {**DIRECT, "show_progress": "hidden"}
+        outputs = [body, reason, shown_pair]
+        # One POST per click (see DIRECT). The handlers take the raw values (they check the pair
+        # id themselves) and return final HTML and plain values: nothing to pre- or postprocess.
+        direct = {**DIRECT, "show_progress": "hidden", "preprocess": False, "postprocess": False}
         blocks.load(show, None, [header, *outputs], api_name="show", **direct)
         refresh.click(show, None, [header, *outputs], api_name="refresh", **direct)
         for choice, button in buttons.items():

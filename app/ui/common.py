@@ -32,7 +32,3 @@ def header_html(user: CurrentUser | None, *, page: str) -> str:
         f'<span>Signed in as <b id="pf-user">{escape(user.name)}</b> ({escape(user.role)})'
         f"<nav>{''.join(links)}</nav></span></div>"
     )
-
-
-def message_html(text: str, *, kind: str = "") -> str:
-    return f'<div class="pf-message {escape(kind)}">{escape(text)}</div>'

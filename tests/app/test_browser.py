@@ -18,7 +18,7 @@ from sqlmodel import select
 from app.sessions import COOKIE_NAME
 from storage import crud, reports
 from storage.db import transaction
-from storage.models import Label, Pair, Response, Role
+from storage.models import Label, Pair, Response, Role, Setting
 from tests.app.live_server import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -223,6 +223,31 @@ def test_untrusted_text_shows_as_text_and_nothing_runs(page, server):
     page.wait_for_timeout(300)
     assert page.evaluate("window.__pwned") is None
     assert executed == []
+
+
+def test_without_a_pair_the_page_offers_only_check_again(page, server):
+    """Paused labeling (as an empty queue) shows a message and "Check again", and neither the
+    buttons nor their keys; once resumed, "Check again" brings a pair and the buttons back."""
+    with transaction(server.rt.engine) as session:
+        crud.set_overrides(session=session, values={"labeling.paused": True}, user_id=None)
+    try:
+        login(page, server, "kim")
+        page.wait_for_selector("#pf-message:has-text('paused')")
+        shot(page, "label_paused")
+        assert page.locator("#pf-refresh").is_visible()
+        for control in ("#pf-left", "#pf-right", "#pf-tie", "#pf-both-bad", "#pf-skip"):
+            assert page.locator(control).is_hidden(), control
+        assert page.locator("#pf-text-left").count() == 0
+        page.keyboard.press("1")
+        page.wait_for_timeout(300)
+        assert page.locator("#pf-message").is_visible()
+    finally:
+        with transaction(server.rt.engine) as session:  # as before: no override at all
+            session.delete(session.get(Setting, "labeling.paused"))
+    page.click("#pf-refresh")
+    shown_texts(page)
+    assert page.locator("#pf-left").is_visible() and page.locator("#pf-refresh").is_hidden()
+    assert page.locator("#pf-message").count() == 0
 
 
 def _session_cookie(server, name: str) -> str:

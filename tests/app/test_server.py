@@ -192,11 +192,12 @@ def test_labeling_handlers_store_the_meant_choice(rt, users):
     by_name = _handlers(build_annotate(ctx))
     request = _as_user(ctx, users["ann"])
     outputs = by_name["show"](request)
-    shown = outputs[-1]
-    left_text = outputs[6]
+    body, reason, shown = outputs[1:]
+    assert reason == "" and isinstance(shown, int)
+    left_text = body.split('id="pf-text-left"')[1].split('id="pf-text-right"')[0]
     time.sleep(0.01)
-    outputs = by_name["label_left"](shown, "  clearer  ", request)
-    assert "Saved" in outputs[-3]
+    body, reason, next_shown = by_name["label_left"](shown, "  clearer  ", request)
+    assert "Saved" in body and reason == "" and next_shown != shown
     with transaction(rt.engine, readonly=True) as session:
         label = session.exec(select(Label)).one()
     meant_a = ">a" in left_text  # the response shown on the left was response a
@@ -218,9 +219,12 @@ def test_a_click_labels_only_a_pair_the_user_holds(rt, users):
     assert held_by_ann != held_by_boss
 
     outputs = by_name["label_left"](held_by_boss, "", as_ann)
-    assert "Not saved" in outputs[-3] and "no claim" in outputs[-3]
+    assert "Not saved" in outputs[0] and "no claim" in outputs[0]
     assert outputs[-1] == held_by_ann  # the page goes on showing the user's own pair
     with pytest.raises(gr.Error, match="No pair is shown"):
         by_name["label_left"](None, "", as_ann)
+    # the events take the raw JSON values: a reason that is not text is refused, not stored
+    with pytest.raises(gr.Error, match="reason: expected text"):
+        by_name["label_left"](held_by_ann, {"not": "text"}, as_ann)
     with transaction(rt.engine, readonly=True) as session:
         assert session.exec(select(Label)).all() == []
