@@ -186,3 +186,31 @@ def test_each_command_module_imports_on_its_own(module):
         [sys.executable, "-c", f"import app.{module}"], capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_package_data_ships_every_non_python_file():
+    """A non-editable install has only what pyproject's package-data names (app.server reads
+    app/ui's login page, stylesheet and script; alembic the migrations' template)."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    tool = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    shipped = {
+        path
+        for package, globs in tool["package-data"].items()
+        for pattern in globs
+        for path in (root / package.replace(".", "/")).glob(pattern)
+    }
+    packages = [name.rstrip("*") for name in tool["packages"]["find"]["include"]]
+    assets = {
+        path
+        for package in packages
+        for path in (root / package).rglob("*")
+        if path.is_file()
+        and path.suffix not in (".py", ".pyc")
+        and "__pycache__" not in path.parts
+        and not path.name.startswith(".")
+    }
+    assert {"login.html", "style.css", "shortcuts.js", "script.py.mako"} <= {p.name for p in assets}
+    assert sorted(str(p.relative_to(root)) for p in assets - shipped) == []
