@@ -68,8 +68,13 @@ def test_quality_report(engine):
     assert report["human_labels"] == 14 and report["pairs_multi_labeled"] == 6
     [kappa] = report["cohen_kappa"]
     assert (kappa["a"], kappa["b"], kappa["n"]) == ("ann", "bob", 6)
-    assert kappa["kappa"] == pytest.approx(cohens_kappa(list("abatba"), list("abbtba")), abs=1e-4)
-    assert 0 < report["krippendorff_alpha"] < 1
+    # p_o = 5/6, p_e = (3·2 + 2·3 + 1·1)/36 = 13/36: κ = (30 − 13)/(36 − 13) = 17/23
+    assert kappa["kappa"] == pytest.approx(17 / 23, abs=1e-4)
+    # nominal α from the coincidence matrix: o_aa = o_bb = 4, o_tt = 2, o_ab = o_ba = 1 (n = 12);
+    # D_o = 2/12, D_e = 2(5·5 + 5·2 + 5·2)/(12·11) = 90/132, α = 1 − D_o/D_e = 1 − 264/1080
+    assert report["krippendorff_alpha"] == pytest.approx(1 - 264 / 1080, abs=1e-4)
+    # a/b labels against P > 0.5 ("a"): ann 4 of 7, bob 2 of 5 (ties are left out)
+    assert (report["human_proxy_agreement"], report["human_proxy_n"]) == (0.5, 12)
     assert (report["proxy_audit_accuracy"], report["proxy_audit_n"]) == (0.5, 2)
     ann, bob = report["annotators"]
     assert (ann["name"], ann["labels"], ann["median_seconds"]) == ("ann", 8, 4.0)

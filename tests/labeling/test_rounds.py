@@ -120,6 +120,11 @@ def test_confident_pairs_are_labeled_by_the_proxy_within_the_human_budget(
             ).scalars()
         }
     assert len(suggestions) == len(rows)
+    by_route = {route: [p for p in rows if p.route == route] for route in Route}
+    # the gold judge is sure of most demo pairs: the proxy takes some, humans get the budget
+    assert by_route[Route.proxy], report
+    assert 0 < len(by_route[Route.human]) + len(by_route[Route.audit]) <= 2
+    assert report["routes"] == {route.value: len(by_route[route]) for route in Route}
     for pair in rows:
         s = suggestions[pair.id]
         assert s.agent == "judge:labeling.demo_task:gold_judge"
@@ -143,7 +148,9 @@ def test_explore_pairs_the_policy_with_a_hotter_enhancer(sqlite_engine, tmp_path
     report = generate_round(engine=sqlite_engine, settings=settings, n_prompts=3)
     assert report["responses"] == 3 * (4 + 2)
     with transaction(sqlite_engine, readonly=True) as session:
-        for pair in session.exec(sa.select(Pair)).scalars():
+        explored = session.exec(sa.select(Pair)).scalars().all()
+        assert len(explored) == report["pairs"] > 0
+        for pair in explored:
             a, b = (
                 session.get(Response, pair.response_a_id),
                 session.get(Response, pair.response_b_id),
