@@ -8,12 +8,18 @@ training code take as arguments, so those packages never read the environment th
 
 from __future__ import annotations
 
+import json
+import os
 import tomllib
+import types
+import typing
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal
 
+import pydantic_settings
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("prefloop-data")
@@ -268,8 +274,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as f:
             return tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"{path}: not valid TOML: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:  # the message ends "(at line L, column C)"
+        raise SettingsError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"{path}: not UTF-8 (byte {exc.start}): TOML files are UTF-8") from None
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -290,10 +298,61 @@ def _format_errors(exc: ValidationError, origin: str) -> str:
     return "\n".join(lines)
 
 
+def _field_at(path: list[str]) -> FieldInfo | None:
+    """The field a nested key (["generation", "temperatures"]) names, None if none does."""
+    model: type[BaseModel] = Settings
+    for depth, part in enumerate(path):
+        field = model.model_fields.get(part)
+        if field is None or depth == len(path) - 1:
+            return field
+        if not (isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)):
+            return None
+        model = field.annotation
+    return None
+
+
+def _json_hint(annotation: Any) -> str | None:
+    """How a value of `annotation` is written in JSON, None if the environment gives it as is
+    (pydantic-settings parses lists, tables and sections from the environment as JSON)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        hints = [_json_hint(a) for a in typing.get_args(annotation) if a is not type(None)]
+        return next((h for h in hints if h), None)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return (
+            'a section is written {"key": value}, or one variable per key like PREFLOOP_DPO__BETA'
+        )
+    origin = typing.get_origin(annotation) or annotation
+    if origin in (list, tuple, set, frozenset):
+        return "a list is written [1.0, 0.7]"
+    if origin is dict:
+        return 'a table is written {"key": value}'
+    return None
+
+
+def _env_json_errors() -> list[str]:
+    """One line per PREFLOOP_* variable whose value has to be JSON and is not."""
+    prefix = Settings.model_config["env_prefix"].lower()
+    delimiter = Settings.model_config["env_nested_delimiter"]
+    lines = []
+    for name, raw in sorted(os.environ.items()):
+        if not name.lower().startswith(prefix):
+            continue
+        path = name[len(prefix) :].lower().split(delimiter)
+        field = _field_at(path)
+        hint = _json_hint(field.annotation) if field is not None else None
+        if hint is None:
+            continue
+        try:
+            json.loads(raw)
+        except json.JSONDecodeError as exc:
+            # Not the value itself: a table may hold a token (dpo.trl_args: hub_token).
+            where = f"{exc.msg} at character {exc.pos + 1}"
+            lines.append(f"  {name} ({'.'.join(path)}): not valid JSON ({hint}; {where})")
+    return lines
+
+
 def load_settings(data_dir: Path | str | None = None, **flags: Any) -> Settings:
     """Build the settings for `data_dir` (flags: CLI values as nested dicts; None means unset)."""
-    import os
-
     data_dir = Path(data_dir or os.environ.get("PREFLOOP_DATA_DIR") or DEFAULT_DATA_DIR)
     toml_path = data_dir / SETTINGS_FILE
     file_values = _read_toml(toml_path)
@@ -308,6 +367,11 @@ def load_settings(data_dir: Path | str | None = None, **flags: Any) -> Settings:
         return Settings(**values)
     except ValidationError as exc:
         raise SettingsError(_format_errors(exc, origin)) from None
+    except pydantic_settings.SettingsError as exc:  # a value it could not parse, before validation
+        lines = _env_json_errors() or [f"  {exc}"]
+        raise SettingsError(
+            "\n".join(["invalid settings (PREFLOOP_* environment):", *lines])
+        ) from None
     finally:
         _file_values.reset(token)
 

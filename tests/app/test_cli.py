@@ -158,6 +158,16 @@ def test_invalid_settings_file_is_reported(data_dir):
     assert result.exit_code == 1 and "dpo.beta" in result.output
 
 
+def test_environment_value_that_is_not_json_is_reported(data_dir, monkeypatch):
+    monkeypatch.setenv("PREFLOOP_GENERATION__TEMPERATURES", "1.0,0.7")
+    result = run("status", "--data-dir", data_dir, ok=False)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert "error: invalid settings (PREFLOOP_* environment)" in result.output
+    assert "PREFLOOP_GENERATION__TEMPERATURES (generation.temperatures): not valid JSON" in (
+        result.output
+    )
+
+
 @pytest.mark.slow
 def test_init_demo_ends_ready_to_label_and_is_safe_twice(tmp_path, monkeypatch, demo_policy_dir):
     import shutil

@@ -35,10 +35,47 @@ def test_unknown_key_is_refused(tmp_path):
         load_settings(tmp_path)
 
 
-def test_bad_toml_names_the_file(tmp_path):
-    (tmp_path / "prefloop.toml").write_text("[dpo\n")
-    with pytest.raises(SettingsError, match="prefloop.toml"):
+def test_bad_toml_names_the_file_and_line(tmp_path):
+    (tmp_path / "prefloop.toml").write_text("[dpo]\nbeta = 0.2\n[generation\n")
+    with pytest.raises(SettingsError, match=r"prefloop\.toml: not valid TOML: .*line 3"):
         load_settings(tmp_path)
+
+
+def test_toml_not_utf8_names_the_file(tmp_path):
+    (tmp_path / "prefloop.toml").write_bytes('[eval]\njudge = "caf\u00e9:x"\n'.encode("latin-1"))
+    with pytest.raises(SettingsError, match=r"prefloop\.toml: not UTF-8"):
+        load_settings(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        (
+            "PREFLOOP_GENERATION__TEMPERATURES",
+            "1.0,0.7",
+            r"PREFLOOP_GENERATION__TEMPERATURES \(generation\.temperatures\): not valid JSON "
+            r"\(a list is written \[1\.0, 0\.7\]",
+        ),
+        ("PREFLOOP_DPO__TRL_ARGS", '{"hub_token": "hf_s3cret"', r"\(dpo\.trl_args\): not valid"),
+        ("PREFLOOP_ROUTING", "enabled=true", r"PREFLOOP_ROUTING \(routing\): not valid JSON"),
+        ("prefloop_generation__temperatures", "[1.0,", r"prefloop_generation__temperatures"),
+    ],
+)
+def test_environment_value_that_is_not_json_names_the_variable(
+    tmp_path, monkeypatch, name, value, message
+):
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError, match=message) as raised:
+        load_settings(tmp_path)
+    assert "s3cret" not in str(raised.value)  # the message shows where, not the value
+
+
+def test_environment_json_list_is_validated(tmp_path, monkeypatch):
+    monkeypatch.setenv("PREFLOOP_GENERATION__TEMPERATURES", "[1.0, 0.0]")
+    with pytest.raises(SettingsError, match=r"generation\.temperatures: .*> 0"):
+        load_settings(tmp_path)
+    monkeypatch.setenv("PREFLOOP_GENERATION__TEMPERATURES", "[1.2, 0.5]")
+    assert load_settings(tmp_path).generation.temperatures == [1.2, 0.5]
 
 
 def test_overrides_are_validated(tmp_path):
