@@ -14,8 +14,9 @@ One rule decides a pair, for DPO training, the proxy's refits and the dataset ex
 - Discarded pairs are left out; queued pairs count with the labels they have so far.
 
 Seed pairs (imported preference datasets, `add_seed_preferences`) belong to no iteration: their
-`iteration` is None, so an `iterations` filter leaves them out and `iterations=None` (everything,
-as the first DPO round and the proxy's first fit read it) includes them. Each is stored as its
+`iteration` is None, so an `iterations` filter leaves them out unless `with_seed` is set (the
+first DPO round reads them so under `loop.data_scope = "latest"`), and `iterations=None`
+(everything, as DPO rounds and the proxy's fits read it by default) includes them. Each is stored as its
 prompt, two responses with no policy (a = chosen, b = rejected), a pair with strategy `seed` and
 status `done`, and one label with source `seed` choosing a.
 
@@ -108,9 +109,11 @@ def iter_preferences(
     min_agreement: float = 0.0,
     annotators: list[str] | None = None,
     split: Split | str | None = None,
+    with_seed: bool = False,
     batch_size: int = 1000,
 ) -> Iterator[PreferenceRow]:
-    """Stream the decided pairs in pair-id order, `batch_size` pairs per query."""
+    """Stream the decided pairs in pair-id order, `batch_size` pairs per query. With
+    `iterations` given, `with_seed` keeps the seed pairs (no iteration) too."""
     sources = [LabelSource(s) for s in sources]
     if not sources:
         raise ValueError("sources: select at least one of human, proxy, seed")
@@ -152,7 +155,10 @@ def iter_preferences(
         .limit(batch_size)
     )
     if iterations is not None:
-        pairs_query = pairs_query.where(Iteration.k.in_(list(iterations)))
+        in_iterations = Iteration.k.in_(list(iterations))
+        if with_seed:
+            in_iterations = sa.or_(in_iterations, Pair.iteration_id.is_(None))
+        pairs_query = pairs_query.where(in_iterations)
     if split is not None:
         pairs_query = pairs_query.where(Prompt.split == split)
 

@@ -4,8 +4,9 @@
 
 The job's params say what to train (written by `training.iteration.queue_training`):
 `init_version` (the deployed policy pi_k, warm start), `ref_version` (pi_0 by default; None: the
-init policy itself), `iterations` (the k whose preferences count; None: all), `iteration_id`, and
-`settings` (the settings in effect when the job was queued, admins' run-time changes included).
+init policy itself), `iterations` (the k whose preferences count; None: all), `with_seed` (with
+`iterations`, the seed pairs too), `iteration_id`, and `settings` (the settings in effect when
+the job was queued, admins' run-time changes included).
 After training, the same process refits the proxy's next version and evaluates the candidate on
 the held-out prompts (`training.evaluate`), so the heavy imports are paid once per round.
 
@@ -112,11 +113,14 @@ def preference_records(rows: Iterable[Any], *, chat: bool) -> list[dict[str, Any
     return records
 
 
-def load_preferences(*, engine, iterations: list[int] | None) -> list[Any]:
+def load_preferences(
+    *, engine, iterations: list[int] | None, with_seed: bool = False
+) -> list[Any]:
     from storage.preferences import iter_preferences
 
     with transaction(engine, readonly=True) as session:
-        return list(iter_preferences(session=session, iterations=iterations))
+        rows = iter_preferences(session=session, iterations=iterations, with_seed=with_seed)
+        return list(rows)
 
 
 def train(
@@ -244,7 +248,11 @@ def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
         jobs.heartbeat(session=session, job_id=job_id, progress=0.0, result={"phase": "data"})
     dpo = job_settings(params, data_dir).dpo
 
-    rows = load_preferences(engine=engine, iterations=params.get("iterations"))
+    rows = load_preferences(
+        engine=engine,
+        iterations=params.get("iterations"),
+        with_seed=bool(params.get("with_seed")),
+    )
     if not rows:
         raise RuntimeError(f"no preferences to train on (iterations {params.get('iterations')})")
     from transformers import AutoTokenizer

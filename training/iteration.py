@@ -126,6 +126,8 @@ def queue_training(
                 "init_version": deployed.version,
                 "ref_version": first.version if settings.loop.reference == "sft" else None,
                 "iterations": None if settings.loop.data_scope == "all" else [iteration.k],
+                # seed preferences are iteration-0 data: the first round trains on them
+                "with_seed": iteration.k == 0,
                 "refit_proxy": refit_proxy,
                 "evaluate": evaluate,
                 # The settings in effect now (admins' run-time changes included), for the child.

@@ -162,6 +162,7 @@ def test_filters_select_what_they_say(engine):
     assert pair_ids(iterations=[0]) == [ids["in0"]]
     assert pair_ids(iterations=[1]) == [ids["in1"]]
     assert pair_ids(iterations=[0, 1]) == [ids["in0"], ids["in1"]]
+    assert pair_ids(iterations=[0], with_seed=True) == [ids["in0"], ids["seed"]]
     assert pair_ids(sources=["seed"]) == [ids["seed"]]
     assert pair_ids(sources=["proxy"]) == [ids["split"]]
     assert pair_ids(sources=["proxy"], split="train") == []

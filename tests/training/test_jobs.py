@@ -81,3 +81,53 @@ def test_recover_stale_by_heartbeat_and_attempt_limit(engine):
     assert retry is None  # third attempt was the last
     with transaction(engine, readonly=True) as session:
         assert jobs.active_jobs(session=session) == []
+
+
+def test_latest_scope_trains_the_first_round_on_the_seed_too(engine, tmp_path):
+    """Seed preferences are iteration-0 data: under data_scope "latest" the first round's job
+    reads them beside its own labels, and a later round reads its own labels only."""
+    from storage import crud
+    from storage.models import IterationState, LabelSource, PairStatus, PairStrategy
+    from storage.settings import load_settings
+    from tests.factories import make_pairs, make_policy, make_user
+    from tests.storage.test_preferences import label
+    from training.dpo import load_preferences
+    from training.iteration import queue_training
+
+    settings = load_settings(tmp_path, loop={"data_scope": "latest"})
+    with transaction(engine) as session:
+        make_policy(session)
+        ann = make_user(session)
+        (seed,) = make_pairs(session, 1, strategy=PairStrategy.seed, status=PairStatus.done)
+        label(session, seed, "a", source=LabelSource.seed)
+        it0 = crud.start_iteration(
+            session=session, policy_in_id=None, human_quota=1, human_budget=1
+        )
+        (own,) = make_pairs(session, 1, iteration_id=it0.id)
+        label(session, own, "b", user=ann)
+        crud.set_iteration_state(
+            session=session, iteration_id=it0.id, state=IterationState.labeling
+        )
+        ids = (seed.id, own.id)
+    job = queue_training(engine=engine, settings=settings)
+    assert (job.params["iterations"], job.params["with_seed"]) == ([0], True)
+    rows = load_preferences(engine=engine, iterations=[0], with_seed=job.params["with_seed"])
+    assert sorted(r.pair_id for r in rows) == sorted(ids)
+
+    with transaction(engine) as session:
+        jobs.start_job(session=session, job_id=job.id, pid=os.getpid())
+        jobs.finish_job(session=session, job_id=job.id)
+        for state in (IterationState.evaluating, IterationState.deployed):
+            crud.set_iteration_state(session=session, iteration_id=it0.id, state=state)
+        it1 = crud.start_iteration(
+            session=session, policy_in_id=None, human_quota=1, human_budget=1
+        )
+        (later,) = make_pairs(session, 1, iteration_id=it1.id)
+        label(session, later, "a", user=ann)
+        crud.set_iteration_state(
+            session=session, iteration_id=it1.id, state=IterationState.labeling
+        )
+    job = queue_training(engine=engine, settings=settings)
+    assert (job.params["iterations"], job.params["with_seed"]) == ([1], False)
+    rows = load_preferences(engine=engine, iterations=[1], with_seed=False)
+    assert [r.pair_id for r in rows] == [later.id]
