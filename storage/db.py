@@ -8,6 +8,9 @@ queue on a lock that wakes them in turn, threads on an RLock and processes (serv
 scheduler's children, the CLI) on an flock of a file beside the database: SQLite's busy handler
 polls with backoff, so under a few dozen threads some writers starved past the busy timeout, and
 two server workers handed the lock back and forth with sleeps of milliseconds.
+
+The database file holds password and API token hashes: it is created readable by its owner only
+(SQLite gives the -wal and -shm files the database file's mode).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -84,15 +87,33 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
             pool_size=10,
             max_overflow=54,
         )
-        _configure_sqlite(engine)
-        database = engine.url.database
-        on_disk = database not in (None, "", ":memory:") and not database.startswith("file:")
-        _sqlite_writers[engine] = _WriterLock(f"{database}-writer.lock" if on_disk else None)
+        path = _sqlite_file(engine)
+        _configure_sqlite(engine, path)
+        _sqlite_writers[engine] = _WriterLock(f"{path}-writer.lock" if path else None)
         return engine
     return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=40)
 
 
-def _configure_sqlite(engine: Engine) -> None:
+def _sqlite_file(engine: Engine) -> str | None:
+    """The file of an on-disk SQLite database; None for memory and URI databases."""
+    database = engine.url.database
+    on_disk = database not in (None, "", ":memory:") and not database.startswith("file:")
+    return database if on_disk else None
+
+
+def _create_private(path: str) -> None:
+    """Create the (empty) database file with mode 0600 before SQLite does with 0644."""
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def _configure_sqlite(engine: Engine, path: str | None) -> None:
+    if path is not None:
+
+        @sa.event.listens_for(engine, "do_connect")
+        def _before_connect(_dialect, _record, _cargs, _cparams) -> None:
+            _create_private(path)
+
     @sa.event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:
         # Let SQLAlchemy emit BEGIN itself (below) instead of the driver's implicit one.
@@ -151,7 +172,19 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The schema's alembic revision; None when there is no schema (or no SQLite file: this
+    does not create one)."""
     from alembic.runtime.migration import MigrationContext
 
+    path = _sqlite_file(engine) if is_sqlite(engine) else None
+    if path is not None and not os.path.exists(path):
+        return None
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str:
+    """The schema revision this release's migrations end at."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory(str(Path(__file__).parent / "migrations")).get_current_head()

@@ -1,12 +1,25 @@
-"""storage/db.py: SQLite writers take turns across processes, not only across threads."""
+"""storage/db.py: SQLite's connection settings and file modes; writers take turns across
+processes, not only across threads."""
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 import time
 
-from storage.db import make_engine, sqlite_url, transaction
+import sqlalchemy as sa
+
+from storage.db import (
+    SQLITE_BUSY_TIMEOUT_MS,
+    current_revision,
+    head_revision,
+    make_engine,
+    sqlite_url,
+    transaction,
+    upgrade,
+)
 
 WRITER = """
 import sys, time
@@ -34,4 +47,45 @@ def test_a_writer_in_another_process_waits_for_the_lock(tmp_path):
     waited = float(child.communicate(timeout=60)[0].strip())
     assert child.returncode == 0 and waited >= 0.4
     assert (tmp_path / "prefloop.db-writer.lock").exists()
+    engine.dispose()
+
+
+def test_sqlite_connections_use_wal_a_busy_timeout_and_foreign_keys(tmp_path):
+    engine = make_engine(sqlite_url(tmp_path))
+    with engine.connect() as connection:
+        pragmas = {
+            name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
+            for name in ("journal_mode", "busy_timeout", "foreign_keys")
+        }
+    assert pragmas == {
+        "journal_mode": "wal",
+        "busy_timeout": SQLITE_BUSY_TIMEOUT_MS,
+        "foreign_keys": 1,
+    }
+    engine.dispose()
+
+
+def test_database_files_are_private_to_their_owner(tmp_path):
+    """The database holds password and token hashes."""
+    umask = os.umask(0o022)  # the usual one, under which SQLite alone creates files 0644
+    try:
+        engine = make_engine(sqlite_url(tmp_path))
+        upgrade(engine)
+        with transaction(engine) as session:
+            session.execute(sa.text("CREATE TABLE t (x)"))  # keeps the -wal file non-empty
+            names = {p.name for p in tmp_path.iterdir()}
+            modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+        engine.dispose()
+    finally:
+        os.umask(umask)
+    assert {"prefloop.db", "prefloop.db-wal", "prefloop.db-shm"} <= names
+    assert modes == dict.fromkeys(names, 0o600)
+
+
+def test_current_revision_does_not_create_the_file(tmp_path):
+    engine = make_engine(sqlite_url(tmp_path))
+    assert current_revision(engine) is None
+    assert list(tmp_path.iterdir()) == []
+    upgrade(engine)
+    assert current_revision(engine) == head_revision() is not None
     engine.dispose()
