@@ -40,7 +40,7 @@ def init(
 
     Safe to run again: nothing that exists is created twice."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    rt = runtime(data_dir)
+    rt = runtime(data_dir, needs_schema=False)
     upgrade(rt.engine)
     typer.echo(f"database ready: {rt.settings.resolved_database_url.split('@')[-1]}")
     _ensure_admin(rt)
@@ -113,7 +113,7 @@ def _generate_first_round(rt: Runtime) -> None:
 @db_cli.command("upgrade")
 def db_upgrade(data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
     """Create the schema or upgrade it in place to this release's."""
-    rt = runtime(data_dir)
+    rt = runtime(data_dir, needs_schema=False)
     upgrade(rt.engine)
     typer.echo("database schema is current")
 

@@ -11,8 +11,9 @@ from typing import Annotated
 
 import typer
 
+from storage.db import current_revision, head_revision, is_sqlite
 from storage.runtime import Runtime, open_runtime
-from storage.settings import SettingsError
+from storage.settings import DEFAULT_DATA_DIR, SettingsError
 
 DataDir = Annotated[
     Path,
@@ -29,8 +30,34 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def runtime(data_dir: Path, **flags) -> Runtime:
+def runtime(data_dir: Path, *, needs_schema: bool = True, **flags) -> Runtime:
+    """The settings and engine of `data_dir`; unless `needs_schema` is False (init, db upgrade),
+    fail when the database has no schema or an older one, rather than on the first query."""
     try:
-        return open_runtime(data_dir, **flags)
+        rt = open_runtime(data_dir, **flags)
     except SettingsError as exc:
         raise fail(str(exc)) from None
+    if needs_schema:
+        require_schema(rt)
+    return rt
+
+
+def require_schema(rt: Runtime) -> None:
+    """Fail unless the database is at this release's schema (checking creates no SQLite file)."""
+    revision = current_revision(rt.engine)
+    if revision == head_revision():
+        return
+    flag = "" if rt.settings.data_dir == DEFAULT_DATA_DIR else f" --data-dir {rt.settings.data_dir}"
+    if is_sqlite(rt.engine):
+        where = f"{rt.settings.data_dir} has"
+    else:
+        where = f"the database {rt.engine.url.render_as_string(hide_password=True)} has"
+    if revision is None:
+        raise fail(
+            f"{where} no prefloop database: run `prefloop init{flag}` "
+            f"(or `prefloop db upgrade{flag}`)"
+        )
+    raise fail(
+        f"{where} schema revision {revision}, this release's is {head_revision()}: "
+        f"run `prefloop db upgrade{flag}`"
+    )

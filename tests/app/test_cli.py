@@ -65,6 +65,35 @@ def test_db_upgrade(data_dir):
     assert "current" in run("db", "upgrade", "--data-dir", data_dir).output
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("status",),
+        ("users", "list"),
+        ("users", "passwd", "admin"),
+        ("export", "--out", "out.jsonl", "--format", "jsonl"),
+    ],
+)
+def test_commands_need_an_initialised_data_dir(tmp_path, command):
+    result = run(*command, "--data-dir", str(tmp_path), ok=False)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"error: {tmp_path} has no prefloop database: run `prefloop init" in result.output
+    assert not (tmp_path / "prefloop.db").exists()
+
+
+def test_commands_refuse_an_older_schema_until_db_upgrade(tmp_path):
+    from storage.db import make_engine, sqlite_url, upgrade
+
+    engine = make_engine(sqlite_url(tmp_path))
+    upgrade(engine, "0002")
+    engine.dispose()
+    result = run("users", "list", "--data-dir", str(tmp_path), ok=False)
+    assert result.exit_code == 1 and "schema revision 0002" in result.output
+    assert "prefloop db upgrade" in result.output
+    run("db", "upgrade", "--data-dir", str(tmp_path))
+    assert "active" in run("users", "list", "--data-dir", str(tmp_path)).output
+
+
 def test_users_add_and_list(data_dir):
     out = run("users", "add", "ann", "--data-dir", data_dir).output
     assert "added annotator 'ann'" in out and "password:" in out
