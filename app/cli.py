@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from app import cli_data, cli_labeling, cli_serve, cli_training
-from app.cli_common import DataDir, fail, runtime
+from app.cli_common import DataDir, data_dir_flag, fail, runtime
 from storage import crud
 from storage.db import transaction, upgrade
 from storage.models import Role
@@ -55,6 +55,15 @@ def _ensure_admin(rt: Runtime) -> None:
         if crud.count_admins(session=session) > 0:
             typer.echo("admin: exists already (unchanged)")
             return
+        existing = crud.get_user_by_name(session=session, name="admin")
+        if existing is not None:
+            # Disabled or demoted on purpose, maybe because its password leaked: not undone here.
+            state = ("a disabled " if not existing.active else "an ") + str(existing.role)
+            raise fail(
+                f"there is no active admin, and the user 'admin' is {state}; init leaves it so. "
+                "Make an admin: `prefloop users add NAME --role admin"
+                f"{data_dir_flag(rt.settings.data_dir)}`"
+            )
         given = os.environ.get("PREFLOOP_ADMIN_PASSWORD")
         password = given or generate_password()
         try:

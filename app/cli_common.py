@@ -30,6 +30,11 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def data_dir_flag(data_dir: Path) -> str:
+    """` --data-dir DIR` for a command to suggest, empty for the default directory."""
+    return "" if Path(data_dir) == DEFAULT_DATA_DIR else f" --data-dir {data_dir}"
+
+
 def runtime(data_dir: Path, *, needs_schema: bool = True, **flags) -> Runtime:
     """The settings and engine of `data_dir`; unless `needs_schema` is False (init, db upgrade),
     fail when the database has no schema or an older one, rather than on the first query."""
@@ -47,7 +52,7 @@ def require_schema(rt: Runtime) -> None:
     revision = current_revision(rt.engine)
     if revision == head_revision():
         return
-    flag = "" if rt.settings.data_dir == DEFAULT_DATA_DIR else f" --data-dir {rt.settings.data_dir}"
+    flag = data_dir_flag(rt.settings.data_dir)
     if is_sqlite(rt.engine):
         where = f"{rt.settings.data_dir} has"
     else:

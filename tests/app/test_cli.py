@@ -55,6 +55,42 @@ def test_init_takes_the_admin_password_from_the_environment(tmp_path, monkeypatc
     assert not verify_password(admin.password_hash, "wrong-password")
 
 
+@pytest.mark.parametrize(
+    ("change", "state"),
+    [
+        ({"active": False}, "a disabled admin"),
+        ({"role": "annotator"}, "an annotator"),
+        ({"role": "annotator", "active": False}, "a disabled annotator"),
+    ],
+)
+def test_init_without_an_active_admin_leaves_a_disabled_admin_alone(
+    tmp_path, monkeypatch, change, state
+):
+    from storage import crud
+    from storage.db import make_engine, sqlite_url, transaction
+
+    monkeypatch.setenv("PREFLOOP_ADMIN_PASSWORD", "a-long-secret-1")
+    run("init", "--data-dir", str(tmp_path))
+    engine = make_engine(sqlite_url(tmp_path))
+    with transaction(engine) as session:
+        admin = crud.get_user_by_name(session=session, name="admin")
+        before = admin.model_dump()
+        crud.update_user(session=session, user_id=admin.id, **change)
+    result = run("init", "--data-dir", str(tmp_path), ok=False)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit)
+    assert f"the user 'admin' is {state}" in result.output
+    assert f"prefloop users add NAME --role admin --data-dir {tmp_path}" in result.output
+    assert "a-long-secret-1" not in result.output
+    with transaction(engine, readonly=True) as session:
+        users = crud.list_users(session=session)
+    assert [u.model_dump() for u in users] == [{**before, **change}]
+    engine.dispose()
+
+    # the way out the message gives
+    run("users", "add", "root", "--role", "admin", "--data-dir", str(tmp_path))
+    assert "admin: exists already" in run("init", "--data-dir", str(tmp_path)).output
+
+
 def test_short_admin_password_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("PREFLOOP_ADMIN_PASSWORD", "short")
     result = run("init", "--data-dir", str(tmp_path), ok=False)
