@@ -17,12 +17,13 @@ from storage.settings import DEFAULT_DATA_DIR
 prefs_cli = typer.Typer(help="Preference datasets: seed imports.", no_args_is_help=True)
 
 SOURCES = ("human", "proxy", "seed")
+IMPORT_FILE_HELP = (
+    "JSONL file (or a .json array), CSV or Parquet file, or a saved datasets directory."
+)
 
 
 def prompts_import(
-    file: Annotated[
-        Path, typer.Argument(help="JSONL, CSV or Parquet file, or a saved datasets directory.")
-    ],
+    file: Annotated[Path, typer.Argument(help=IMPORT_FILE_HELP)],
     text_field: Annotated[str, typer.Option(help="Field or column holding the prompt.")] = "prompt",
     messages_field: Annotated[
         str, typer.Option(help="Field holding the prompt as chat messages (when no text).")
@@ -47,6 +48,12 @@ def prompts_import(
     rt = runtime(data_dir)
     with transaction(rt.engine) as session:
         added, skipped = crud.add_prompts(session=session, prompts=records)
+        crud.record_audit(
+            session=session,
+            user_id=None,
+            action="prompts.import",  # as the admin view's upload records it
+            detail={"file": str(file), "added": added, "skipped": skipped},
+        )
     n_eval = sum(1 for r in records if r.split == Split.eval)
     typer.echo(
         f"{file}: {added} prompts added, {skipped} duplicates skipped ({n_eval} of the file eval)"
@@ -55,9 +62,7 @@ def prompts_import(
 
 @prefs_cli.command("import")
 def prefs_import(
-    file: Annotated[
-        Path, typer.Argument(help="JSONL, CSV or Parquet file, or a saved datasets directory.")
-    ],
+    file: Annotated[Path, typer.Argument(help=IMPORT_FILE_HELP)],
     prompt_field: Annotated[str, typer.Option(help="Prompt: text or chat messages.")] = "prompt",
     chosen_field: Annotated[str, typer.Option(help="The preferred response.")] = "chosen",
     rejected_field: Annotated[str, typer.Option(help="The other response.")] = "rejected",

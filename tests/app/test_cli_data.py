@@ -10,7 +10,7 @@ from app.auth import hash_token
 from storage.db import make_engine, sqlite_url, transaction
 from storage.models import Split
 from tests.app.test_cli import run, status
-from tests.labeling.test_importing import CHAT, write_jsonl, write_parquet
+from tests.labeling.test_importing import CHAT, ODD, assistant, write_jsonl, write_parquet
 
 
 @pytest.fixture
@@ -46,6 +46,23 @@ def test_prompts_import_parquet_messages_and_eval_share(data_dir, tmp_path):
     assert [p.messages for p in prompts if p.messages] == [CHAT]
 
 
+def test_prompts_import_is_audited_like_prefs_import(data_dir, tmp_path):
+    from sqlmodel import select
+
+    from storage.models import Audit
+
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "a"}, {"prompt": "b"}, {"prompt": "a"}])
+    run("prompts", "import", str(path), "--data-dir", data_dir)
+    seeds = write_jsonl(tmp_path / "s.jsonl", SEED_ROWS)
+    run("prefs", "import", str(seeds), "--data-dir", data_dir)
+    with transaction(engine_of(data_dir), readonly=True) as session:
+        audits = session.exec(select(Audit).where(Audit.action.like("%.import"))).all()
+    assert [(a.action, a.user_id, a.detail) for a in audits] == [
+        ("prompts.import", None, {"file": str(path), "added": 2, "skipped": 1}),
+        ("prefs.import", None, {"file": str(seeds), "added": 2, "skipped": 0}),
+    ]
+
+
 SEED_ROWS = [
     {"prompt": "what is 2+2?", "chosen": "4", "rejected": "5"},
     {
@@ -73,6 +90,18 @@ BAD_FILES = {
         "broken.jsonl, line 2: malformed JSON",
     ),
     "empty file": ("empty.jsonl", b"", "empty.jsonl: empty file"),
+    "NUL character": (
+        "nul.jsonl",
+        b'{"prompt": "ok", "chosen": "a", "rejected": "b"}\n'
+        b'{"prompt": "x\\u0000", "chosen": "a", "rejected": "b"}\n',
+        "nul.jsonl, line 2, field 'prompt': a NUL character (\\x00) at character 2",
+    ),
+    "lone surrogate": (
+        "surrogate.jsonl",
+        b'{"prompt": "ok", "chosen": "a", "rejected": "b"}\n'
+        b'{"prompt": "\\ud800", "chosen": "a", "rejected": "b"}\n',
+        "surrogate.jsonl, line 2, field 'prompt': a lone surrogate (\\ud800) at character 1",
+    ),
     "10 MB prompt": (
         "huge.jsonl",
         (
@@ -135,6 +164,52 @@ def test_seed_import_then_export_round_trip(data_dir, tmp_path):
         "export", "--out", str(tmp_path / "x"), "--source", "gold", "--data-dir", data_dir, ok=False
     )
     assert "--source ['gold']" in result.output
+
+
+@pytest.mark.parametrize("layout", ["standard", "conversational"])
+def test_a_jsonl_export_imports_again_as_seed_preferences(data_dir, tmp_path, layout):
+    rows = [
+        {"prompt": f"what is {ODD}?", "chosen": f"it is {ODD}", "rejected": "no idea"},
+        {
+            "prompt": CHAT,
+            "chosen": [assistant("hello\u2028there")],
+            "rejected": [assistant("go\x85away")],
+        },
+    ]
+    run("prefs", "import", str(write_jsonl(tmp_path / "s.jsonl", rows)), "--data-dir", data_dir)
+    first = tmp_path / "first.jsonl"
+    run(
+        "export",
+        "--format",
+        "jsonl",
+        "--layout",
+        layout,
+        "--out",
+        str(first),
+        "--data-dir",
+        data_dir,
+    )
+    assert "\u2028" in first.read_text(encoding="utf-8")  # written raw (ensure_ascii=False)
+
+    other = str(tmp_path / "other")
+    run("init", "--data-dir", other)
+    out = run("prefs", "import", str(first), "--data-dir", other).output
+    assert "2 seed preferences added, 0 duplicates skipped" in out
+    second = tmp_path / "second.jsonl"
+    run(
+        "export", "--format", "jsonl", "--layout", layout, "--out", str(second), "--data-dir", other
+    )
+
+    def content(path):
+        lines = path.read_text(encoding="utf-8").split("\n")
+        return [
+            {k: row[k] for k in ("prompt", "chosen", "rejected")}
+            for row in map(json.loads, filter(None, lines))
+        ]
+
+    assert content(second) == content(first)
+    chosen = f"it is {ODD}" if layout == "standard" else [assistant(f"it is {ODD}")]
+    assert chosen in [r["chosen"] for r in content(first)]
 
 
 def test_export_push_to_hub_offline_is_a_clear_error(data_dir, tmp_path, monkeypatch):
