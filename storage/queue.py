@@ -463,13 +463,14 @@ def release_expired(*, session: Session, now: datetime | None = None) -> int:
     return _expire(session, now or utcnow())
 
 
-_QUEUE_LEFT = """
-SELECT
-  (SELECT count(*) FROM pair {hint}
-   WHERE pair.status = 'queued' AND pair.route IN ('human', 'audit')
-     AND pair.n_labels < pair.overlap)
-  -
-  (SELECT count(*) FROM pair
+_QUEUED_SHORT = """
+SELECT count(*) FROM pair {hint}
+WHERE pair.status = 'queued' AND pair.route IN ('human', 'audit') AND pair.n_labels < pair.overlap
+"""
+
+# Of those, the ones this user cannot get: claimed by them before, or filled by live leases.
+_TAKEN_FOR_USER = """
+SELECT count(*) FROM pair
    WHERE pair.id IN (SELECT pair_id FROM assignment WHERE user_id = :user_id
                      UNION
                      SELECT pair_id FROM assignment
@@ -481,17 +482,31 @@ SELECT
           OR pair.n_labels + (SELECT count(*) FROM assignment
                               WHERE assignment.pair_id = pair.id
                                 AND assignment.status = 'active'
-                                AND assignment.expires_at > :now) >= pair.overlap))
+                                AND assignment.expires_at > :now) >= pair.overlap)
 """
 
 
-def queue_stats(*, session: Session, user_id: int, now: datetime | None = None) -> dict[str, int]:
+def count_queued_short(*, session: Session) -> int:
+    """Queued human and audit pairs short of their labels: an index-only count over
+    ix_pair_claim, the one part of `queue_stats` whose cost grows with the queue."""
+    hint = "INDEXED BY ix_pair_claim" if is_sqlite(session.get_bind()) else ""
+    return session.execute(sa.text(_QUEUED_SHORT.format(hint=hint))).scalar_one()
+
+
+def queue_stats(
+    *,
+    session: Session,
+    user_id: int,
+    now: datetime | None = None,
+    queued_short: int | None = None,
+) -> dict[str, int]:
     """{labeled_today: this user's labels since 00:00 UTC, queue_left: pairs they could still get
     (the one they hold included)}.
 
-    The pairs free for this user are counted as: queued human pairs short of labels (an
-    index-only count over ix_pair_claim), less those this user has claimed before or that live
-    leases fill (both found from the assignments, a few rows), never by checking every pair."""
+    The pairs free for this user are counted as: queued human pairs short of labels
+    (`count_queued_short`, or `queued_short` when the caller has it from a moment ago), less
+    those this user has claimed before or that live leases fill (both found from the
+    assignments, a few rows), never by checking every pair."""
     now = now or utcnow()
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     labeled_today = session.exec(
@@ -499,12 +514,14 @@ def queue_stats(*, session: Session, user_id: int, now: datetime | None = None) 
             Label.user_id == user_id, Label.created_at >= midnight
         )
     ).one()
-    hint = "INDEXED BY ix_pair_claim" if is_sqlite(session.get_bind()) else ""
-    claimable = session.execute(
-        sa.text(_QUEUE_LEFT.format(hint=hint)).bindparams(
+    if queued_short is None:
+        queued_short = count_queued_short(session=session)
+    taken = session.execute(
+        sa.text(_TAKEN_FOR_USER).bindparams(
             sa.bindparam("user_id", user_id),
             sa.bindparam("now", now, Assignment.__table__.c.expires_at.type),
         )
     ).scalar_one()
     held = 1 if _held_lease(session, user_id, now) is not None else 0
-    return {"labeled_today": labeled_today, "queue_left": claimable + held}
+    # max: a stale `queued_short` may already miss pairs that the assignments still count
+    return {"labeled_today": labeled_today, "queue_left": max(0, queued_short - taken) + held}

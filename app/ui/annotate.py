@@ -70,7 +70,9 @@ def _next_screen(
 def _with_stats(ctx: AppContext, screen: Screen) -> Screen:
     """Counting the queue scans it: done in a read transaction, outside the writers' lock."""
     with transaction(ctx.rt.engine, readonly=True) as session:
-        stats = queue.queue_stats(session=session, user_id=screen.user.id)
+        stats = queue.queue_stats(
+            session=session, user_id=screen.user.id, queued_short=ctx.queued_short(session)
+        )
     return replace(screen, stats=stats)
 
 

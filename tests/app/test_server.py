@@ -228,3 +228,27 @@ def test_a_click_labels_only_a_pair_the_user_holds(rt, users):
         by_name["label_left"](held_by_ann, {"not": "text"}, as_ann)
     with transaction(rt.engine, readonly=True) as session:
         assert session.exec(select(Label)).all() == []
+
+
+def test_the_queue_counter_is_exact_for_a_small_queue_and_memoized_for_a_large_one(
+    rt, users, monkeypatch
+):
+    from app.ui import guard
+
+    ctx = AppContext(rt=rt, secret=b"k" * 32)
+    seed_pairs(rt, [(f"count me {i}", "a", "b") for i in range(3)])
+
+    def counted() -> int:
+        with transaction(rt.engine, readonly=True) as session:
+            return ctx.queued_short(session)
+
+    assert counted() == 3
+    seed_pairs(rt, [("one more", "a", "b")])
+    assert counted() == 4  # below QUEUE_MEMO_FROM: counted anew at once
+
+    monkeypatch.setattr(guard, "QUEUE_MEMO_FROM", 4)
+    assert counted() == 4
+    seed_pairs(rt, [("and another", "a", "b")])
+    assert counted() == 4  # a large queue: the count of a moment ago serves
+    monkeypatch.setattr(guard, "QUEUE_MEMO_SECONDS", 0.0)
+    assert counted() == 5  # and is counted again once it is older than QUEUE_MEMO_SECONDS

@@ -236,3 +236,19 @@ def test_many_threads_claim_and_submit(engine, overlap):
 @pytest.mark.slow
 def test_32_threads_200_cycles(engine):
     _stress(engine, threads=32, cycles=200, overlap=3)
+
+
+def test_queue_stats_with_a_count_given_subtracts_what_this_user_cannot_get(engine):
+    with transaction(engine) as session:
+        ann, bob = make_user(session).id, make_user(session).id
+        make_pairs(session, 3)
+    held = claim(engine, bob)  # a live lease fills that pair for ann
+    with transaction(engine, readonly=True) as session:
+        assert queue.count_queued_short(session=session) == 3
+        exact = queue.queue_stats(session=session, user_id=ann)
+        given = queue.queue_stats(session=session, user_id=ann, queued_short=3)
+        stale = queue.queue_stats(session=session, user_id=ann, queued_short=0)
+        mine = queue.queue_stats(session=session, user_id=bob, queued_short=3)
+    assert exact == given == {"labeled_today": 0, "queue_left": 2}
+    assert stale["queue_left"] == 0  # an old, smaller count never gives a negative
+    assert held is not None and mine["queue_left"] == 3  # bob's own held pair counts for him
