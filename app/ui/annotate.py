@@ -210,7 +210,9 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
         header = html(header_html(None, page="label"))
         body = html(elem_id="pf-body")
         with gr.Row(elem_id="pf-refresh-row"):
-            refresh = gr.Button("Check again", elem_id="pf-refresh", size="sm")
+            refresh = gr.Button(
+                "Check again", elem_id="pf-refresh", size="sm", scale=0, min_width=160
+            )
         with gr.Column(elem_id="pf-controls"):
             with gr.Row():
                 buttons = {
