@@ -1,8 +1,9 @@
-"""Export speed and memory: N labeled pairs to Parquet, streaming vs a naive load-all export.
+"""Export speed and memory: N labeled pairs to Parquet, streaming vs a naive load-all export,
+and to a `datasets` directory (hf) against the same naive baseline.
 
 Targets (issue #6): 100k pairs to Parquet in <= 10 s on 2 cores; memory growth <= 300 MB when
-exporting 1M. Each export runs in a fresh child process, so its memory growth is its peak RSS
-(VmHWM) minus its RSS once the imports are done, unpolluted by building the data.
+exporting 1M, in every format. Each export runs in a fresh child process, so its memory growth is
+its peak RSS (VmHWM) minus its RSS once the imports are done, unpolluted by building the data.
 
 python -m benchmarks export [--quick]
 """
@@ -151,26 +152,32 @@ def naive_export(url: str, out: Path) -> int:
     return len(records)
 
 
-def streaming_export(url: str, out: Path) -> int:
+def streaming_export(url: str, out: Path, format: str = "parquet") -> int:
     from labeling.export import export_preferences
 
     engine = make_engine(url)
-    result = export_preferences(engine=engine, out=out, format="parquet")
+    result = export_preferences(engine=engine, out=out, format=format)
     engine.dispose()
     return result.rows
 
 
 def _child(kind: str, url: str, out: str, queue) -> None:
     # Imports are not the export's memory: pyarrow's first pa.array() imports pandas (~1-2 s,
-    # ~50 MB once per process; the server has it loaded already through gradio).
+    # ~50 MB once per process; the server has it loaded already through gradio), and an hf
+    # export imports `datasets`.
     import pyarrow as pa
 
     import labeling.export  # noqa: F401
 
+    if kind == "hf":
+        import datasets  # noqa: F401
     pa.array([0])
     before = _rss_kb("VmRSS")
     start = time.perf_counter()
-    rows = (streaming_export if kind == "streaming" else naive_export)(url, Path(out))
+    if kind == "naive":
+        rows = naive_export(url, Path(out))
+    else:
+        rows = streaming_export(url, Path(out), "hf" if kind == "hf" else "parquet")
     seconds = time.perf_counter() - start
     queue.put((rows, seconds, (_rss_kb("VmHWM") - before) / 1024))
 
@@ -206,6 +213,11 @@ def main(quick: bool = False) -> None:
             f"memory growth at {rows:,}: streaming {m_stream:.0f} MB, naive {m_naive:.0f} MB, "
             f"ratio {m_stream / m_naive:.2f}x"
         )
+        _, s_hf, m_hf = measure("hf", url, Path(tmp) / "hf")
+        print(
+            f"export {rows:,} pairs to hf (a datasets directory): {s_hf:.2f}s, memory growth "
+            f"{m_hf:.0f} MB, naive Parquet {m_naive:.0f} MB, ratio {m_hf / m_naive:.2f}x"
+        )
         start = time.perf_counter()
         build_database(url, large - small, start=small)
         print(f"grew to {large:,} pairs in {time.perf_counter() - start:.1f}s", flush=True)
@@ -214,6 +226,11 @@ def main(quick: bool = False) -> None:
             f"export {rows:,} pairs: streaming {s_big:.1f}s, memory growth {m_big:.0f} MB "
             f"(target <= 300 MB; {m_big / m_stream:.2f}x the growth at {small:,} for "
             f"{large // small}x the rows)"
+        )
+        _, s_big_hf, m_big_hf = measure("hf", url, Path(tmp) / "hf")
+        print(
+            f"export {rows:,} pairs to hf: {s_big_hf:.1f}s, memory growth {m_big_hf:.0f} MB "
+            f"(target <= 300 MB; {m_big_hf / m_hf:.2f}x the growth at {small:,})"
         )
 
 

@@ -9,8 +9,9 @@ Two layouts, TRL's names for them:
 Metadata columns follow: pair_id, iteration, policy_version, strategy, source, annotators,
 agreement, proxy_p (see `storage.preferences.PreferenceRow`).
 
-Rows stream from the database in keyset pages and are written in row groups, so memory stays
-flat however many there are. The output appears whole or not at all: it is written beside its
+Rows stream from the database in keyset pages and are written in row groups (an hf directory is
+then filled from the Parquet file one row group at a time), so memory stays flat however many
+there are. The output appears whole or not at all: it is written beside its
 destination and renamed into place. An export that would be empty is refused (ExportError), since
 `datasets` cannot load an empty Parquet file and an empty file is nearly always a wrong filter.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -34,6 +36,7 @@ from storage.models import Split
 from storage.preferences import ALL_SOURCES, PreferenceRow, iter_preferences
 
 ROWS_PER_GROUP = 10_000  # Parquet row group: the most rows held in memory at once
+MAX_SHARD_BYTES = 500 * 10**6  # an hf shard file, as save_to_disk's max_shard_size="500MB"
 
 
 class ExportFormat(StrEnum):
@@ -171,7 +174,7 @@ def export_preferences(
         if n == 0:
             raise ExportError(f"nothing to export: no decided pairs match {filters.as_dict()}")
         if format == ExportFormat.hf:
-            _parquet_to_dataset_dir(partial, Path(tmp) / "dataset", Path(tmp) / "cache")
+            _parquet_to_dataset_dir(partial, Path(tmp) / "dataset")
             if out.exists():
                 shutil.rmtree(out)
             os.replace(Path(tmp) / "dataset", out)
@@ -283,12 +286,46 @@ def _check_replaceable_dir(out: Path) -> None:
         )
 
 
-def _parquet_to_dataset_dir(parquet: Path, out: Path, cache: Path) -> None:
+def _parquet_to_dataset_dir(parquet: Path, out: Path) -> None:
+    """Write the directory `Dataset.save_to_disk` writes (Arrow IPC stream shards, state.json,
+    dataset_info.json) by streaming the Parquet file's row groups into it: save_to_disk needs a
+    whole Dataset first, and the memory of building one grows with the rows."""
     import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    # from_parquet converts in batches into an Arrow file under `cache`; save_to_disk copies it.
-    dataset = datasets.Dataset.from_parquet(str(parquet), cache_dir=str(cache))
-    dataset.save_to_disk(str(out))
+    source = pq.ParquetFile(parquet)
+    features = datasets.Features.from_arrow_schema(source.schema_arrow)
+    schema = features.arrow_schema  # with the features in its metadata, as save_to_disk writes
+    out.mkdir()
+    shards: list[Path] = []
+    batches = source.iter_batches(batch_size=ROWS_PER_GROUP)
+    batch = next(batches, None)
+    while batch is not None:
+        shards.append(out / f"shard-{len(shards)}.arrow")
+        with pa.OSFile(str(shards[-1]), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            written = 0
+            while batch is not None and written < MAX_SHARD_BYTES:
+                writer.write_batch(batch)
+                written += batch.nbytes
+                batch = next(batches, None)
+    # The names carry the shard count, known only now.
+    names = [f"data-{i:05d}-of-{len(shards):05d}.arrow" for i in range(len(shards))]
+    for shard, name in zip(shards, names, strict=True):
+        shard.rename(out / name)
+    datasets.DatasetInfo(features=features).write_to_directory(str(out))
+    state = {
+        "_data_files": [{"filename": name} for name in names],
+        # `datasets` names map()'s cache files after it: a fresh one per export, as a new
+        # Dataset gets (save_to_disk stores the dataset's own).
+        "_fingerprint": secrets.token_hex(8),
+        "_format_columns": None,
+        "_format_kwargs": {},
+        "_format_type": None,
+        "_output_all_columns": False,
+        "_split": "train",
+    }
+    (out / "state.json").write_text(json.dumps(state, indent=2, sort_keys=True), encoding="utf-8")
 
 
 def load_export(path: Path | str, format: ExportFormat | str):

@@ -111,6 +111,39 @@ def test_every_format_loads_with_datasets(sqlite_engine, tmp_path, fmt):
     assert row["agreement"] == 1.0 and row["proxy_p"] == 0.75 and row["iteration"] is None
 
 
+def test_hf_export_streams_into_shards_that_load_in_order(sqlite_engine, tmp_path, monkeypatch):
+    """The hf directory is written row group by row group (no whole Dataset in memory); with
+    tiny row groups and shards, every shard is listed, in order, and the rows come back whole."""
+    import datasets
+
+    from labeling import export
+
+    monkeypatch.setattr(export, "ROWS_PER_GROUP", 2)
+    monkeypatch.setattr(export, "MAX_SHARD_BYTES", 1)
+    pairs = seed_labeled(sqlite_engine, 5)
+    out = tmp_path / "ds"
+    export_preferences(engine=sqlite_engine, out=out, format="hf", layout="conversational")
+    names = [f"data-0000{i}-of-00003.arrow" for i in range(3)]
+    assert sorted(p.name for p in out.iterdir()) == names + ["dataset_info.json", "state.json"]
+    state = json.loads((out / "state.json").read_text())
+    assert [f["filename"] for f in state["_data_files"]] == names
+    dataset = datasets.load_from_disk(str(out))
+    assert dataset["pair_id"] == [p.id for p in pairs]
+    assert dataset.features["chosen"] == datasets.List(
+        {"role": datasets.Value("string"), "content": datasets.Value("string")}
+    )
+    # what from_parquet + save_to_disk made of the same rows
+    parquet = tmp_path / "p.parquet"
+    export_preferences(engine=sqlite_engine, out=parquet, format="parquet", layout="conversational")
+    reference = datasets.Dataset.from_parquet(str(parquet), cache_dir=str(tmp_path / "cache"))
+    assert dataset.features == reference.features and dataset[:] == reference[:]
+    # map() names its cache file after the fingerprint: each export has its own
+    assert dataset.map(lambda row: {"n": len(row["chosen"])})["n"] == [1] * 5
+    again = tmp_path / "again"
+    export_preferences(engine=sqlite_engine, out=again, format="hf", layout="conversational")
+    assert datasets.load_from_disk(str(again))._fingerprint != dataset._fingerprint
+
+
 def test_standard_layout_and_chat_prompts(sqlite_engine, tmp_path):
     (pair,) = seed_labeled(sqlite_engine, 1, chat=True)
     with transaction(sqlite_engine) as session:
@@ -132,8 +165,55 @@ def test_standard_layout_and_chat_prompts(sqlite_engine, tmp_path):
     ]
 
 
-def test_filters_reach_the_file(sqlite_engine, tmp_path):
-    seed_labeled(sqlite_engine, 6)
+def seed_for_filters(engine):
+    """Six pairs that every filter splits; returns {name: pair id}. Labels choose a, but
+    carol's on p3 (agreement 2/3).
+
+    p0  alice                iteration 0   train
+    p1  proxy                iteration 0   train
+    p2  bob                  iteration 1   eval
+    p3  alice, bob, carol    iteration 1   train
+    p4  proxy                no iteration  eval
+    p5  bob                  no iteration  train
+    """
+    from storage.models import IterationState, Prompt
+
+    with transaction(engine) as session:
+        users = {name: make_user(session, name=name).id for name in ("alice", "bob", "carol")}
+        it0 = crud.start_iteration(
+            session=session, policy_in_id=None, human_quota=1, human_budget=1
+        )
+        it0.state = IterationState.deployed
+        session.flush()
+        it1 = crud.start_iteration(
+            session=session, policy_in_id=None, human_quota=1, human_budget=1
+        )
+        plan = [
+            ([("alice", Choice.a)], it0.id, Split.train),
+            ([(None, Choice.a)], it0.id, Split.train),
+            ([("bob", Choice.a)], it1.id, Split.eval),
+            ([("alice", Choice.a), ("bob", Choice.a), ("carol", Choice.b)], it1.id, Split.train),
+            ([(None, Choice.a)], None, Split.eval),
+            ([("bob", Choice.a)], None, Split.train),
+        ]
+        pairs = make_pairs(session, len(plan))
+        for pair, (labels, iteration_id, split) in zip(pairs, plan, strict=True):
+            pair.iteration_id = iteration_id
+            session.get(Prompt, pair.prompt_id).split = split
+            for name, choice in labels:
+                session.add(
+                    Label(
+                        pair_id=pair.id,
+                        user_id=None if name is None else users[name],
+                        source=LabelSource.proxy if name is None else LabelSource.human,
+                        choice=choice,
+                    )
+                )
+        return {f"p{i}": pair.id for i, pair in enumerate(pairs)}
+
+
+def test_each_filter_keeps_some_pairs_and_drops_others(sqlite_engine, tmp_path):
+    ids = seed_for_filters(sqlite_engine)
     out = tmp_path / "p.jsonl"
 
     def exported(**filters):
@@ -142,14 +222,30 @@ def test_filters_reach_the_file(sqlite_engine, tmp_path):
         )
         return [json.loads(line) for line in out.read_text().splitlines()]
 
-    assert {r["source"] for r in exported(sources=("proxy",))} == {"proxy"}
-    assert len(exported(sources=("proxy",))) == 3
-    assert [r["annotators"] for r in exported(annotators=["alice"])] == [["alice"]] * 3
-    with pytest.raises(ExportError, match="nothing to export"):
-        exported(split=Split.eval)
-    with pytest.raises(ExportError, match="nothing to export"):
-        exported(iterations=[0])
-    assert len(exported(min_agreement=1.0)) == 6
+    def kept(**filters):
+        return [r["pair_id"] for r in exported(**filters)]
+
+    def pairs(*names):
+        return [ids[name] for name in names]
+
+    assert kept() == pairs("p0", "p1", "p2", "p3", "p4", "p5")
+    assert kept(iterations=[0]) == pairs("p0", "p1")
+    assert kept(iterations=[1]) == pairs("p2", "p3")
+    assert kept(sources=("proxy",)) == pairs("p1", "p4")
+    assert kept(sources=("human",)) == pairs("p0", "p2", "p3", "p5")
+    assert kept(min_agreement=0.9) == pairs("p0", "p1", "p2", "p4", "p5")
+    assert kept(min_agreement=0.6) == pairs("p0", "p1", "p2", "p3", "p4", "p5")
+    assert kept(split=Split.eval) == pairs("p2", "p4")
+    assert kept(split=Split.train) == pairs("p0", "p1", "p3", "p5")
+    # only the named annotators' labels count: p3 is alice's alone, so unanimous
+    by_alice = exported(annotators=["alice"])
+    assert [(r["pair_id"], r["annotators"], r["agreement"]) for r in by_alice] == [
+        (ids["p0"], ["alice"], 1.0),
+        (ids["p3"], ["alice"], 1.0),
+    ]
+    # bob's a against carol's b is a draw: p3 has no winner among them
+    assert kept(annotators=["bob", "carol"]) == pairs("p2", "p5")
+    assert kept(iterations=[1], min_agreement=0.9) == pairs("p2")
     with pytest.raises(ExportError):
         ExportFilters(min_agreement=1.5)
 
