@@ -4,21 +4,31 @@ functions as the browser views.
 Every call carries a user's API token (`Authorization: Bearer pfl_...`, issued with `prefloop
 users token NAME`); the database holds only its sha256. No token or an unknown one: 401; a
 disabled user: 403; an annotator on an admin route: 403, checked in the handler itself.
-The server's `create_app` includes `router`; the runtime comes from `app.state.runtime`.
+Every answer, errors included, carries `X-Content-Type-Options: nosniff`: responses are model
+output, and no browser may sniff one into HTML. The server's `create_app` includes `router`; the
+runtime comes from `app.state.runtime`.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 from starlette.background import BackgroundTask
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth import hash_token
 from storage import crud, queue
@@ -27,7 +37,28 @@ from storage.models import Role, Split, User
 from storage.runtime import Runtime
 from storage.settings import LabelingSettings, Settings, with_overrides
 
-router = APIRouter(prefix="/api/v1", tags=["api"])
+
+class NoSniffRoute(APIRoute):
+    """A route whose every answer carries `X-Content-Type-Options: nosniff`. Errors are turned
+    into responses here, by FastAPI's own default handlers, so that they carry it too."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def with_nosniff(request: Request) -> Response:
+            try:
+                response = await handler(request)
+            except StarletteHTTPException as exc:
+                response = await http_exception_handler(request, exc)
+            except RequestValidationError as exc:
+                response = await request_validation_exception_handler(request, exc)
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            return response
+
+        return with_nosniff
+
+
+router = APIRouter(prefix="/api/v1", tags=["api"], route_class=NoSniffRoute)
 _bearer = HTTPBearer(auto_error=False, description="An API token: `prefloop users token NAME`.")
 
 MAX_ID = 2**31 - 1  # ids are INTEGER columns; a larger one cannot exist and PostgreSQL refuses it
@@ -42,6 +73,7 @@ ERRORS = {
     401: {"model": ApiError, "description": "No token, or an unknown one."},
     403: {"model": ApiError, "description": "Disabled user, or not allowed for this role."},
 }
+NO_CLAIM = {"model": ApiError, "description": "You hold no claim on this pair."}
 
 
 # who is calling
@@ -213,7 +245,14 @@ def openapi_spec(request: Request) -> JSONResponse:
 # annotators and admins
 
 
-@router.get("/pairs/next", response_model=NextPairOut, responses=ERRORS)
+@router.get(
+    "/pairs/next",
+    response_model=NextPairOut,
+    responses={
+        **ERRORS,
+        409: {"model": ApiError, "description": "Labeling is paused by an admin."},
+    },
+)
 def next_pair(request: Request, user: CurrentUser) -> NextPairOut:
     """Claim the next pair to label (or the one you hold). Responses are model output: show
     them as plain text."""
@@ -231,7 +270,15 @@ def next_pair(request: Request, user: CurrentUser) -> NextPairOut:
 @router.post(
     "/pairs/{pair_id}/label",
     response_model=LabelOut,
-    responses={**ERRORS, 404: {"model": ApiError}, 409: {"model": ApiError}},
+    responses={
+        **ERRORS,
+        404: NO_CLAIM,
+        409: {
+            "model": ApiError,
+            "description": "You skipped the pair, it was withdrawn, or your claim lapsed and "
+            "others took it.",
+        },
+    },
 )
 def label_pair(
     request: Request,
@@ -270,7 +317,11 @@ def label_pair(
 @router.post(
     "/pairs/{pair_id}/skip",
     response_model=SkipOut,
-    responses={**ERRORS, 404: {"model": ApiError}, 409: {"model": ApiError}},
+    responses={
+        **ERRORS,
+        404: NO_CLAIM,
+        409: {"model": ApiError, "description": "You labeled the pair already."},
+    },
 )
 def skip(
     request: Request, user: CurrentUser, pair_id: Annotated[int, Path(ge=1, le=MAX_ID)]
@@ -345,23 +396,25 @@ def export(
     user: CurrentUser,
     format: Literal["jsonl", "parquet", "hf"] = "parquet",
     layout: Literal["standard", "conversational"] = "standard",
-    iteration: Annotated[list[int] | None, Query(description="Iteration k (repeatable).")] = None,
+    iteration: Annotated[
+        list[Annotated[int, Field(ge=0, le=MAX_K)]] | None,
+        Query(description="Iteration k (repeatable)."),
+    ] = None,
     source: Annotated[
         list[Literal["human", "proxy", "seed"]] | None,
         Query(description="Label sources (repeatable); default all."),
     ] = None,
     min_agreement: Annotated[float, Query(ge=0.0, le=1.0)] = 0.0,
-    annotator: Annotated[list[str] | None, Query(description="Count only these users.")] = None,
+    annotator: Annotated[
+        list[Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]] | None,
+        Query(description="Count only these users (repeatable)."),
+    ] = None,
     split: Split | None = None,
 ) -> FileResponse:
     """Download the decided preferences as a dataset file for TRL's DPOTrainer (admins)."""
     from labeling.export import MEDIA_TYPES, ExportError, ExportFilters, export_file
 
     require_admin(user)
-    if iteration is not None and any(not 0 <= k <= MAX_K for k in iteration):
-        raise HTTPException(422, f"iteration: each k within [0, {MAX_K}]")
-    if annotator is not None and any("\x00" in name for name in annotator):
-        raise HTTPException(422, "annotator: must not contain NUL characters")
     rt = get_runtime(request)
     filters = ExportFilters(
         iterations=iteration or None,

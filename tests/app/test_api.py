@@ -103,6 +103,44 @@ def test_the_spec_is_public_and_lists_every_route(world):
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
 
+def test_the_spec_lists_the_errors_each_route_answers(world):
+    client, _, _ = world
+    paths = client.get("/api/v1/openapi.json").json()["paths"]
+    documented = {
+        (method.upper(), path): sorted(int(code) for code in op["responses"] if code != "200")
+        for path, ops in paths.items()
+        for method, op in ops.items()
+    }
+    assert documented == {
+        ("GET", "/api/v1/pairs/next"): [401, 403, 409],
+        ("POST", "/api/v1/pairs/{pair_id}/label"): [401, 403, 404, 409, 422],
+        ("POST", "/api/v1/pairs/{pair_id}/skip"): [401, 403, 404, 409, 422],
+        ("GET", "/api/v1/status"): [401, 403],
+        ("GET", "/api/v1/iterations"): [401, 403],
+        ("GET", "/api/v1/export"): [401, 403, 404, 422],
+    }
+    paused = paths["/api/v1/pairs/next"]["get"]["responses"]["409"]
+    assert "paused" in paused["description"]
+
+
+@pytest.mark.parametrize(
+    "who, path, status",
+    [
+        ("annotator", "/api/v1/status", 200),
+        ("admin", "/api/v1/export?format=jsonl", 200),
+        ("admin", "/api/v1/export?format=jsonl&source=human", 404),
+        ("admin", "/api/v1/export?iteration=-1", 422),
+        ("annotator", "/api/v1/export", 403),
+        (None, "/api/v1/pairs/next", 401),
+    ],
+)
+def test_every_answer_forbids_content_sniffing(world, who, path, status):
+    client, tokens, _ = world
+    response = client.get(path, headers=auth(tokens[who]) if who else {})
+    assert response.status_code == status
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
 def test_label_flow_translates_the_shown_order(world, engine):
     client, tokens, pair_ids = world
     headers = auth(tokens["annotator"])
@@ -138,10 +176,11 @@ def test_label_flow_translates_the_shown_order(world, engine):
     assert (status["user"], status["role"], status["labeled_today"]) == ("ann", "annotator", 1)
     assert status["queue_left"] == 1 and status["paused"] is False
 
+    (never_claimed,) = set(pair_ids) - {first["pair_id"], second["pair_id"]}
     unclaimed = client.post(
-        f"/api/v1/pairs/{pair_ids[0]}/label", json={"choice": "tie"}, headers=headers
+        f"/api/v1/pairs/{never_claimed}/label", json={"choice": "tie"}, headers=headers
     )
-    assert unclaimed.status_code in (200, 404)
+    assert unclaimed.status_code == 404 and "no claim" in unclaimed.json()["detail"]
     bad = client.post(
         f"/api/v1/pairs/{second['pair_id']}/label", json={"choice": "a"}, headers=headers
     )
@@ -205,7 +244,8 @@ def test_admin_export_download_and_iterations(world, engine):
     response = client.get("/api/v1/export?format=parquet&source=proxy", headers=headers)
     assert response.status_code == 200
     assert response.headers["x-prefloop-rows"] == "1"
-    assert "attachment" in response.headers["content-disposition"]
+    assert response.headers["content-disposition"].startswith("attachment;")
+    assert response.headers["content-type"] == "application/vnd.apache.parquet"
     table = pq.read_table(io.BytesIO(response.content))
     assert table.column("pair_id").to_pylist() == [pair_ids[0]]
     assert table.column("source").to_pylist() == ["proxy"]
@@ -216,6 +256,10 @@ def test_admin_export_download_and_iterations(world, engine):
     empty = client.get("/api/v1/export?source=human", headers=headers)
     assert empty.status_code == 404 and "nothing to export" in empty.json()["detail"]
     assert client.get("/api/v1/export?format=csv", headers=headers).status_code == 422
+    for bad in ("iteration=-1", f"iteration={api.MAX_K + 1}", "annotator=a%00b"):
+        refused = client.get(f"/api/v1/export?{bad}", headers=headers)
+        assert refused.status_code == 422, bad
+        assert refused.json()["detail"][0]["loc"][:2] == ["query", bad.split("=")[0]]
     with transaction(engine, readonly=True) as session:
         audits = [a for a in session.exec(__import__("sqlmodel").select(crud.Audit))]
     assert [a.action for a in audits].count("export") == 2
