@@ -1,11 +1,13 @@
 """Admin view, data: prompt upload (JSONL/CSV, all or nothing, line-numbered errors) and the
-preference export download."""
+preference export download, with the CLI's filters (sources, iterations, min agreement,
+annotators, split)."""
 
 from __future__ import annotations
 
 import shutil
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
@@ -14,9 +16,14 @@ from app.ui.guard import AppContext, require_user
 from app.ui.render import escape
 from storage import crud
 from storage.db import transaction
-from storage.models import Role
+from storage.models import Role, Split
+from storage.preferences import ALL_SOURCES
+
+if TYPE_CHECKING:
+    from labeling.export import ExportFilters
 
 EXPORT_KEEP_SECONDS = 600
+SPLITS = ("all", "train", "eval")
 
 
 def _ok(text: str) -> str:
@@ -48,6 +55,64 @@ def upload_prompts(ctx: AppContext, admin_id: int, path: str, name: str, text_fi
     return _ok(f"{name}: {added} prompts added, {skipped} duplicates skipped.")
 
 
+def _items(value: Any, field: str) -> list[str]:
+    """A comma-separated box's entries; empty: none."""
+    if value is None:
+        return []
+    if not isinstance(value, str):
+        raise ValueError(f"{field}: expected text, got {type(value).__name__}")
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def read_export_filters(
+    ctx: AppContext,
+    *,
+    sources: Any,
+    iterations: Any,
+    min_agreement: Any,
+    annotators: Any,
+    split: Any,
+) -> ExportFilters:
+    """The export panel's inputs as ExportFilters, or ValueError naming the field. Everything is
+    checked here: a Gradio event can be called with any values, whatever the page allows."""
+    from labeling.export import ExportFilters
+
+    if not isinstance(sources, list | tuple) or not sources:
+        raise ValueError("Sources: pick at least one label source.")
+    if any(source not in ALL_SOURCES for source in sources):
+        raise ValueError(f"Sources: expected some of {', '.join(ALL_SOURCES)}, got {list(sources)}")
+    ks = []
+    for item in _items(iterations, "Iterations"):
+        if not (item.isascii() and item.isdigit()):
+            raise ValueError(f"Iterations: {item!r} is no iteration k (a whole number >= 0)")
+        ks.append(int(item))
+    if min_agreement is None:
+        min_agreement = 0.0
+    if (
+        isinstance(min_agreement, bool)
+        or not isinstance(min_agreement, int | float)
+        or not 0.0 <= min_agreement <= 1.0
+    ):
+        raise ValueError(f"Min agreement: expected a number from 0 to 1, got {min_agreement!r}")
+    names = _items(annotators, "Annotators")
+    if split not in SPLITS:
+        raise ValueError(f"Split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    with transaction(ctx.rt.engine, readonly=True) as session:
+        known_ks = {iteration.k for iteration in crud.list_iterations(session=session)}
+        known_names = {user.name for user in crud.list_users(session=session)}
+    if missing := sorted(set(ks) - known_ks):
+        raise ValueError(f"Iterations: no iteration {', '.join(map(str, missing))}")
+    if missing := [name for name in names if name not in known_names]:
+        raise ValueError(f"Annotators: no user named {', '.join(map(repr, missing))}")
+    return ExportFilters(
+        iterations=ks or None,
+        sources=tuple(sources),
+        min_agreement=float(min_agreement),
+        annotators=names or None,
+        split=None if split == "all" else Split(split),
+    )
+
+
 def build_data(ctx: AppContext):
     """Components and events of the data tab; returns (refresh function, its outputs)."""
 
@@ -57,20 +122,30 @@ def build_data(ctx: AppContext):
             return _error("Choose a .jsonl or .csv file first.")
         return upload_prompts(ctx, admin.id, file, Path(file).name, text_field)
 
-    def export(fmt: str, layout: str, sources: list[str], request: gr.Request):
+    def export(
+        fmt: str,
+        layout: str,
+        sources: list[str],
+        iterations: str,
+        min_agreement: float | None,
+        annotators: str,
+        split: str,
+        request: gr.Request,
+    ):
         admin = require_user(ctx, request, role=Role.admin)
-        from labeling.export import ExportError, ExportFilters, export_file
+        from labeling.export import export_file
 
-        if not sources:
-            return _error("Pick at least one label source."), None
         try:
-            result = export_file(
-                engine=ctx.rt.engine,
-                format=fmt,
-                layout=layout,
-                filters=ExportFilters(sources=tuple(sources)),
+            filters = read_export_filters(
+                ctx,
+                sources=sources,
+                iterations=iterations,
+                min_agreement=min_agreement,
+                annotators=annotators,
+                split=split,
             )
-        except (ExportError, ValueError) as exc:
+            result = export_file(engine=ctx.rt.engine, format=fmt, layout=layout, filters=filters)
+        except ValueError as exc:  # ExportError too: nothing to export
             return _error(str(exc)), None
         # Gradio copies the file into its cache once this returns; drop ours a while later.
         cleanup = threading.Timer(EXPORT_KEEP_SECONDS, shutil.rmtree, [result.path.parent, True])
@@ -101,9 +176,15 @@ def build_data(ctx: AppContext):
                 info="hf: a datasets directory (load_from_disk), zipped",
             )
             layout = gr.Radio(["standard", "conversational"], value="standard", label="Layout")
-            sources = gr.CheckboxGroup(
-                ["human", "proxy", "seed"], value=["human", "proxy", "seed"], label="Sources"
-            )
+            sources = gr.CheckboxGroup(list(ALL_SOURCES), value=list(ALL_SOURCES), label="Sources")
+            with gr.Row():
+                iterations = gr.Textbox(label="Iterations", placeholder="all, or k's: 0, 2")
+                annotators = gr.Textbox(label="Annotators", placeholder="all, or names: ann, bob")
+            with gr.Row():
+                min_agreement = gr.Number(
+                    0.0, minimum=0.0, maximum=1.0, step=0.05, label="Min agreement"
+                )
+                split = gr.Dropdown(list(SPLITS), value="all", label="Split (of the prompts)")
             export_button = gr.Button("Export", elem_id="pf-export")
             export_result = html(elem_id="pf-export-result")
             download = gr.File(label="Download", interactive=False, elem_id="pf-download")
@@ -111,5 +192,9 @@ def build_data(ctx: AppContext):
         upload, [file, text_field], [upload_result], api_name="prompts_upload", **DIRECT
     )
     export_button.click(
-        export, [fmt, layout, sources], [export_result, download], api_name="export", **DIRECT
+        export,
+        [fmt, layout, sources, iterations, min_agreement, annotators, split],
+        [export_result, download],
+        api_name="export",
+        **DIRECT,
     )
