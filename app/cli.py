@@ -84,7 +84,12 @@ def _ensure_admin(rt: Runtime) -> None:
 
 
 def _init_demo(rt: Runtime) -> None:
-    from training.demo_policy import add_demo_prompts, build_demo_policy, register_demo_policy
+    from training.demo_policy import (
+        add_demo_prompts,
+        build_demo_policy,
+        demo_sample_quality,
+        register_demo_policy,
+    )
 
     added, skipped = add_demo_prompts(engine=rt.engine)
     typer.echo(f"demo prompts: {added} added, {skipped} present already")
@@ -99,6 +104,12 @@ def _init_demo(rt: Runtime) -> None:
     )
     if metrics.get("stopped_early"):
         typer.echo("demo policy: this machine hit the build's time ceiling; pi_0 is undertrained")
+    samples = demo_sample_quality(policy_dir)
+    typer.echo(
+        f"demo policy samples: gold mean {samples['mean']:.1f} (q10 {samples['q10']:.1f}, "
+        f"median {samples['q50']:.1f}, q90 {samples['q90']:.1f}) against "
+        f"{samples['best_mean']:.1f} for the best replies, over {samples['n']} samples"
+    )
     registered = register_demo_policy(engine=rt.engine, policy_dir=policy_dir, build=metrics)
     typer.echo("policy v0: " + ("registered and deployed" if registered else "registered already"))
     with transaction(rt.engine, readonly=True) as session:

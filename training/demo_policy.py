@@ -56,7 +56,13 @@ class DemoPolicyConfig:
         default=1800.0,
         metadata={"help": "Safety ceiling: a machine this slow stops early (metrics say so)."},
     )
-    threads: int = field(default=2, metadata={"help": "torch CPU threads."})
+    threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "torch CPU threads; unset: the cores other processes leave idle (up to 8), "
+            "checked again every 50 steps."
+        },
+    )
     copy_weight: float = field(
         default=10.0, metadata={"help": "Loss weight of reply tokens copied from the prompt."}
     )
@@ -156,12 +162,61 @@ def _heldout_loss(model, rows, pad_id: int) -> float:
     return total / count
 
 
-def _free_threads(limit: int) -> int:
-    """Threads for torch: up to ``limit``, but no more than the idle cores. On a busy machine
-    OpenMP threads that wait for each other at every op run several times slower than one."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    idle = (cores or 1) - os.getloadavg()[0]
-    return max(1, min(limit, round(idle)))
+def _cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+
+
+class _FreeCores:
+    """The cores other processes left idle since the last reading: the idle time of this
+    process's cores in /proc/stat plus this process's own CPU time. None without /proc/stat.
+
+    Not the load average: a minute behind, it counted the pip install `make run` had just
+    finished and left one of 2 idle cores unused (a 190 s build instead of 70)."""
+
+    def __init__(self) -> None:
+        self._last = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, ...] | None:
+        wanted = {f"cpu{i}" for i in _cores()}
+        try:
+            with open("/proc/stat") as f:
+                rows = [line.split() for line in f if line.split(maxsplit=1)[0] in wanted]
+        except (OSError, IndexError):
+            return None
+        if not rows:
+            return None
+        # user nice system idle iowait irq softirq steal (guest time is inside user)
+        ticks = [[int(x) for x in row[1:9]] for row in rows]
+        own = os.times()
+        return (
+            sum(sum(t) for t in ticks),
+            sum(t[3] + t[4] for t in ticks),
+            own.user + own.system,
+            time.monotonic(),
+        )
+
+    def read(self) -> float | None:
+        last, now = self._last, self._sample()
+        self._last = now
+        if last is None or now is None or now[0] <= last[0] or now[3] <= last[3]:
+            return None
+        n = len(_cores())
+        idle = n * (now[1] - last[1]) / (now[0] - last[0])
+        own = (now[2] - last[2]) / (now[3] - last[3])
+        return min(float(n), idle + own)
+
+
+def _threads(requested: int | None, free: float | None) -> int:
+    """Threads for torch: ``requested``, else the free cores, up to 8 (the model's matrices are
+    small; more threads mostly wait for each other). A core counts as free when others use less
+    than a quarter of it: OpenMP threads wait for each other at every op, so on 2 cores with one
+    busy elsewhere 2 threads ran 2.4 times slower than 1 (and 1.7 times faster on 2 idle cores)."""
+    if requested:
+        return requested
+    if free is None:
+        free = float(len(_cores()) or os.cpu_count() or 1)
+    return max(1, min(8, int(free + 0.25)))
 
 
 def _load_build(out_dir: Path, config: DemoPolicyConfig) -> dict | None:
@@ -198,14 +253,22 @@ def _build(out_dir: Path, config: DemoPolicyConfig, *, progress: bool) -> dict:
 
     torch.manual_seed(config.seed)
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(_free_threads(config.threads))
+    free_cores = _FreeCores()  # read first after the corpus and tokenizer (this process only)
     try:
         corpus = demo_corpus(config.n_corpus + config.n_heldout, seed=config.seed)
         tokenizer = _train_tokenizer([f"{p}\n{r}" for p, r in corpus], config.vocab_size)
         encoded = _encode(tokenizer, corpus)
         model = _new_model(tokenizer, config)
         deadline = started + config.max_seconds
-        metrics = _train(model, tokenizer, encoded, config, deadline=deadline, progress=progress)
+        metrics = _train(
+            model,
+            tokenizer,
+            encoded,
+            config,
+            deadline=deadline,
+            free_cores=free_cores,
+            progress=progress,
+        )
     finally:
         torch.set_num_threads(old_threads)
     metrics["seconds"] = round(time.monotonic() - started, 2)
@@ -241,8 +304,11 @@ def _new_model(tokenizer, config: DemoPolicyConfig):
     return model
 
 
-def _train(model, tokenizer, encoded, config: DemoPolicyConfig, *, deadline: float, progress):
-    """AdamW on reply tokens for `config.steps` steps (the deadline is a safety ceiling)."""
+def _train(
+    model, tokenizer, encoded, config: DemoPolicyConfig, *, deadline: float, free_cores, progress
+):
+    """AdamW on reply tokens for `config.steps` steps (the deadline is a safety ceiling); torch's
+    threads follow the free cores, read every 50 steps."""
     import torch
     from tqdm.auto import tqdm
 
@@ -263,6 +329,15 @@ def _train(model, tokenizer, encoded, config: DemoPolicyConfig, *, deadline: flo
             if len(ids) == 1:
                 copy_ids[ids[0]] = True
 
+    threads_used: set[int] = set()
+
+    def follow_free_cores() -> None:
+        threads = _threads(config.threads, free_cores.read())
+        threads_used.add(threads)
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+
+    follow_free_cores()
     initial_loss = _heldout_loss(model, heldout_rows, pad_id)
     generator = torch.Generator().manual_seed(config.seed)
     order: list[int] = []
@@ -271,6 +346,8 @@ def _train(model, tokenizer, encoded, config: DemoPolicyConfig, *, deadline: flo
     bar = tqdm(total=config.steps, desc="demo policy", disable=not progress, leave=False)
     model.train()
     while step < config.steps and time.monotonic() < deadline:
+        if step % 50 == 49:
+            follow_free_cores()
         done = step / config.steps  # cosine decay to 5% of the peak
         warm = min(1.0, (step + 1) / config.warmup_steps)
         for group in optimizer.param_groups:
@@ -305,6 +382,7 @@ def _train(model, tokenizer, encoded, config: DemoPolicyConfig, *, deadline: flo
         "steps": step,
         "stopped_early": step < config.steps,
         "train_seconds": round(time.monotonic() - started, 2),
+        "threads": sorted(threads_used),
         "n_params": sum(p.numel() for p in model.parameters()),
     }
 
@@ -345,8 +423,36 @@ def sample_gold_distribution(
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(_free_threads(2))
+    free_cores = _FreeCores()
+    time.sleep(0.2)  # long enough to tell a busy core from an idle one
+    torch.set_num_threads(_threads(None, free_cores.read()))
     torch.manual_seed(seed)
+    try:
+        scores, examples, ended = _sample_scores(model, tokenizer, prompts, n_per_prompt)
+    finally:
+        torch.set_num_threads(old_threads)
+    best = [gold_judge(p, reference_reply(p, "best")) for p in prompts]
+    ranked = sorted(scores)
+
+    def quantile(q: float) -> float:
+        return ranked[min(len(ranked) - 1, int(q * len(ranked)))]
+
+    return {
+        "n": len(scores),
+        "mean": round(statistics.fmean(scores), 4),
+        "std": round(statistics.pstdev(scores), 4),
+        **{f"q{int(q * 100):02d}": quantile(q) for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)},
+        "frac_ge_8": round(sum(s >= 8 for s in scores) / len(scores), 4),
+        "best_mean": round(statistics.fmean(best), 4),
+        "eos_rate": round(ended / len(scores), 4),
+        "examples": examples,
+    }
+
+
+def _sample_scores(model, tokenizer, prompts: list[str], n_per_prompt: int):
+    """Gold scores of n_per_prompt samples per prompt, a few examples, how many ended with eos."""
+    import torch
+
     scores: list[float] = []
     examples: list[dict] = []
     ended = 0
@@ -377,23 +483,35 @@ def sample_gold_distribution(
             scores.append(score)
             if len(examples) < 8 and i % n_per_prompt == 0:
                 examples.append({"prompt": prompt, "reply": reply, "gold": score})
-    torch.set_num_threads(old_threads)
-    best = [gold_judge(p, reference_reply(p, "best")) for p in prompts]
-    ranked = sorted(scores)
+    return scores, examples, ended
 
-    def quantile(q: float) -> float:
-        return ranked[min(len(ranked) - 1, int(q * len(ranked)))]
 
-    return {
-        "n": len(scores),
-        "mean": round(statistics.fmean(scores), 4),
-        "std": round(statistics.pstdev(scores), 4),
-        **{f"q{int(q * 100):02d}": quantile(q) for q in (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)},
-        "frac_ge_8": round(sum(s >= 8 for s in scores) / len(scores), 4),
-        "best_mean": round(statistics.fmean(best), 4),
-        "eos_rate": round(ended / len(scores), 4),
-        "examples": examples,
-    }
+def demo_sample_quality(
+    policy_dir: Path, *, n_prompts: int = 48, n_per_prompt: int = 4, seed: int = 0
+) -> dict:
+    """`sample_gold_distribution` of the policy on the first ``n_prompts`` eval prompts, cached
+    in the build record (``samples``): the first call samples (seconds), later ones read it.
+    Adds ``params`` and ``seconds``."""
+    path = Path(policy_dir) / BUILD_FILE
+    build = json.loads(path.read_text())
+    params = {"n_prompts": n_prompts, "n_per_prompt": n_per_prompt, "seed": seed}
+    cached = build.get("samples")
+    if isinstance(cached, dict) and cached.get("params") == params:
+        return cached
+    started = time.monotonic()
+    prompts = [text for text, split in demo_prompts() if split == "eval"][:n_prompts]
+    stats = sample_gold_distribution(policy_dir, prompts, n_per_prompt=n_per_prompt, seed=seed)
+    build["samples"] = {"params": params, "seconds": round(time.monotonic() - started, 2), **stats}
+    # Written beside and renamed, so a reader of the record never sees half of it.
+    fd, tmp = tempfile.mkstemp(prefix=f".{BUILD_FILE}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(build, indent=2) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return build["samples"]
 
 
 def add_demo_prompts(*, engine) -> tuple[int, int]:

@@ -235,19 +235,34 @@ def test_environment_value_that_is_not_json_is_reported(data_dir, monkeypatch):
 
 @pytest.mark.slow
 def test_init_demo_ends_ready_to_label_and_is_safe_twice(tmp_path, monkeypatch, demo_policy_dir):
+    import re
     import shutil
 
+    from training import demo_policy
+
     monkeypatch.delenv("PREFLOOP_ADMIN_PASSWORD", raising=False)
-    # the cached build stands in for the 90 s one: init finds it complete and reuses it
+    # the cached build stands in for a fresh one: init finds it complete and reuses it
     shutil.copytree(demo_policy_dir, tmp_path / "policies" / "v0")
     out = run("init", "--demo", "--data-dir", str(tmp_path)).output
     assert "500 added" in out and "first round: iteration 0 queued" in out
+    line = re.search(
+        r"demo policy samples: gold mean (\S+) \(q10 (\S+), median (\S+), q90 (\S+)\) "
+        r"against (\S+) for the best replies, over (\d+) samples",
+        out,
+    )
+    assert line, out
+    mean, q10, median, q90, best = map(float, line.groups()[:5])
+    assert 0 <= q10 <= median <= q90 <= 10 and 0 < mean < 0.8 * best <= 10  # room to improve
+    assert int(line[6]) == 192
     report = status(str(tmp_path))
     assert report["deployed_policy"]["version"] == 0
     assert report["iteration"]["state"] == "labeling"
     assert report["counts"]["pair"] > 0 and report["counts"]["response"] > 0
+    # the second run reads the sample quality from the build record instead of sampling again
+    monkeypatch.setattr(demo_policy, "sample_gold_distribution", None)
     again = run("init", "--demo", "--data-dir", str(tmp_path)).output
     assert "0 added, 500 present already" in again and "first round" not in again
+    assert line[0] in again
     assert status(str(tmp_path))["counts"] == report["counts"]
 
 
