@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli_common import DataDir, fail, runtime
+from app.cli_common import DataDir, runtime
 from storage.settings import DEFAULT_DATA_DIR
 
 
@@ -30,12 +30,8 @@ def serve(
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Serve the labeling and admin views (http://HOST:PORT/), the API and /healthz."""
-    from storage.db import current_revision
-
     given = {"host": host, "port": port, "workers": workers}
     rt = runtime(data_dir, server={k: v for k, v in given.items() if v is not None})
-    if current_revision(rt.engine) is None:
-        raise fail(f"no database in {data_dir}: run `prefloop init --data-dir {data_dir}` first")
     server = rt.settings.server
     scheduler = server.scheduler and not no_scheduler
     shown_host = "127.0.0.1" if server.host in ("0.0.0.0", "::") else server.host

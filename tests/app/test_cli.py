@@ -107,6 +107,7 @@ def test_db_upgrade(data_dir):
         ("status",),
         ("users", "list"),
         ("users", "passwd", "admin"),
+        ("serve", "--no-scheduler"),
         ("export", "--out", "out.jsonl", "--format", "jsonl"),
     ],
 )
