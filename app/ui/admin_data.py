@@ -1,6 +1,6 @@
-"""Admin view, data: prompt upload (JSONL/CSV, all or nothing, line-numbered errors) and the
-preference export download, with the CLI's filters (sources, iterations, min agreement,
-annotators, split)."""
+"""Admin view, data: prompt upload (JSONL, JSON, CSV or Parquet, all or nothing, errors with the
+line or row) and the preference export download, with the CLI's filters (sources, iterations,
+min agreement, annotators, split)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def upload_prompts(ctx: AppContext, admin_id: int, path: str, name: str, text_fi
         records = read_prompts(path, text_field=text_field or "prompt")
     except ImportFileError as exc:
         # Name the file as the admin knows it, not Gradio's temporary copy.
-        where = name + (f", line {exc.line}" if exc.line else "")
+        where = name + (f", {exc.unit} {exc.line}" if exc.line else "")
         where += f", field {exc.field!r}" if exc.field else ""
         return _error(f"{where}: {exc.problem}. Nothing was imported.")
     with transaction(ctx.rt.engine) as session:
@@ -119,7 +119,7 @@ def build_data(ctx: AppContext):
     def upload(file: str | None, text_field: str, request: gr.Request):
         admin = require_user(ctx, request, role=Role.admin)
         if not file:
-            return _error("Choose a .jsonl or .csv file first.")
+            return _error("Choose a prompt file first (.jsonl, .json, .csv or .parquet).")
         return upload_prompts(ctx, admin.id, file, Path(file).name, text_field)
 
     def export(
@@ -163,7 +163,11 @@ def build_data(ctx: AppContext):
     with gr.Row():
         with gr.Column():
             gr.Markdown("**Upload prompts** (JSONL or CSV; a bad file imports nothing)")
-            file = gr.File(label="Prompt file", file_types=[".jsonl", ".csv"], type="filepath")
+            file = gr.File(
+                label="Prompt file",
+                file_types=[".jsonl", ".json", ".csv", ".parquet"],
+                type="filepath",
+            )
             text_field = gr.Textbox("prompt", label="Field or column holding the prompt")
             upload_button = gr.Button("Import prompts", elem_id="pf-import")
             upload_result = html(elem_id="pf-import-result")

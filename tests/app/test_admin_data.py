@@ -121,3 +121,21 @@ def test_an_annotator_is_refused(ctx, export):
     with pytest.raises(Refused, match="Admins only"):
         export("jsonl", "standard", ["human"], "", 0.0, "", "all", _as_user(ctx, users["ann"]))
     assert _export_audits(ctx) == []
+
+
+def test_an_upload_error_names_the_file_and_the_item_or_line(ctx, tmp_path):
+    with gr.Blocks() as blocks:
+        build_data(ctx)
+    upload = _handlers(blocks)["prompts_upload"]
+    users = seed_users(ctx.rt, {"boss": Role.admin})
+    as_boss = _as_user(ctx, users["boss"])
+    bad_array = tmp_path / "prompts.json"
+    bad_array.write_text(json.dumps([{"prompt": "fine"}, {"text": "no prompt field"}]))
+    message = upload(str(bad_array), "prompt", as_boss)
+    assert "prompts.json, item 2, field &#x27;prompt&#x27;" in message
+    assert "Nothing was imported" in message
+    bad_lines = tmp_path / "prompts.jsonl"
+    bad_lines.write_text('{"prompt": "fine"}\n{"prompt": \n')
+    assert "prompts.jsonl, line 2" in upload(str(bad_lines), "prompt", as_boss)
+    with transaction(ctx.rt.engine, readonly=True) as session:
+        assert crud.table_counts(session=session)["prompt"] == 0
