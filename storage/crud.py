@@ -62,6 +62,20 @@ def get_user(*, session: Session, user_id: int) -> User:
     return user
 
 
+_USER_CHECK = sa.select(
+    User.__table__.c.name,
+    User.__table__.c.role,
+    User.__table__.c.active,
+    User.__table__.c.password_hash,
+).where(User.__table__.c.id == sa.bindparam("user_id"))
+
+
+def user_check(*, session: Session, user_id: int) -> sa.Row | None:
+    """(name, role, active, password_hash) of a user, or None: what every request's sign-in
+    check reads, as one plain row (no ORM object to build and track)."""
+    return session.execute(_USER_CHECK, {"user_id": user_id}).first()
+
+
 def get_user_by_name(*, session: Session, name: str) -> User | None:
     return session.exec(select(User).where(User.name == name)).first()
 
@@ -265,8 +279,12 @@ def set_iteration_state(
 # settings changed at run time, audit
 
 
+_OVERRIDES = sa.select(Setting.__table__.c.key, Setting.__table__.c.value)
+
+
 def get_overrides(*, session: Session) -> dict[str, Any]:
-    return {row.key: row.value for row in session.exec(select(Setting))}
+    """The admins' run-time settings, {dotted key: value} (plain rows: read on every click)."""
+    return dict(session.execute(_OVERRIDES).tuples().all())
 
 
 def set_overrides(*, session: Session, values: dict[str, Any], user_id: int | None) -> None:

@@ -499,6 +499,7 @@ def queue_stats(
     user_id: int,
     now: datetime | None = None,
     queued_short: int | None = None,
+    holds_pair: bool | None = None,
 ) -> dict[str, int]:
     """{labeled_today: this user's labels since 00:00 UTC, queue_left: pairs they could still get
     (the one they hold included)}.
@@ -506,7 +507,8 @@ def queue_stats(
     The pairs free for this user are counted as: queued human pairs short of labels
     (`count_queued_short`, or `queued_short` when the caller has it from a moment ago), less
     those this user has claimed before or that live leases fill (both found from the
-    assignments, a few rows), never by checking every pair."""
+    assignments, a few rows), never by checking every pair. `holds_pair`: whether the user
+    holds a lease, when the caller knows (it has just claimed in this transaction)."""
     now = now or utcnow()
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
     labeled_today = session.exec(
@@ -522,6 +524,8 @@ def queue_stats(
             sa.bindparam("now", now, Assignment.__table__.c.expires_at.type),
         )
     ).scalar_one()
-    held = 1 if _held_lease(session, user_id, now) is not None else 0
+    if holds_pair is None:
+        holds_pair = _held_lease(session, user_id, now) is not None
+    held = 1 if holds_pair else 0
     # max: a stale `queued_short` may already miss pairs that the assignments still count
     return {"labeled_today": labeled_today, "queue_left": max(0, queued_short - taken) + held}

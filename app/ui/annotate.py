@@ -12,7 +12,7 @@ click (`prefloop serve --workers N`), and a stale tab cannot label a pair it nev
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -49,9 +49,11 @@ def suggestion_text(s: queue.ShownSuggestion) -> str:
 
 
 def _next_screen(
-    session: Session, settings: Settings, user: CurrentUser, feedback: str = ""
+    ctx: AppContext, session: Session, settings: Settings, user: CurrentUser, feedback: str = ""
 ) -> Screen:
-    """Claim (or re-show) the user's pair, unless labeling is paused."""
+    """Claim (or re-show) the user's pair, unless labeling is paused, and count what is left, in
+    the caller's transaction (one per click: the queue's size is an index count, memoized for
+    a large queue, so the writers' lock is held for the few rows of this user's assignments)."""
     labeling = settings.labeling
     claim = None
     if not labeling.paused:
@@ -64,16 +66,13 @@ def _next_screen(
         message = "The queue is empty: every pair has its labels. Check again later."
     else:
         message = ""
-    return Screen(user, {}, claim, message, labeling.suggestion_mode, feedback)
-
-
-def _with_stats(ctx: AppContext, screen: Screen) -> Screen:
-    """Counting the queue scans it: done in a read transaction, outside the writers' lock."""
-    with transaction(ctx.rt.engine, readonly=True) as session:
-        stats = queue.queue_stats(
-            session=session, user_id=screen.user.id, queued_short=ctx.queued_short(session)
-        )
-    return replace(screen, stats=stats)
+    stats = queue.queue_stats(
+        session=session,
+        user_id=user.id,
+        queued_short=ctx.queued_short(session),
+        holds_pair=None if labeling.paused else claim is not None,
+    )
+    return Screen(user, stats, claim, message, labeling.suggestion_mode, feedback)
 
 
 def _box(css_class: str, untrusted: str, elem_id: str = "") -> str:
@@ -155,8 +154,7 @@ def _bind_choice(choose, choice: str):
 def build_annotate(ctx: AppContext) -> gr.Blocks:
     def screen(user: CurrentUser, feedback: str = "") -> Screen:
         with transaction(ctx.rt.engine) as session:
-            next_screen = _next_screen(session, ctx.effective_settings(session), user, feedback)
-        return _with_stats(ctx, next_screen)
+            return _next_screen(ctx, session, ctx.effective_settings(session), user, feedback)
 
     def show(request: gr.Request):
         user = require_user(ctx, request)
@@ -183,14 +181,16 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
                     revealed = queue.shown_suggestion(
                         session=session, pair_id=pair_id, swapped=label.swapped
                     )
-                next_screen = _next_screen(session, settings, user, _feedback(choice, revealed))
+                next_screen = _next_screen(
+                    ctx, session, settings, user, _feedback(choice, revealed)
+                )
         except gr.Error:
             raise
         except (crud.Conflict, crud.NotFound, ValueError) as exc:
             if user is None:
                 raise
             return _render(screen(user, f'<span class="pf-error">Not saved: {escape(exc)}</span>'))
-        return _render(_with_stats(ctx, next_screen))
+        return _render(next_screen)
 
     def skip(pair_id: Any, request: gr.Request):
         user = require_user(ctx, request)

@@ -106,13 +106,13 @@ def current_user_by_id(
     if session is None:
         with transaction(ctx.rt.engine, readonly=True) as own:
             return current_user_by_id(ctx, data, own)
-    try:
-        user = crud.get_user(session=session, user_id=data.user_id)
-    except crud.NotFound:
+    row = crud.user_check(session=session, user_id=data.user_id)
+    if row is None:
         return None
-    if not user.active or password_fingerprint(user.password_hash) != data.fingerprint:
+    name, role, active, password_hash = row
+    if not active or password_fingerprint(password_hash) != data.fingerprint:
         return None
-    return CurrentUser(id=user.id, name=user.name, role=Role(user.role))
+    return CurrentUser(id=data.user_id, name=name, role=Role(role))
 
 
 def require_user(

@@ -249,6 +249,8 @@ def test_queue_stats_with_a_count_given_subtracts_what_this_user_cannot_get(engi
         given = queue.queue_stats(session=session, user_id=ann, queued_short=3)
         stale = queue.queue_stats(session=session, user_id=ann, queued_short=0)
         mine = queue.queue_stats(session=session, user_id=bob, queued_short=3)
+        told = queue.queue_stats(session=session, user_id=bob, queued_short=3, holds_pair=True)
     assert exact == given == {"labeled_today": 0, "queue_left": 2}
+    assert told == mine  # the caller that has just claimed may say so instead of a query
     assert stale["queue_left"] == 0  # an old, smaller count never gives a negative
     assert held is not None and mine["queue_left"] == 3  # bob's own held pair counts for him
