@@ -284,7 +284,7 @@ _OVERRIDES = sa.select(Setting.__table__.c.key, Setting.__table__.c.value)
 
 def get_overrides(*, session: Session) -> dict[str, Any]:
     """The admins' run-time settings, {dotted key: value} (plain rows: read on every click)."""
-    return dict(session.execute(_OVERRIDES).tuples().all())
+    return dict(session.execute(_OVERRIDES).all())
 
 
 def set_overrides(*, session: Session, values: dict[str, Any], user_id: int | None) -> None:
