@@ -73,7 +73,7 @@ _USER_CHECK = sa.select(
 def user_check(*, session: Session, user_id: int) -> sa.Row | None:
     """(name, role, active, password_hash) of a user, or None: what every request's sign-in
     check reads, as one plain row (no ORM object to build and track)."""
-    return session.execute(_USER_CHECK, {"user_id": user_id}).first()
+    return session.connection().execute(_USER_CHECK, {"user_id": user_id}).first()
 
 
 def get_user_by_name(*, session: Session, name: str) -> User | None:
@@ -284,7 +284,7 @@ _OVERRIDES = sa.select(Setting.__table__.c.key, Setting.__table__.c.value)
 
 def get_overrides(*, session: Session) -> dict[str, Any]:
     """The admins' run-time settings, {dotted key: value} (plain rows: read on every click)."""
-    return dict(session.execute(_OVERRIDES).all())
+    return dict(session.connection().execute(_OVERRIDES).all())
 
 
 def set_overrides(*, session: Session, values: dict[str, Any], user_id: int | None) -> None:
