@@ -94,39 +94,36 @@ def test_latest_scope_trains_the_first_round_on_the_seed_too(engine, tmp_path):
     from training.dpo import load_preferences
     from training.iteration import queue_training
 
+    def labeled_iteration(session, user):
+        """A new iteration, labeling, with one pair the user labeled."""
+        iteration = crud.start_iteration(
+            session=session, policy_in_id=None, human_quota=1, human_budget=1
+        )
+        (pair,) = make_pairs(session, 1, iteration_id=iteration.id)
+        label(session, pair, "b", user=user)
+        crud.set_iteration_state(
+            session=session, iteration_id=iteration.id, state=IterationState.labeling
+        )
+        return iteration, pair
+
     settings = load_settings(tmp_path, loop={"data_scope": "latest"})
     with transaction(engine) as session:
         make_policy(session)
         ann = make_user(session)
         (seed,) = make_pairs(session, 1, strategy=PairStrategy.seed, status=PairStatus.done)
         label(session, seed, "a", source=LabelSource.seed)
-        it0 = crud.start_iteration(
-            session=session, policy_in_id=None, human_quota=1, human_budget=1
-        )
-        (own,) = make_pairs(session, 1, iteration_id=it0.id)
-        label(session, own, "b", user=ann)
-        crud.set_iteration_state(
-            session=session, iteration_id=it0.id, state=IterationState.labeling
-        )
-        ids = (seed.id, own.id)
+        it0, own = labeled_iteration(session, ann)
     job = queue_training(engine=engine, settings=settings)
     assert (job.params["iterations"], job.params["with_seed"]) == ([0], True)
     rows = load_preferences(engine=engine, iterations=[0], with_seed=job.params["with_seed"])
-    assert sorted(r.pair_id for r in rows) == sorted(ids)
+    assert sorted(r.pair_id for r in rows) == sorted([seed.id, own.id])
 
     with transaction(engine) as session:
         jobs.start_job(session=session, job_id=job.id, pid=os.getpid())
         jobs.finish_job(session=session, job_id=job.id)
         for state in (IterationState.evaluating, IterationState.deployed):
             crud.set_iteration_state(session=session, iteration_id=it0.id, state=state)
-        it1 = crud.start_iteration(
-            session=session, policy_in_id=None, human_quota=1, human_budget=1
-        )
-        (later,) = make_pairs(session, 1, iteration_id=it1.id)
-        label(session, later, "a", user=ann)
-        crud.set_iteration_state(
-            session=session, iteration_id=it1.id, state=IterationState.labeling
-        )
+        _, later = labeled_iteration(session, ann)
     job = queue_training(engine=engine, settings=settings)
     assert (job.params["iterations"], job.params["with_seed"]) == ([1], False)
     rows = load_preferences(engine=engine, iterations=[1], with_seed=False)
