@@ -284,19 +284,18 @@ def run_size(n_pairs: int, n_clients: int, seconds: float, n_clicks: int, worker
 
         async def phases() -> dict[str, float]:
             cookies = await asyncio.gather(*(_login(server.url, name) for name in names))
-            best = {"healthz": 0.0, "gradio": 0.0, "api": 0.0}
+            measures = {
+                "healthz": lambda: healthz_rate(server.url, n_clients, seconds),
+                "gradio": lambda: gradio_submit_rate(server.url, cookies, seconds),
+                "api": lambda: api_submit_rate(server.url, tokens, seconds),
+            }
+            best = dict.fromkeys(measures, 0.0)
             # The phases alternate, ROUNDS times, and each keeps its best round: the shared
             # machine's load drifts by tens of percent within a minute.
             for _ in range(ROUNDS):
-                best["healthz"] = max(
-                    best["healthz"], await healthz_rate(server.url, n_clients, seconds)
-                )
-                top_up(server.rt, n_pairs)
-                best["gradio"] = max(
-                    best["gradio"], await gradio_submit_rate(server.url, cookies, seconds)
-                )
-                top_up(server.rt, n_pairs)
-                best["api"] = max(best["api"], await api_submit_rate(server.url, tokens, seconds))
+                for name, measure in measures.items():
+                    top_up(server.rt, n_pairs)
+                    best[name] = max(best[name], await measure())
             return best
 
         rates = asyncio.run(phases())

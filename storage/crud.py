@@ -15,6 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, SQLModel, func, select
 
+from storage.db import run_core
 from storage.models import (
     Audit,
     Iteration,
@@ -73,7 +74,7 @@ _USER_CHECK = sa.select(
 def user_check(*, session: Session, user_id: int) -> sa.Row | None:
     """(name, role, active, password_hash) of a user, or None: what every request's sign-in
     check reads, as one plain row (no ORM object to build and track)."""
-    return session.connection().execute(_USER_CHECK, {"user_id": user_id}).first()
+    return run_core(session, _USER_CHECK, {"user_id": user_id}).first()
 
 
 def get_user_by_name(*, session: Session, name: str) -> User | None:
@@ -284,7 +285,7 @@ _OVERRIDES = sa.select(Setting.__table__.c.key, Setting.__table__.c.value)
 
 def get_overrides(*, session: Session) -> dict[str, Any]:
     """The admins' run-time settings, {dotted key: value} (plain rows: read on every click)."""
-    return dict(session.connection().execute(_OVERRIDES).all())
+    return dict(run_core(session, _OVERRIDES).all())
 
 
 def set_overrides(*, session: Session, values: dict[str, Any], user_id: int | None) -> None:

@@ -16,9 +16,9 @@ One rule decides a pair, for DPO training, the proxy's refits and the dataset ex
 Seed pairs (imported preference datasets, `add_seed_preferences`) belong to no iteration: their
 `iteration` is None, so an `iterations` filter leaves them out unless `with_seed` is set (the
 first DPO round reads them so under `loop.data_scope = "latest"`), and `iterations=None`
-(everything, as DPO rounds and the proxy's fits read it by default) includes them. Each is stored as its
-prompt, two responses with no policy (a = chosen, b = rejected), a pair with strategy `seed` and
-status `done`, and one label with source `seed` choosing a.
+(everything, as DPO rounds and the proxy's fits read it by default) includes them. Each is
+stored as its prompt, two responses with no policy (a = chosen, b = rejected), a pair with
+strategy `seed` and status `done`, and one label with source `seed` choosing a.
 
 `iter_preferences` streams with keyset pagination (``pair.id > last ORDER BY pair.id LIMIT n``)
 over plain column rows, so memory stays flat however many pairs there are, on SQLite and

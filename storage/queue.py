@@ -32,7 +32,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
 from storage.crud import Conflict, NotFound
-from storage.db import is_sqlite
+from storage.db import is_sqlite, run_core
 from storage.models import (
     QUEUED_FOR_HUMANS_SQL,
     Assignment,
@@ -142,16 +142,9 @@ _HELD_LEASE = (
 )
 
 
-def _run(session: Session, statement, params: dict | None = None) -> sa.CursorResult:
-    """A Core statement on the session's connection, in its transaction. The ORM's execute path
-    (session.execute) costs about as much again as the statement itself, and a click runs a
-    dozen of them inside the writers' lock."""
-    return session.connection().execute(statement, params)
-
-
 def _held_lease(session: Session, user_id: int, now: datetime) -> sa.Row | None:
     """(pair_id, swapped, claimed_at, expires_at) of the lease the user holds, if any."""
-    return _run(session, _HELD_LEASE, {"user_id": user_id, "now": now}).first()
+    return run_core(session, _HELD_LEASE, {"user_id": user_id, "now": now}).first()
 
 
 def claim_next_pair(
@@ -214,7 +207,7 @@ def _claim_sqlite(
         sa.bindparam("now", now, when),
         sa.bindparam("expires_at", expires_at, when),
     )
-    return _run(session, statement).scalar_one_or_none()
+    return run_core(session, statement).scalar_one_or_none()
 
 
 def _claim_postgres(
@@ -288,7 +281,7 @@ def _claim_view(
     session: Session, pair_id: int, swapped: bool, claimed_at: datetime, expires_at: datetime
 ) -> Claim:
     """The pair as this user sees it, read in one query (the newest suggestion included)."""
-    row = _run(session, _CLAIM_VIEW, {"pair_id": pair_id}).one()
+    row = run_core(session, _CLAIM_VIEW, {"pair_id": pair_id}).one()
     prompt, messages, text_a, text_b, p_a, uncertainty, agent = row
     shown = None if agent is None else _as_shown(p_a, uncertainty, agent, swapped)
     left, right = (text_b, text_a) if swapped else (text_a, text_b)
@@ -315,7 +308,7 @@ _SUGGESTION_VIEW = (
 
 def shown_suggestion(*, session: Session, pair_id: int, swapped: bool) -> ShownSuggestion | None:
     """The pair's newest suggestion in the order the user saw it (for "revealed after the vote")."""
-    row = _run(session, _SUGGESTION_VIEW, {"pair_id": pair_id}).first()
+    row = run_core(session, _SUGGESTION_VIEW, {"pair_id": pair_id}).first()
     return None if row is None else _as_shown(*row, swapped)
 
 
@@ -370,7 +363,7 @@ def submit_label(
         raise ValueError(f"reason: at most {MAX_REASON_CHARS} characters (got {len(reason)})")
     postgres = not is_sqlite(session.get_bind())
     params = {"pair_id": pair_id, "user_id": user_id}
-    assignment = _run(
+    assignment = run_core(
         session, _SUBMIT_ASSIGNMENT_LOCKED if postgres else _SUBMIT_ASSIGNMENT, params
     ).first()
     if assignment is None:
@@ -378,14 +371,14 @@ def submit_label(
     assignment_id, status, swapped, claimed_at, expires_at = assignment
     if seconds is None and timed_from_claim:
         seconds = max(0.0, (now - claimed_at).total_seconds())
-    existing = _run(session, _EXISTING_LABEL, params).scalar()
+    existing = run_core(session, _EXISTING_LABEL, params).scalar()
     if existing is not None:
         return session.get(Label, existing)
     choice = _translate(shown_choice, swapped)
     if status == AssignmentStatus.skipped:
         raise Conflict(f"pair {pair_id} was skipped by user {user_id}")
 
-    pair_status, n_labels, overlap = _run(
+    pair_status, n_labels, overlap = run_core(
         session, _SUBMIT_PAIR_LOCKED if postgres else _SUBMIT_PAIR, params
     ).one()
     if pair_status == PairStatus.discarded:
@@ -408,9 +401,9 @@ def submit_label(
     # A Core insert (the ORM's flush is the dearest statement of a click); the Label returned
     # is not attached to the session.
     values = label.model_dump(exclude={"id"})
-    label.id = _run(session, _ADD_LABEL, values).scalar_one()
-    _run(session, _MARK_SUBMITTED, {"assignment_id": assignment_id})
-    _run(session, _COUNT_LABEL, params)
+    label.id = run_core(session, _ADD_LABEL, values).scalar_one()
+    run_core(session, _MARK_SUBMITTED, {"assignment_id": assignment_id})
+    run_core(session, _COUNT_LABEL, params)
     return label
 
 
@@ -467,7 +460,7 @@ def _expire(session: Session, now: datetime, *, user_id: int | None = None) -> i
     if user_id is not None:
         query = query.where(_ASSIGNMENT.c.user_id == user_id)
     query = query.values(status=AssignmentStatus.expired.value)
-    return _run(session, query).rowcount
+    return run_core(session, query).rowcount
 
 
 def release_expired(*, session: Session, now: datetime | None = None) -> int:
@@ -511,7 +504,7 @@ def count_queued_short(*, session: Session) -> int:
     """Queued human and audit pairs short of their labels: an index-only count over
     ix_pair_claim, the one part of `queue_stats` whose cost grows with the queue."""
     hint = "INDEXED BY ix_pair_claim" if is_sqlite(session.get_bind()) else ""
-    return _run(session, sa.text(_QUEUED_SHORT.format(hint=hint))).scalar_one()
+    return run_core(session, sa.text(_QUEUED_SHORT.format(hint=hint))).scalar_one()
 
 
 def queue_stats(
@@ -532,12 +525,12 @@ def queue_stats(
     holds a lease, when the caller knows (it has just claimed in this transaction)."""
     now = now or utcnow()
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)
-    labeled_today = _run(
+    labeled_today = run_core(
         session, _LABELED_SINCE, {"user_id": user_id, "since": midnight}
     ).scalar_one()
     if queued_short is None:
         queued_short = count_queued_short(session=session)
-    taken = _run(session, _TAKEN, {"user_id": user_id, "now": now}).scalar_one()
+    taken = run_core(session, _TAKEN, {"user_id": user_id, "now": now}).scalar_one()
     if holds_pair is None:
         holds_pair = _held_lease(session, user_id, now) is not None
     held = 1 if holds_pair else 0

@@ -113,9 +113,7 @@ def preference_records(rows: Iterable[Any], *, chat: bool) -> list[dict[str, Any
     return records
 
 
-def load_preferences(
-    *, engine, iterations: list[int] | None, with_seed: bool = False
-) -> list[Any]:
+def load_preferences(*, engine, iterations: list[int] | None, with_seed: bool = False) -> list[Any]:
     from storage.preferences import iter_preferences
 
     with transaction(engine, readonly=True) as session:
