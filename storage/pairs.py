@@ -58,8 +58,12 @@ def train_prompts(*, session: Session, limit: int, seed: int = 0) -> list[Prompt
     sampled = (
         select(func.count(Response.id)).where(Response.prompt_id == Prompt.id).scalar_subquery()
     )
-    # A seeded, portable shuffle: (id * a + seed) mod m.
-    shuffle = (Prompt.id * 2654435761 + seed) % 4294967291
+    # A seeded, portable shuffle: (id * a + seed) mod m, in 64-bit integers on every database
+    # (PostgreSQL computes an `integer` column times a literal in 32 bits, and overflows).
+    big = sa.BigInteger()
+    shuffle = (
+        sa.cast(Prompt.id, big) * sa.literal(2654435761, big) + sa.literal(seed, big)
+    ) % sa.literal(4294967291, big)
     query = (
         select(Prompt)
         .where(Prompt.active, Prompt.split == Split.train)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
@@ -37,8 +39,9 @@ def sqlite_engine(tmp_path):
     engine.dispose()
 
 
-@pytest.fixture
-def postgres_engine():
+@contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test: its URL, dropped afterwards."""
     if not POSTGRES_URL:
         if os.environ.get("CI"):
             pytest.fail("CI must set PREFLOOP_TEST_POSTGRES_URL (.ci/run starts PostgreSQL)")
@@ -50,20 +53,44 @@ def postgres_engine():
     )
     with admin.connect() as connection:
         connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = sa.engine.make_url(POSTGRES_URL).set(database=name)
-    engine = make_engine(url.render_as_string(hide_password=False))
-    upgrade(engine)
-    yield engine
-    engine.dispose()
-    with admin.connect() as connection:
-        connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
-    admin.dispose()
+    try:
+        yield (
+            sa.engine.make_url(POSTGRES_URL)
+            .set(database=name)
+            .render_as_string(hide_password=False)
+        )
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture
+def postgres_engine():
+    with fresh_postgres_database() as url:
+        engine = make_engine(url)
+        upgrade(engine)
+        yield engine
+        engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def engine(request):
     """The same test on SQLite and on PostgreSQL."""
     return request.getfixturevalue(f"{request.param}_engine")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database(request, monkeypatch):
+    """An integration test on SQLite (the data directory's own file) and on PostgreSQL (a fresh
+    database, named to every runtime and child process through PREFLOOP_DATABASE_URL)."""
+    if request.param == "sqlite":
+        monkeypatch.delenv("PREFLOOP_DATABASE_URL", raising=False)
+        yield "sqlite"
+        return
+    with fresh_postgres_database() as url:
+        monkeypatch.setenv("PREFLOOP_DATABASE_URL", url)
+        yield "postgres"
 
 
 @pytest.fixture(scope="session")

@@ -52,14 +52,14 @@ def setup_loop(engine, tmp_path, policy_dir, **sections) -> Settings:
 
 
 def test_first_round_pairs_at_random_for_humans_then_simulated_labels(
-    sqlite_engine, tmp_path, policy_dir
+    engine, tmp_path, policy_dir
 ):
-    settings = setup_loop(sqlite_engine, tmp_path, policy_dir)
-    report = generate_round(engine=sqlite_engine, settings=settings)
+    settings = setup_loop(engine, tmp_path, policy_dir)
+    report = generate_round(engine=engine, settings=settings)
     assert report["iteration_k"] == 0 and report["prompts"] == 6
     assert report["responses"] == 24 and report["strategy"] == "random"  # no proxy fitted yet
     assert report["routes"]["human"] == report["pairs"] >= 4
-    with transaction(sqlite_engine, readonly=True) as session:
+    with transaction(engine, readonly=True) as session:
         iteration = session.exec(sa.select(Iteration)).scalar_one()
         assert iteration.state == IterationState.labeling
         responses = session.exec(sa.select(Response)).scalars().all()
@@ -77,24 +77,24 @@ def test_first_round_pairs_at_random_for_humans_then_simulated_labels(
             assert a.prompt_id == b.prompt_id == pair.prompt_id and a.text != b.text
 
     # two simulated annotators label everything through the queue
-    n = simulate_labels(engine=sqlite_engine, settings=settings, annotators=2, noise=0.5)
+    n = simulate_labels(engine=engine, settings=settings, annotators=2, noise=0.5)
     assert n == report["pairs"]
-    with transaction(sqlite_engine, readonly=True) as session:
+    with transaction(engine, readonly=True) as session:
         statuses = session.exec(sa.select(Pair.status)).scalars().all()
         assert set(statuses) == {PairStatus.done}
         users = {u.name for u in crud.list_users(session=session)}
     assert {"sim-1", "sim-2"} <= users
-    quality = quality_report(engine=sqlite_engine)
+    quality = quality_report(engine=engine)
     assert quality["human_labels"] == n
     assert sum(a["labels"] for a in quality["annotators"]) == n
     assert all(a["median_seconds"] > 0 for a in quality["annotators"])
 
 
 def test_confident_pairs_are_labeled_by_the_proxy_within_the_human_budget(
-    sqlite_engine, tmp_path, policy_dir
+    engine, tmp_path, policy_dir
 ):
     settings = setup_loop(
-        sqlite_engine,
+        engine,
         tmp_path,
         policy_dir,
         proxy={"kind": "judge"},
@@ -107,10 +107,10 @@ def test_confident_pairs_are_labeled_by_the_proxy_within_the_human_budget(
         },
         labeling={"overlap": 2},
     )
-    report = generate_round(engine=sqlite_engine, settings=settings)
+    report = generate_round(engine=engine, settings=settings)
     assert report["strategy"] == "max_min"
     assert report["routes"]["human"] + report["routes"]["audit"] <= 2
-    with transaction(sqlite_engine, readonly=True) as session:
+    with transaction(engine, readonly=True) as session:
         rows = session.exec(sa.select(Pair)).scalars().all()
         suggestions = {s.pair_id: s for s in session.exec(sa.select(Suggestion)).scalars()}
         proxy_labels = {
@@ -137,17 +137,17 @@ def test_confident_pairs_are_labeled_by_the_proxy_within_the_human_budget(
             assert pair.id not in proxy_labels
 
 
-def test_explore_pairs_the_policy_with_a_hotter_enhancer(sqlite_engine, tmp_path, policy_dir):
+def test_explore_pairs_the_policy_with_a_hotter_enhancer(engine, tmp_path, policy_dir):
     settings = setup_loop(
-        sqlite_engine,
+        engine,
         tmp_path,
         policy_dir,
         proxy={"kind": "judge"},
         pairing={"strategy": "explore", "enhancer_temperature": 1.5, "enhancer_samples": 2},
     )
-    report = generate_round(engine=sqlite_engine, settings=settings, n_prompts=3)
+    report = generate_round(engine=engine, settings=settings, n_prompts=3)
     assert report["responses"] == 3 * (4 + 2)
-    with transaction(sqlite_engine, readonly=True) as session:
+    with transaction(engine, readonly=True) as session:
         explored = session.exec(sa.select(Pair)).scalars().all()
         assert len(explored) == report["pairs"] > 0
         for pair in explored:
@@ -160,43 +160,43 @@ def test_explore_pairs_the_policy_with_a_hotter_enhancer(sqlite_engine, tmp_path
 
 
 def test_a_failed_round_leaves_the_iteration_failed_and_stores_nothing(
-    sqlite_engine, tmp_path, policy_dir
+    engine, tmp_path, policy_dir
 ):
-    settings = setup_loop(sqlite_engine, tmp_path, tmp_path / "no-such-policy")
+    settings = setup_loop(engine, tmp_path, tmp_path / "no-such-policy")
     with pytest.raises(Exception):  # noqa: B017 - whatever transformers raises for a bad path
-        generate_round(engine=sqlite_engine, settings=settings)
-    with transaction(sqlite_engine, readonly=True) as session:
+        generate_round(engine=engine, settings=settings)
+    with transaction(engine, readonly=True) as session:
         iteration = session.exec(sa.select(Iteration)).scalar_one()
         assert iteration.state == IterationState.failed and "generation" in iteration.error
         assert session.exec(sa.select(sa.func.count(Response.id))).scalar_one() == 0
 
 
 @pytest.mark.slow
-def test_second_round_pairs_by_the_refit_proxy(sqlite_engine, tmp_path, policy_dir):
+def test_second_round_pairs_by_the_refit_proxy(engine, tmp_path, policy_dir):
     from labeling.proxy import refit_proxy
 
     settings = setup_loop(
-        sqlite_engine,
+        engine,
         tmp_path,
         policy_dir,
         labeling={"overlap": 2},  # 6 pairs, 12 labels
     )
-    first = generate_round(engine=sqlite_engine, settings=settings)
-    simulate_labels(engine=sqlite_engine, settings=settings, annotators=2, noise=0.5)
-    version = refit_proxy(engine=sqlite_engine, settings=settings)
+    first = generate_round(engine=engine, settings=settings)
+    simulate_labels(engine=engine, settings=settings, annotators=2, noise=0.5)
+    version = refit_proxy(engine=engine, settings=settings)
     assert version is not None and version.n_labels >= 8
-    with transaction(sqlite_engine) as session:  # the training round, cut short
+    with transaction(engine) as session:  # the training round, cut short
         for state in (IterationState.training, IterationState.evaluating, IterationState.rejected):
             crud.set_iteration_state(
                 session=session, iteration_id=first["iteration_id"], state=state
             )
-    second = generate_round(engine=sqlite_engine, settings=settings)
+    second = generate_round(engine=engine, settings=settings)
     assert (second["iteration_k"], second["strategy"], second["proxy"]) == (
         1,
         "max_min",
         "proxy:v1",
     )
-    with transaction(sqlite_engine, readonly=True) as session:
+    with transaction(engine, readonly=True) as session:
         rows = (
             session.exec(sa.select(Pair).where(Pair.iteration_id == second["iteration_id"]))
             .scalars()
