@@ -4,8 +4,10 @@ The result is an ordinary Hugging Face checkpoint directory (model, tokenizer wi
 ``prefloop_demo.json`` with the build config and metrics), addressed by path like any other policy.
 Two layers rather than four: on 2 CPU cores a build of about 80 seconds allows 800 steps, and the
 smaller model learns the task's structure (and to copy the customer's name) in fewer of them.
-The step count is fixed, not a time budget, so the demo's pi_0 (and every number measured on it)
-is the same on a busy machine as on an idle one; only the wall time differs.
+The step count and torch's thread count are fixed, not a time budget or the cores left idle:
+the thread count changes how reductions split and so the floating-point result. The demo's pi_0
+(and every number measured on it) is then the same on a busy machine as on an idle one of the
+same CPU kind; only the wall time differs.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from labeling.demo_task import NAMES, demo_corpus, demo_prompts, gold_judge, reference_reply
 
 BUILD_FILE = "prefloop_demo.json"
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -56,11 +58,11 @@ class DemoPolicyConfig:
         default=1800.0,
         metadata={"help": "Safety ceiling: a machine this slow stops early (metrics say so)."},
     )
-    threads: int | None = field(
-        default=None,
+    threads: int = field(
+        default=2,
         metadata={
-            "help": "torch CPU threads; unset: the cores other processes leave idle (up to 8), "
-            "checked again every 50 steps."
+            "help": "torch CPU threads, fixed: another count gives other floating-point results "
+            "(2 threads ran 1.7x faster than 1 on 2 idle cores)."
         },
     )
     copy_weight: float = field(
@@ -162,63 +164,6 @@ def _heldout_loss(model, rows, pad_id: int) -> float:
     return total / count
 
 
-def _cores() -> list[int]:
-    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-
-
-class _FreeCores:
-    """The cores other processes left idle since the last reading: the idle time of this
-    process's cores in /proc/stat plus this process's own CPU time. None without /proc/stat.
-
-    Not the load average: a minute behind, it counted the pip install `make run` had just
-    finished and left one of 2 idle cores unused (a 190 s build instead of 70)."""
-
-    def __init__(self) -> None:
-        self._last = self._sample()
-
-    @staticmethod
-    def _sample() -> tuple[float, ...] | None:
-        wanted = {f"cpu{i}" for i in _cores()}
-        try:
-            with open("/proc/stat") as f:
-                rows = [line.split() for line in f if line.split(maxsplit=1)[0] in wanted]
-        except (OSError, IndexError):
-            return None
-        if not rows:
-            return None
-        # user nice system idle iowait irq softirq steal (guest time is inside user)
-        ticks = [[int(x) for x in row[1:9]] for row in rows]
-        own = os.times()
-        return (
-            sum(sum(t) for t in ticks),
-            sum(t[3] + t[4] for t in ticks),
-            own.user + own.system,
-            time.monotonic(),
-        )
-
-    def read(self) -> float | None:
-        last, now = self._last, self._sample()
-        self._last = now
-        if last is None or now is None or now[0] <= last[0] or now[3] <= last[3]:
-            return None
-        n = len(_cores())
-        idle = n * (now[1] - last[1]) / (now[0] - last[0])
-        own = (now[2] - last[2]) / (now[3] - last[3])
-        return min(float(n), idle + own)
-
-
-def _threads(requested: int | None, free: float | None) -> int:
-    """Threads for torch: ``requested``, else the free cores, up to 8 (the model's matrices are
-    small; more threads mostly wait for each other). A core counts as free when others use less
-    than a quarter of it: OpenMP threads wait for each other at every op, so on 2 cores with one
-    busy elsewhere 2 threads ran 2.4 times slower than 1 (and 1.7 times faster on 2 idle cores)."""
-    if requested:
-        return requested
-    if free is None:
-        free = float(len(_cores()) or os.cpu_count() or 1)
-    return max(1, min(8, int(free + 0.25)))
-
-
 def _load_build(out_dir: Path, config: DemoPolicyConfig) -> dict | None:
     try:
         saved = json.loads((out_dir / BUILD_FILE).read_text())
@@ -253,7 +198,7 @@ def _build(out_dir: Path, config: DemoPolicyConfig, *, progress: bool) -> dict:
 
     torch.manual_seed(config.seed)
     old_threads = torch.get_num_threads()
-    free_cores = _FreeCores()  # read first after the corpus and tokenizer (this process only)
+    torch.set_num_threads(config.threads)
     try:
         corpus = demo_corpus(config.n_corpus + config.n_heldout, seed=config.seed)
         tokenizer = _train_tokenizer([f"{p}\n{r}" for p, r in corpus], config.vocab_size)
@@ -266,7 +211,6 @@ def _build(out_dir: Path, config: DemoPolicyConfig, *, progress: bool) -> dict:
             encoded,
             config,
             deadline=deadline,
-            free_cores=free_cores,
             progress=progress,
         )
     finally:
@@ -304,11 +248,8 @@ def _new_model(tokenizer, config: DemoPolicyConfig):
     return model
 
 
-def _train(
-    model, tokenizer, encoded, config: DemoPolicyConfig, *, deadline: float, free_cores, progress
-):
-    """AdamW on reply tokens for `config.steps` steps (the deadline is a safety ceiling); torch's
-    threads follow the free cores, read every 50 steps."""
+def _train(model, tokenizer, encoded, config: DemoPolicyConfig, *, deadline: float, progress):
+    """AdamW on reply tokens for `config.steps` steps (the deadline is a safety ceiling)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -329,15 +270,6 @@ def _train(
             if len(ids) == 1:
                 copy_ids[ids[0]] = True
 
-    threads_used: set[int] = set()
-
-    def follow_free_cores() -> None:
-        threads = _threads(config.threads, free_cores.read())
-        threads_used.add(threads)
-        if threads != torch.get_num_threads():
-            torch.set_num_threads(threads)
-
-    follow_free_cores()
     initial_loss = _heldout_loss(model, heldout_rows, pad_id)
     generator = torch.Generator().manual_seed(config.seed)
     order: list[int] = []
@@ -346,8 +278,6 @@ def _train(
     bar = tqdm(total=config.steps, desc="demo policy", disable=not progress, leave=False)
     model.train()
     while step < config.steps and time.monotonic() < deadline:
-        if step % 50 == 49:
-            follow_free_cores()
         done = step / config.steps  # cosine decay to 5% of the peak
         warm = min(1.0, (step + 1) / config.warmup_steps)
         for group in optimizer.param_groups:
@@ -382,7 +312,7 @@ def _train(
         "steps": step,
         "stopped_early": step < config.steps,
         "train_seconds": round(time.monotonic() - started, 2),
-        "threads": sorted(threads_used),
+        "threads": config.threads,
         "n_params": sum(p.numel() for p in model.parameters()),
     }
 
@@ -423,9 +353,7 @@ def sample_gold_distribution(
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(policy_dir).eval()
     old_threads = torch.get_num_threads()
-    free_cores = _FreeCores()
-    time.sleep(0.2)  # long enough to tell a busy core from an idle one
-    torch.set_num_threads(_threads(None, free_cores.read()))
+    torch.set_num_threads(DemoPolicyConfig.threads)  # fixed, as in the build: the same samples
     torch.manual_seed(seed)
     try:
         scores, examples, ended = _sample_scores(model, tokenizer, prompts, n_per_prompt)

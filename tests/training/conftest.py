@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
 from sqlmodel import select
 
 from storage import crud
@@ -40,13 +39,6 @@ def make_loop_runtime(data_dir, policy_dir, **flags) -> Runtime:
     add_demo_prompts(engine=rt.engine)
     register_demo_policy(engine=rt.engine, policy_dir=data_dir / "policies" / "v0")
     return rt
-
-
-@pytest.fixture
-def loop_rt(tmp_path, demo_policy_dir) -> Runtime:
-    rt = make_loop_runtime(tmp_path / "data", demo_policy_dir)
-    yield rt
-    rt.engine.dispose()
 
 
 def labeled_round(rt: Runtime, n_pairs: int, *, flip: bool = False) -> int:
