@@ -34,7 +34,8 @@ def make_loop_runtime(data_dir, policy_dir, **flags) -> Runtime:
 
     (data_dir / "policies").mkdir(parents=True)
     shutil.copytree(policy_dir, data_dir / "policies" / "v0")
-    rt = open_runtime(data_dir, **{**SMALL, **flags})
+    sections = {name: {**SMALL.get(name, {}), **flags.get(name, {})} for name in {*SMALL, *flags}}
+    rt = open_runtime(data_dir, **sections)
     upgrade(rt.engine)
     add_demo_prompts(engine=rt.engine)
     register_demo_policy(engine=rt.engine, policy_dir=data_dir / "policies" / "v0")
