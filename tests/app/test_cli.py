@@ -20,7 +20,7 @@ def run(*args: str, input: str | None = None, ok: bool = True):
 
 
 @pytest.fixture
-def data_dir(tmp_path, monkeypatch):
+def data_dir(tmp_path, monkeypatch, database):
     monkeypatch.delenv("PREFLOOP_ADMIN_PASSWORD", raising=False)
     run("init", "--data-dir", str(tmp_path))
     return str(tmp_path)
@@ -235,7 +235,9 @@ def test_environment_value_that_is_not_json_is_reported(data_dir, monkeypatch):
 
 
 @pytest.mark.slow
-def test_init_demo_ends_ready_to_label_and_is_safe_twice(tmp_path, monkeypatch, demo_policy_dir):
+def test_init_demo_ends_ready_to_label_and_is_safe_twice(
+    tmp_path, monkeypatch, demo_policy_dir, database
+):
     import re
     import shutil
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 
 import pytest
 
 from app.auth import hash_token
-from storage.db import make_engine, sqlite_url, transaction
+from storage.db import transaction
 from storage.models import Split
+from storage.runtime import open_runtime
 from tests.app.test_cli import run, status
+from tests.conftest import fresh_postgres_database
 from tests.labeling.test_importing import CHAT, ODD, assistant, write_jsonl, write_parquet
 
 
 @pytest.fixture
-def data_dir(tmp_path, monkeypatch):
+def data_dir(tmp_path, monkeypatch, database):
     monkeypatch.delenv("PREFLOOP_ADMIN_PASSWORD", raising=False)
     path = tmp_path / "data"
     run("init", "--data-dir", str(path))
@@ -22,9 +25,7 @@ def data_dir(tmp_path, monkeypatch):
 
 
 def engine_of(data_dir):
-    from pathlib import Path
-
-    return make_engine(sqlite_url(Path(data_dir)))
+    return open_runtime(data_dir).engine
 
 
 def test_prompts_import_parquet_messages_and_eval_share(data_dir, tmp_path):
@@ -167,7 +168,9 @@ def test_seed_import_then_export_round_trip(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("layout", ["standard", "conversational"])
-def test_a_jsonl_export_imports_again_as_seed_preferences(data_dir, tmp_path, layout):
+def test_a_jsonl_export_imports_again_as_seed_preferences(
+    data_dir, tmp_path, layout, database, monkeypatch
+):
     rows = [
         {"prompt": f"what is {ODD}?", "chosen": f"it is {ODD}", "rejected": "no idea"},
         {
@@ -192,13 +195,25 @@ def test_a_jsonl_export_imports_again_as_seed_preferences(data_dir, tmp_path, la
     assert "\u2028" in first.read_text(encoding="utf-8")  # written raw (ensure_ascii=False)
 
     other = str(tmp_path / "other")
-    run("init", "--data-dir", other)
-    out = run("prefs", "import", str(first), "--data-dir", other).output
+    with ExitStack() as stack:  # another data directory, and on PostgreSQL another database
+        if database == "postgres":
+            url = stack.enter_context(fresh_postgres_database())
+            monkeypatch.setenv("PREFLOOP_DATABASE_URL", url)
+        run("init", "--data-dir", other)
+        out = run("prefs", "import", str(first), "--data-dir", other).output
+        second = tmp_path / "second.jsonl"
+        run(
+            "export",
+            "--format",
+            "jsonl",
+            "--layout",
+            layout,
+            "--out",
+            str(second),
+            "--data-dir",
+            other,
+        )
     assert "2 seed preferences added, 0 duplicates skipped" in out
-    second = tmp_path / "second.jsonl"
-    run(
-        "export", "--format", "jsonl", "--layout", layout, "--out", str(second), "--data-dir", other
-    )
 
     def content(path):
         lines = path.read_text(encoding="utf-8").split("\n")

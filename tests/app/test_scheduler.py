@@ -15,7 +15,7 @@ def _stored_ids(engine):
         return [row[0] for row in rows]
 
 
-def test_jobs_persist_across_restarts_and_follow_settings(tmp_path):
+def test_jobs_persist_across_restarts_and_follow_settings(tmp_path, database):
     rt = open_runtime(tmp_path, loop={"interval_minutes": 30, "quota_check_seconds": 3600})
     upgrade(rt.engine)
     handle = start_scheduler(rt)

@@ -97,10 +97,10 @@ def test_export_trains_one_dpo_step_unchanged(
 
 
 @pytest.mark.parametrize("fmt", list(ExportFormat))
-def test_every_format_loads_with_datasets(sqlite_engine, tmp_path, fmt):
-    seed_labeled(sqlite_engine, 3)
+def test_every_format_loads_with_datasets(engine, tmp_path, fmt):
+    seed_labeled(engine, 3)
     out = tmp_path / {"jsonl": "p.jsonl", "parquet": "p.parquet", "hf": "p"}[fmt]
-    export_preferences(engine=sqlite_engine, out=out, format=fmt, layout="conversational")
+    export_preferences(engine=engine, out=out, format=fmt, layout="conversational")
     dataset = load_export(out, fmt)
     assert len(dataset) == 3
     row = dataset[0]
@@ -111,7 +111,7 @@ def test_every_format_loads_with_datasets(sqlite_engine, tmp_path, fmt):
     assert row["agreement"] == 1.0 and row["proxy_p"] == 0.75 and row["iteration"] is None
 
 
-def test_hf_export_streams_into_shards_that_load_in_order(sqlite_engine, tmp_path, monkeypatch):
+def test_hf_export_streams_into_shards_that_load_in_order(engine, tmp_path, monkeypatch):
     """The hf directory is written row group by row group (no whole Dataset in memory); with
     tiny row groups and shards, every shard is listed, in order, and the rows come back whole."""
     import datasets
@@ -120,9 +120,9 @@ def test_hf_export_streams_into_shards_that_load_in_order(sqlite_engine, tmp_pat
 
     monkeypatch.setattr(export, "ROWS_PER_GROUP", 2)
     monkeypatch.setattr(export, "MAX_SHARD_BYTES", 1)
-    pairs = seed_labeled(sqlite_engine, 5)
+    pairs = seed_labeled(engine, 5)
     out = tmp_path / "ds"
-    export_preferences(engine=sqlite_engine, out=out, format="hf", layout="conversational")
+    export_preferences(engine=engine, out=out, format="hf", layout="conversational")
     names = [f"data-0000{i}-of-00003.arrow" for i in range(3)]
     assert sorted(p.name for p in out.iterdir()) == names + ["dataset_info.json", "state.json"]
     state = json.loads((out / "state.json").read_text())
@@ -134,19 +134,19 @@ def test_hf_export_streams_into_shards_that_load_in_order(sqlite_engine, tmp_pat
     )
     # what from_parquet + save_to_disk made of the same rows
     parquet = tmp_path / "p.parquet"
-    export_preferences(engine=sqlite_engine, out=parquet, format="parquet", layout="conversational")
+    export_preferences(engine=engine, out=parquet, format="parquet", layout="conversational")
     reference = datasets.Dataset.from_parquet(str(parquet), cache_dir=str(tmp_path / "cache"))
     assert dataset.features == reference.features and dataset[:] == reference[:]
     # map() names its cache file after the fingerprint: each export has its own
     assert dataset.map(lambda row: {"n": len(row["chosen"])})["n"] == [1] * 5
     again = tmp_path / "again"
-    export_preferences(engine=sqlite_engine, out=again, format="hf", layout="conversational")
+    export_preferences(engine=engine, out=again, format="hf", layout="conversational")
     assert datasets.load_from_disk(str(again))._fingerprint != dataset._fingerprint
 
 
-def test_standard_layout_and_chat_prompts(sqlite_engine, tmp_path):
-    (pair,) = seed_labeled(sqlite_engine, 1, chat=True)
-    with transaction(sqlite_engine) as session:
+def test_standard_layout_and_chat_prompts(engine, tmp_path):
+    (pair,) = seed_labeled(engine, 1, chat=True)
+    with transaction(engine) as session:
         from sqlmodel import select
 
         from storage.models import Pair, Prompt
@@ -154,10 +154,10 @@ def test_standard_layout_and_chat_prompts(sqlite_engine, tmp_path):
         chat_prompt = session.exec(select(Prompt).where(Prompt.text == "and now?")).one()
         session.get(Pair, pair.id).prompt_id = chat_prompt.id
     out = tmp_path / "p.jsonl"
-    export_preferences(engine=sqlite_engine, out=out, format="jsonl", layout="standard")
+    export_preferences(engine=engine, out=out, format="jsonl", layout="standard")
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert (row["prompt"], row["chosen"]) == ("and now?", "a kind and helpful answer 0")
-    export_preferences(engine=sqlite_engine, out=out, format="jsonl", layout="conversational")
+    export_preferences(engine=engine, out=out, format="jsonl", layout="conversational")
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["prompt"] == [
         {"role": "system", "content": "be kind"},
@@ -212,13 +212,13 @@ def seed_for_filters(engine):
         return {f"p{i}": pair.id for i, pair in enumerate(pairs)}
 
 
-def test_each_filter_keeps_some_pairs_and_drops_others(sqlite_engine, tmp_path):
-    ids = seed_for_filters(sqlite_engine)
+def test_each_filter_keeps_some_pairs_and_drops_others(engine, tmp_path):
+    ids = seed_for_filters(engine)
     out = tmp_path / "p.jsonl"
 
     def exported(**filters):
         export_preferences(
-            engine=sqlite_engine, out=out, format="jsonl", filters=ExportFilters(**filters)
+            engine=engine, out=out, format="jsonl", filters=ExportFilters(**filters)
         )
         return [json.loads(line) for line in out.read_text().splitlines()]
 
@@ -250,12 +250,12 @@ def test_each_filter_keeps_some_pairs_and_drops_others(sqlite_engine, tmp_path):
         ExportFilters(min_agreement=1.5)
 
 
-def test_an_empty_export_is_refused_and_writes_nothing(sqlite_engine, tmp_path):
-    seed_labeled(sqlite_engine, 2)
+def test_an_empty_export_is_refused_and_writes_nothing(engine, tmp_path):
+    seed_labeled(engine, 2)
     for fmt, name in [("parquet", "e.parquet"), ("jsonl", "e.jsonl"), ("hf", "e")]:
         with pytest.raises(ExportError, match="nothing to export"):
             export_preferences(
-                engine=sqlite_engine,
+                engine=engine,
                 out=tmp_path / name,
                 format=fmt,
                 filters=ExportFilters(split=Split.eval),
@@ -263,39 +263,39 @@ def test_an_empty_export_is_refused_and_writes_nothing(sqlite_engine, tmp_path):
     assert all(p.name.startswith("prefloop.db") for p in tmp_path.iterdir())
 
 
-def test_export_refuses_to_replace_a_foreign_directory(sqlite_engine, tmp_path):
-    seed_labeled(sqlite_engine, 2)
+def test_export_refuses_to_replace_a_foreign_directory(engine, tmp_path):
+    seed_labeled(engine, 2)
     precious = tmp_path / "home"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
     with pytest.raises(ExportError, match="no saved dataset"):
-        export_preferences(engine=sqlite_engine, out=precious, format="hf")
+        export_preferences(engine=engine, out=precious, format="hf")
     with pytest.raises(ExportError, match="is a directory"):
-        export_preferences(engine=sqlite_engine, out=precious, format="parquet")
+        export_preferences(engine=engine, out=precious, format="parquet")
     assert (precious / "notes.txt").read_text() == "keep me"
     # an earlier hf export is replaced
-    export_preferences(engine=sqlite_engine, out=tmp_path / "ds", format="hf")
-    export_preferences(engine=sqlite_engine, out=tmp_path / "ds", format="hf")
+    export_preferences(engine=engine, out=tmp_path / "ds", format="hf")
+    export_preferences(engine=engine, out=tmp_path / "ds", format="hf")
     assert len(load_export(tmp_path / "ds", "hf")) == 2
     leftovers = [p.name for p in tmp_path.iterdir() if not p.name.startswith("prefloop.db")]
     assert sorted(leftovers) == ["ds", "home"]
 
 
-def test_push_to_hub_offline_names_the_cause(sqlite_engine, tmp_path, monkeypatch):
-    seed_labeled(sqlite_engine, 1)
+def test_push_to_hub_offline_names_the_cause(engine, tmp_path, monkeypatch):
+    seed_labeled(engine, 1)
     out = tmp_path / "p.parquet"
-    export_preferences(engine=sqlite_engine, out=out, format="parquet")
+    export_preferences(engine=engine, out=out, format="parquet")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(HubPushError, match="offline mode"):
         push_to_hub(out, format="parquet", repo="me/prefs", token="hf_x")
 
 
-def test_push_to_hub_without_token_names_the_cause(sqlite_engine, tmp_path, monkeypatch):
+def test_push_to_hub_without_token_names_the_cause(engine, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    seed_labeled(sqlite_engine, 1)
+    seed_labeled(engine, 1)
     out = tmp_path / "p.parquet"
-    export_preferences(engine=sqlite_engine, out=out, format="parquet")
+    export_preferences(engine=engine, out=out, format="parquet")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
@@ -306,11 +306,11 @@ def test_push_to_hub_without_token_names_the_cause(sqlite_engine, tmp_path, monk
 
 
 @pytest.mark.parametrize("fmt", list(ExportFormat))
-def test_export_file_is_one_file_in_its_own_directory(sqlite_engine, tmp_path, fmt):
+def test_export_file_is_one_file_in_its_own_directory(engine, tmp_path, fmt):
     import zipfile
 
-    seed_labeled(sqlite_engine, 2)
-    result = export_file(engine=sqlite_engine, format=fmt, directory=tmp_path)
+    seed_labeled(engine, 2)
+    result = export_file(engine=engine, format=fmt, directory=tmp_path)
     assert result.rows == 2 and result.path.is_file()
     assert [p.name for p in result.path.parent.iterdir()] == [result.path.name]
     if fmt == ExportFormat.hf:
@@ -321,7 +321,7 @@ def test_export_file_is_one_file_in_its_own_directory(sqlite_engine, tmp_path, f
         assert len(load_export(result.path, fmt)) == 2
     with pytest.raises(ExportError):
         export_file(
-            engine=sqlite_engine,
+            engine=engine,
             format=fmt,
             filters=ExportFilters(split=Split.eval),
             directory=tmp_path,
