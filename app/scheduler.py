@@ -213,36 +213,3 @@ def request_generation(rt: Runtime, user_id: int | None) -> int:
     job = queue_generation(engine=rt.engine, user_id=user_id)
     _wake(rt)
     return job.id
-
-
-def training_status(rt: Runtime) -> dict[str, Any]:
-    """For the admin view: the current iteration, the active and recent jobs with progress."""
-    with transaction(rt.engine, readonly=True) as session:
-        iteration = crud.current_iteration(session=session)
-        recent = jobs.list_jobs(session=session, limit=10)
-        labels = crud.label_counts(session=session, iteration_id=iteration.id) if iteration else {}
-    return {
-        "iteration": None
-        if iteration is None
-        else {
-            "k": iteration.k,
-            "state": iteration.state.value,
-            "human_labels": labels.get("human", 0),
-            "human_quota": iteration.human_quota,
-            "error": iteration.error,
-        },
-        "jobs": [
-            {
-                "id": j.id,
-                "kind": j.kind,
-                "status": j.status.value,
-                "progress": j.progress,
-                "attempts": j.attempts,
-                "phase": j.result.get("phase"),
-                "latest": j.result.get("latest"),
-                "error": j.error,
-                "log_path": j.log_path,
-            }
-            for j in recent
-        ],
-    }

@@ -125,16 +125,6 @@ def fail_job(*, session: Session, job_id: int, error: str) -> Job:
     return job
 
 
-def cancel_job(*, session: Session, job_id: int) -> Job:
-    job = get_job(session=session, job_id=job_id)
-    if job.status == JobStatus.queued:
-        job.status = JobStatus.cancelled
-        job.finished_at = utcnow()
-        session.add(job)
-        session.flush()
-    return job
-
-
 def retry_job(*, session: Session, job_id: int, max_attempts: int) -> Job | None:
     """Queue a copy of failed job `job_id` with attempts + 1; None once `max_attempts` is spent.
 

@@ -341,10 +341,8 @@ def evaluate_job(*, engine, settings, job_id: int, candidate_version: int) -> di
 def refit_proxy(*, engine, settings, job_id: int) -> None:
     """Refit the proxy from all human labels (a new proxy version) before training. The proxy
     only advises, so a failed refit is recorded on the job and the round goes on."""
-    try:
-        from labeling.proxy import refit_proxy as refit
-    except ImportError:  # labeling's proxy has not landed in this checkout
-        return
+    from labeling.proxy import refit_proxy as refit
+
     with transaction(engine) as session:
         jobs.heartbeat(session=session, job_id=job_id, result={"phase": "proxy"})
     try:

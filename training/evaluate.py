@@ -120,10 +120,7 @@ def score(
 
 def proxy_scorer(*, engine, settings: Settings) -> Scorer | None:
     """The latest fitted proxy as a batched reward scorer; None before the first fit."""
-    try:
-        from labeling.proxy import load_proxy
-    except ImportError:  # labeling's proxy has not landed in this checkout
-        return None
+    from labeling.proxy import load_proxy
 
     proxy = load_proxy(engine=engine, settings=settings)
     if not proxy.fitted:
