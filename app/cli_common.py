@@ -24,6 +24,15 @@ DataDir = Annotated[
     ),
 ]
 
+# Simulated annotators' both-bad threshold (`label --simulate`, `loop --simulate`).
+BothBadBelow = Annotated[
+    float | None,
+    typer.Option(
+        help="Label a pair both bad when both replies score below this, in the judge's own "
+        "units (default: never; only the difference of two scores matters)."
+    ),
+]
+
 
 def fail(message: str, code: int = 1) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli_common import DataDir, fail, runtime
+from app.cli_common import BothBadBelow, DataDir, fail, runtime
 from storage import crud
 from storage.settings import DEFAULT_DATA_DIR
 
@@ -65,6 +65,7 @@ def label(
     ] = None,
     max_labels: Annotated[int | None, typer.Option(help="Stop after this many labels.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the simulated annotators.")] = 0,
+    both_bad_below: BothBadBelow = None,
 ) -> None:
     """Label queued pairs. People label in the browser (`prefloop serve`); --simulate runs
     simulated annotators through the same queue."""
@@ -82,6 +83,7 @@ def label(
             judge=judge,
             max_labels=max_labels,
             seed=seed,
+            both_bad_below=both_bad_below,
         )
     except ValueError as exc:
         raise fail(str(exc)) from None

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli_common import DataDir, fail, runtime
+from app.cli_common import BothBadBelow, DataDir, fail, runtime
 from storage import crud
 from storage.db import transaction
 from storage.models import Iteration, IterationState
@@ -113,6 +113,7 @@ def loop(
         float, typer.Option(min=0.0, help="Annotators' noise (Bradley-Terry temperature).")
     ] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the simulated annotators.")] = 0,
+    both_bad_below: BothBadBelow = None,
     timeout: Annotated[float, typer.Option(help="Give up on an iteration after seconds.")] = 1800,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per iteration.")] = False,
     data_dir: DataDir = DEFAULT_DATA_DIR,
@@ -134,6 +135,7 @@ def loop(
             annotators=annotators,
             noise=noise,
             seed=seed,
+            both_bad_below=both_bad_below,
             timeout=timeout,
         ):
             typer.echo(json.dumps(line, default=str) if as_json else _describe_loop(line))
@@ -173,6 +175,7 @@ def run_loop(
     annotators: int = 3,
     noise: float = 0.5,
     seed: int = 0,
+    both_bad_below: float | None = None,
     timeout: float = 1800,
 ):
     """Yield one report per iteration: the loop through the scheduler, labels simulated."""
@@ -205,6 +208,7 @@ def run_loop(
                 judge=judge_fn,
                 max_labels=labeling.human_quota,
                 seed=seed + labeling.k,
+                both_bad_below=both_bad_below,
             )
             quota_at = time.monotonic()
             handle.wake()

@@ -2,8 +2,12 @@
 
 Annotator `sim-i` claims a pair with `claim_next_pair`, scores the two texts it was shown with the
 judge (s_left, s_right), picks left with probability σ((s_left − s_right) / B) (B = `noise`;
-B = 0: always the higher score), calls it a tie when the scores are equal (both_bad when both are
-below `both_bad_below`), and submits with `submit_label`: the same path a person's click takes.
+B = 0: always the higher score), calls it a tie when the scores are equal, and submits with
+`submit_label`: the same path a person's click takes.
+
+A judge is any `(prompt, response) -> float` on a scale of its own (a log-probability, a penalty,
+a reward), so by default only the difference of two scores matters and no pair is both-bad;
+`both_bad_below`, in the judge's units, labels a pair both-bad when both scores are below it.
 """
 
 from __future__ import annotations
@@ -36,9 +40,14 @@ def ensure_annotators(*, engine: Engine, count: int) -> list[int]:
 
 
 def simulated_choice(
-    s_left: float, s_right: float, *, noise: float, rng: random.Random, both_bad_below: float
+    s_left: float,
+    s_right: float,
+    *,
+    noise: float,
+    rng: random.Random,
+    both_bad_below: float | None = None,
 ) -> str:
-    if max(s_left, s_right) < both_bad_below:
+    if both_bad_below is not None and max(s_left, s_right) < both_bad_below:
         return "both_bad"
     if s_left == s_right:
         return "tie"
@@ -58,11 +67,12 @@ def simulate_labels(
     judge: str | Callable[[str, str], float] | None = None,
     max_labels: int | None = None,
     seed: int = 0,
-    both_bad_below: float = 0.0,
+    both_bad_below: float | None = None,
 ) -> int:
     """Label queued pairs with `annotators` simulated users until the queue is empty for all of
     them or `max_labels` are in; returns the number of labels submitted. `judge`: a scoring
-    function or its `module:callable` name (default: settings.proxy.judge)."""
+    function or its `module:callable` name (default: settings.proxy.judge). `both_bad_below`:
+    label both-bad when both scores are below it (default None: never)."""
     from labeling.judges import load_judge
 
     score = judge if callable(judge) else load_judge(judge or settings.proxy.judge)

@@ -65,3 +65,38 @@ def test_generate_label_quality(data_dir):
 def test_label_without_simulate_points_to_the_browser(data_dir):
     result = run("label", "--data-dir", data_dir, ok=False)
     assert result.exit_code == 1 and "prefloop serve" in result.output
+
+
+@pytest.fixture
+def queued_pairs(tmp_path, monkeypatch):
+    """A data directory with 4 queued pairs and no policy."""
+    from tests.factories import make_pairs
+
+    monkeypatch.setenv("PREFLOOP_ADMIN_PASSWORD", "a-long-test-password-1")
+    run("init", "--data-dir", str(tmp_path))
+    rt = open_runtime(tmp_path)
+    with transaction(rt.engine) as session:
+        make_pairs(session, 4)
+    rt.engine.dispose()
+    return str(tmp_path)
+
+
+def _choices(data_dir: str) -> list[str]:
+    from sqlmodel import select
+
+    from storage.models import Label
+
+    rt = open_runtime(data_dir)
+    with transaction(rt.engine, readonly=True) as session:
+        choices = [label.choice.value for label in session.exec(select(Label))]
+    rt.engine.dispose()
+    return choices
+
+
+def test_label_simulate_with_a_negative_judge_and_a_both_bad_threshold(queued_pairs):
+    judge = "tests.labeling.test_simulate:negative_judge"
+    args = ("label", "--simulate", "--annotators", "1", "--noise", "0", "--judge", judge)
+    run(*args, "--max-labels", "2", "--data-dir", queued_pairs)
+    assert set(_choices(queued_pairs)) <= {"a", "b"}  # scores all below 0, yet not both bad
+    run(*args, "--both-bad-below", "-1", "--data-dir", queued_pairs)
+    assert _choices(queued_pairs).count("both_bad") == 2  # the two pairs left
