@@ -1,10 +1,12 @@
 """Job rows: the heavy steps (training, evaluation) as rows a restart can find.
 
 A job is created `queued`, moves to `running` with the pid of the process doing it, beats its
-heartbeat while it works, and ends `succeeded` (with its result) or `failed` (with its error).
-`recover_stale` is what a restarted scheduler runs first: a `running` job whose process is gone, or
-whose heartbeat stopped, is marked failed and a retry is queued in its place (attempts + 1), up to
-a limit; nothing is silently lost.
+heartbeat while it works, and ends `succeeded` (with its result) or `failed` (with its error and
+its kind: `transient` when a retry may succeed, `permanent` when the job's own code raised and
+would raise again). Only a transient failure is retried (`retry_job`). `recover_stale` is what a
+restarted scheduler runs first: a `running` job whose process is gone, or whose heartbeat
+stopped, is marked failed and a retry is queued in its place (attempts + 1), up to a limit;
+nothing is silently lost.
 
 Like crud, these functions add and flush; the caller's `transaction` commits.
 """
@@ -18,7 +20,7 @@ from typing import Any
 from sqlmodel import Session, select
 
 from storage.crud import Conflict, NotFound
-from storage.models import Job, JobStatus, utcnow
+from storage.models import ErrorKind, Job, JobStatus, utcnow
 
 ACTIVE = (JobStatus.queued, JobStatus.running)
 
@@ -113,12 +115,16 @@ def finish_job(*, session: Session, job_id: int, result: dict[str, Any] | None =
     return job
 
 
-def fail_job(*, session: Session, job_id: int, error: str) -> Job:
-    """Any unfinished job -> failed with `error`. A job that ended already is left as it is."""
+def fail_job(
+    *, session: Session, job_id: int, error: str, kind: ErrorKind = ErrorKind.transient
+) -> Job:
+    """Any unfinished job -> failed with `error` of `kind`. A job that ended already is left as
+    it is."""
     job = get_job(session=session, job_id=job_id)
     if job.status in ACTIVE:
         job.status = JobStatus.failed
         job.error = error
+        job.error_kind = kind
         job.finished_at = utcnow()
         session.add(job)
         session.flush()
@@ -126,14 +132,15 @@ def fail_job(*, session: Session, job_id: int, error: str) -> Job:
 
 
 def retry_job(*, session: Session, job_id: int, max_attempts: int) -> Job | None:
-    """Queue a copy of failed job `job_id` with attempts + 1; None once `max_attempts` is spent.
+    """Queue a copy of failed job `job_id` with attempts + 1; None once `max_attempts` is spent,
+    or when its failure is permanent (a retry would fail the same way).
 
     The copy's params carry the failed attempt's result as `previous_result`, so a job can pick
     up where its last attempt got to."""
     job = get_job(session=session, job_id=job_id)
     if job.status != JobStatus.failed:
         raise Conflict(f"job {job_id} is {job.status}, not failed")
-    if job.attempts + 1 >= max_attempts:
+    if job.error_kind == ErrorKind.permanent or job.attempts + 1 >= max_attempts:
         return None
     params = {**job.params, "retry_of": job.id, "previous_result": dict(job.result)}
     return create_job(

@@ -115,6 +115,13 @@ class JobStatus(StrEnum):
     cancelled = "cancelled"
 
 
+class ErrorKind(StrEnum):
+    """Whether a failed job can succeed on a retry: the one who saw it fail says."""
+
+    transient = "transient"  # killed, a signal, out of memory, no heartbeat: retried
+    permanent = "permanent"  # the job's own code raised: the same inputs raise again
+
+
 class User(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     name: str = Field(max_length=64, unique=True, index=True)
@@ -319,6 +326,7 @@ class Job(SQLModel, table=True):
     params: dict[str, Any] = json_column()
     result: dict[str, Any] = json_column()
     error: str | None = Field(default=None, sa_type=sa.Text)
+    error_kind: ErrorKind | None = enum_column(ErrorKind, default=None)
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     finished_at: datetime | None = None

@@ -35,6 +35,7 @@ from storage import crud, jobs
 from storage.db import make_engine, transaction
 from storage.models import Iteration, IterationState, JobStatus, Policy, PolicyStatus
 from storage.settings import DPOSettings, Settings, load_settings
+from training.runner import error_kind
 
 log = logging.getLogger("prefloop.dpo")
 
@@ -410,8 +411,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as exc:
         log.exception("job %s failed", args.job_id)
+        error = f"{type(exc).__name__}: {exc}"
         with transaction(engine) as session:
-            jobs.fail_job(session=session, job_id=args.job_id, error=f"{type(exc).__name__}: {exc}")
+            jobs.fail_job(session=session, job_id=args.job_id, error=error, kind=error_kind(exc))
         return 1
     finally:
         engine.dispose()

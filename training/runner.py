@@ -2,9 +2,15 @@
 
 The child is `python -m training.dpo --data-dir D --job-id N`, or the same module through
 `accelerate launch --config_file C` when `dpo.accelerate_config` is set (several GPUs, DeepSpeed,
-FSDP). Its stdout and stderr go to `<data_dir>/logs/job-N.log`. A child that dies without ending
-its job (killed, out of memory, a crash in native code) has the job failed here with its exit
-status and the tail of its log; `run_with_retries` then queues the next attempt.
+FSDP). Its stdout and stderr go to `<data_dir>/logs/job-N.log`.
+
+A failure's kind (`ErrorKind`) travels on the job row, not in the exit status (which `accelerate
+launch` does not pass on). A child that catches an exception fails its job itself with the kind
+`error_kind` gives: transient for out of memory, permanent for any other exception its code
+raises (no preferences to train on, a bad setting, a bug), which would recur on a retry. A child
+that dies without ending its job (killed, a signal, a crash in native code) has the job failed
+here, transient, with its exit status and the tail of its log. `run_with_retries` retries
+transient failures only.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from pathlib import Path
 
 from storage import jobs
 from storage.db import transaction
-from storage.models import Job, JobStatus
+from storage.models import ErrorKind, Job, JobStatus
 from storage.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +48,16 @@ def child_env(settings: Settings) -> dict[str, str]:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     return env
+
+
+def error_kind(exc: BaseException) -> ErrorKind:
+    """The kind of failure a job's child reports for an exception it caught: out of memory
+    (host or GPU) may pass on a retry; any other exception from the job's code recurs."""
+    oom: tuple[type[BaseException], ...] = (MemoryError,)
+    torch = sys.modules.get("torch")  # not imported: the exception is no torch OOM
+    if torch is not None:
+        oom += (torch.OutOfMemoryError,)
+    return ErrorKind.transient if isinstance(exc, oom) else ErrorKind.permanent
 
 
 def _log_tail(path: Path, n: int = 2000) -> str:
@@ -116,8 +132,8 @@ def run_child(
 def run_with_retries(
     *, engine, settings: Settings, job_id: int, max_attempts: int | None = None, **kwargs
 ) -> Job:
-    """`run_child`, then a retry (a new job row, attempts + 1) for each failure, up to
-    `max_attempts` (default `loop.max_attempts`). Returns the last attempt's job."""
+    """`run_child`, then a retry (a new job row, attempts + 1) for each transient failure, up
+    to `max_attempts` (default `loop.max_attempts`). Returns the last attempt's job."""
     max_attempts = max_attempts or settings.loop.max_attempts
     while True:
         job = run_child(engine=engine, settings=settings, job_id=job_id, **kwargs)
