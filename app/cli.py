@@ -239,16 +239,22 @@ def status(
 
 
 def collect_status(rt: Runtime) -> dict:
+    """The status report, its keys in a fixed order. (Not `model_dump(include={...})`: on a row
+    loaded from the database that follows the set's order, which changes from run to run.)"""
     with transaction(rt.engine, readonly=True) as session:
         policy = crud.deployed_policy(session=session)
         iteration = crud.current_iteration(session=session)
         return {
             "counts": crud.table_counts(session=session),
-            "labels": crud.label_counts(session=session),
-            "deployed_policy": policy.model_dump(include={"version", "path", "status"})
+            "labels": dict(sorted(crud.label_counts(session=session).items())),
+            "deployed_policy": {
+                "version": policy.version,
+                "path": policy.path,
+                "status": str(policy.status),
+            }
             if policy
             else None,
-            "iteration": iteration.model_dump(include={"k", "state", "error"})
+            "iteration": {"k": iteration.k, "state": str(iteration.state), "error": iteration.error}
             if iteration
             else None,
         }

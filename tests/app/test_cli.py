@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from app.cli import cli
+from storage import crud
 
 runner = CliRunner()
 
@@ -214,6 +215,39 @@ def test_status_text_and_json(data_dir):
     assert "deployed policy: none" in text and "iteration: none yet" in text
     report = status(data_dir)
     assert report["counts"]["user"] == 1 and report["deployed_policy"] is None
+
+
+def test_status_json_is_the_same_text_whatever_the_hash_seed(data_dir):
+    """Its key order once followed a set's, so it changed from one run to the next: the command
+    runs in processes with different PYTHONHASHSEEDs, as separate runs of it would."""
+    import os
+    import subprocess
+    import sys
+
+    from storage.db import transaction
+    from storage.runtime import open_runtime
+    from tests.factories import make_policy
+
+    rt = open_runtime(data_dir)
+    with transaction(rt.engine) as session:
+        make_policy(session, version=0)
+        crud.start_iteration(session=session, policy_in_id=None, human_quota=5, human_budget=9)
+    rt.engine.dispose()
+    outputs = [
+        subprocess.run(
+            [sys.executable, "-m", "app.cli", "status", "--json", "--data-dir", data_dir],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "2")
+    ]
+    assert outputs[0] == outputs[1]
+    report = json.loads(outputs[0])
+    assert list(report) == ["counts", "labels", "deployed_policy", "iteration"]
+    assert list(report["iteration"]) == ["k", "state", "error"]
+    assert list(report["deployed_policy"]) == ["version", "path", "status"]
 
 
 def test_invalid_settings_file_is_reported(data_dir):
