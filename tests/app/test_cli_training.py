@@ -1,0 +1,76 @@
+"""`prefloop loop --simulate` when a step fails: it stops at once with the error and exits 1,
+rather than waiting out its timeout for an iteration that never comes. No model is loaded: the
+failures come before one would be."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from sqlmodel import select
+from typer.testing import CliRunner
+
+from app.cli import cli
+from storage import crud
+from storage.db import transaction
+from storage.models import IterationState, Job
+from storage.runtime import open_runtime
+from tests.factories import make_pairs, make_policy
+
+JUDGE = "tests.labeling.test_simulate:negative_judge"
+TIMEOUT = 60  # what a hang would take; each failure here takes a few seconds
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch, database):
+    monkeypatch.setenv("PREFLOOP_ADMIN_PASSWORD", "a-long-test-password-1")
+    (tmp_path / "prefloop.toml").write_text("[loop]\nquota_check_seconds = 1\n")
+    result = CliRunner().invoke(cli, ["init", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    return tmp_path
+
+
+def _loop(data_dir, *args: str):
+    started = time.monotonic()
+    result = CliRunner().invoke(
+        cli,
+        ["loop", "--simulate", "--judge", JUDGE, "--timeout", str(TIMEOUT), "--annotators", "1"]
+        + [*args, "--data-dir", str(data_dir)],
+    )
+    return result, time.monotonic() - started
+
+
+def test_a_failed_iteration_stops_the_loop_with_its_error(data_dir):
+    rt = open_runtime(data_dir)
+    with transaction(rt.engine) as session:
+        policy = make_policy(session)
+        iteration = crud.start_iteration(
+            session=session, policy_in_id=policy.id, human_quota=2, human_budget=2
+        )
+        make_pairs(session, 2, iteration_id=iteration.id)
+        crud.set_iteration_state(
+            session=session, iteration_id=iteration.id, state=IterationState.labeling
+        )
+    # every pair both bad: nothing to train on, an error a retry would only repeat
+    result, seconds = _loop(data_dir, "--iterations", "2", "--both-bad-below", "0", "--json")
+    assert result.exit_code == 1, result.output
+    assert seconds < TIMEOUT and "timed out" not in result.output
+    (line,) = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
+    assert (line["iteration"], line["decision"]) == (0, "failed")
+    assert "no preferences to train on" in line["error"]
+    with transaction(rt.engine, readonly=True) as session:
+        assert len(session.exec(select(Job).where(Job.kind == "train")).all()) == 1
+
+    # Run again: a new round is generated (here it fails: the policy's path is no model), and
+    # the loop reports that, not iteration 0's old failure.
+    result, seconds = _loop(data_dir, "--iterations", "1")
+    assert result.exit_code == 1 and seconds < TIMEOUT, result.output
+    assert "iteration 1 failed: generation" in result.output
+    rt.engine.dispose()
+
+
+def test_a_failed_generation_job_stops_the_loop(data_dir):
+    result, seconds = _loop(data_dir, "--iterations", "1")  # no policy at all
+    assert result.exit_code == 1 and seconds < TIMEOUT, result.output
+    assert "generate job 1 failed: RoundError: no deployed policy" in result.output
