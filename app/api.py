@@ -12,16 +12,15 @@ runtime comes from `app.state.runtime`.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Callable, Coroutine
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response
-from fastapi.exception_handlers import (
-    http_exception_handler,
-    request_validation_exception_handler,
-)
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
@@ -40,7 +39,8 @@ from storage.settings import LabelingSettings, Settings, with_overrides
 
 class NoSniffRoute(APIRoute):
     """A route whose every answer carries `X-Content-Type-Options: nosniff`. Errors are turned
-    into responses here, by FastAPI's own default handlers, so that they carry it too."""
+    into responses here (FastAPI's own default handler for HTTP errors, `invalid_request` for
+    validation errors), so that they carry it too."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -51,11 +51,32 @@ class NoSniffRoute(APIRoute):
             except StarletteHTTPException as exc:
                 response = await http_exception_handler(request, exc)
             except RequestValidationError as exc:
-                response = await request_validation_exception_handler(request, exc)
+                response = invalid_request(exc)
             response.headers["X-Content-Type-Options"] = "nosniff"
             return response
 
         return with_nosniff
+
+
+# JSON has no NaN or Infinity, but Python's parser reads them (and 1e999 as Infinity): a body
+# holding one fails validation, and the error, which echoes the input, is written back as text.
+_NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return _NON_FINITE[str(value)]
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def invalid_request(exc: RequestValidationError) -> JSONResponse:
+    """422 naming each invalid field (`loc`), whatever the input was. FastAPI's default handler
+    answers 500 when the input holds a NaN or an Infinity: its JSON encoder refuses them."""
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
 
 
 router = APIRouter(prefix="/api/v1", tags=["api"], route_class=NoSniffRoute)
@@ -404,7 +425,7 @@ def export(
         list[Literal["human", "proxy", "seed"]] | None,
         Query(description="Label sources (repeatable); default all."),
     ] = None,
-    min_agreement: Annotated[float, Query(ge=0.0, le=1.0)] = 0.0,
+    min_agreement: Annotated[float, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = 0.0,
     annotator: Annotated[
         list[Annotated[str, StringConstraints(pattern=r"^[^\x00]*$")]] | None,
         Query(description="Count only these users (repeatable)."),

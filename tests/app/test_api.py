@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 import schemathesis
@@ -191,6 +192,56 @@ def test_label_flow_translates_the_shown_order(world, engine):
         headers=headers,
     )
     assert nul.status_code == 422
+
+
+def strict_json(text: str):
+    """JSON as the standard has it: no NaN or Infinity."""
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ('{"choice": "left", "seconds": NaN}', "seconds"),
+        ('{"choice": "left", "seconds": Infinity}', "seconds"),
+        ('{"choice": "left", "seconds": -Infinity}', "seconds"),
+        ('{"choice": "left", "seconds": 1e999}', "seconds"),  # Python's parser: Infinity
+        ('{"choice": "left", "seconds": [NaN]}', "seconds"),
+        ('{"choice": "left", "seconds": "soon"}', "seconds"),
+        ('{"choice": "left", "seconds": -1}', "seconds"),
+        ('{"choice": "left", "seconds": 86401}', "seconds"),
+        ('{"choice": "up"}', "choice"),
+        ('{"choice": NaN}', "choice"),
+        ('{"choice": 1}', "choice"),
+        ("{}", "choice"),
+        ('{"choice": "left", "reason": NaN}', "reason"),
+        ('{"choice": "left", "reason": 5}', "reason"),
+        ("NaN", None),
+        ("[Infinity]", None),
+    ],
+)
+def test_a_malformed_label_body_is_a_422_naming_the_field(world, body, field):
+    client, tokens, _ = world
+    headers = {**auth(tokens["annotator"]), "Content-Type": "application/json"}
+    pair = client.get("/api/v1/pairs/next", headers=headers).json()["pair"]
+    response = client.post(f"/api/v1/pairs/{pair['pair_id']}/label", content=body, headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.headers["x-content-type-options"] == "nosniff"
+    (error,) = strict_json(response.text)["detail"]
+    assert error["loc"][:2] == (["body", field] if field else ["body"])
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e999"])
+def test_a_non_finite_query_number_is_a_422_naming_it(world, value):
+    client, tokens, _ = world
+    response = client.get(f"/api/v1/export?min_agreement={value}", headers=auth(tokens["admin"]))
+    assert response.status_code == 422
+    (error,) = strict_json(response.text)["detail"]
+    assert error["loc"] == ["query", "min_agreement"] and error["type"] == "finite_number"
 
 
 def test_next_is_null_when_nothing_is_left_and_409_when_paused(world, engine):
