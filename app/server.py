@@ -30,6 +30,7 @@ from app.sessions import (
     sign_session,
 )
 from app.ui.guard import AppContext, current_user_by_id
+from app.unavailable import DatabaseUnavailable
 from storage import crud
 from storage.db import transaction
 from storage.runtime import Runtime
@@ -132,6 +133,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app.state.runtime = rt
     app.state.ctx = ctx
     app.add_middleware(SessionGate, ctx=ctx)
+    app.add_middleware(DatabaseUnavailable)  # outermost: a lost database is a 503, never a 500
     app.include_router(api.router)  # /api/v1: authenticates its callers by API token
 
     @app.get("/healthz")

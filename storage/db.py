@@ -75,7 +75,11 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str, *, echo: bool = False) -> Engine:
+def make_engine(url: str, *, echo: bool = False, pool=None) -> Engine:
+    """An engine for `url`; `pool`: the settings' `database` section (PostgreSQL's pool and
+    connect timeout; defaults without it). A server that lost its database gets errors at once
+    (connect refused, or the connect timeout) and reconnects when it is back: every connection
+    is checked before use (pool_pre_ping)."""
     url = normalize_url(url)
     if url.startswith("sqlite"):
         engine = sa.create_engine(
@@ -91,7 +95,20 @@ def make_engine(url: str, *, echo: bool = False) -> Engine:
         _configure_sqlite(engine, path)
         _sqlite_writers[engine] = _WriterLock(f"{path}-writer.lock" if path else None)
         return engine
-    return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=40)
+    if pool is None:
+        from storage.settings import DatabaseSettings
+
+        pool = DatabaseSettings()
+    connect_args = {"connect_timeout": pool.connect_timeout} if "psycopg" in url else {}
+    return sa.create_engine(
+        url,
+        echo=echo,
+        pool_pre_ping=True,
+        pool_size=pool.pool_size,
+        max_overflow=pool.max_overflow,
+        pool_timeout=pool.pool_timeout,
+        connect_args=connect_args,
+    )
 
 
 def _sqlite_file(engine: Engine) -> str | None:

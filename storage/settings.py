@@ -201,6 +201,21 @@ class EvalSettings(Section):
     seed: int = 0
 
 
+class DatabaseSettings(Section):
+    """The connection pool of each process (PostgreSQL; SQLite keeps its own fixed pool)."""
+
+    pool_size: int = Field(10, ge=1, le=1000, description="Connections kept open per process.")
+    max_overflow: int = Field(
+        40, ge=0, le=1000, description="Extra connections a process may open under load."
+    )
+    pool_timeout: float = Field(
+        10.0, gt=0, description="Seconds a request waits for a free connection before failing."
+    )
+    connect_timeout: int = Field(
+        5, ge=1, description="Seconds to wait for the server when connecting (PostgreSQL)."
+    )
+
+
 class ServerSettings(Section):
     host: str = "127.0.0.1"
     port: int = Field(7860, ge=1, le=65535)
@@ -231,6 +246,7 @@ class Settings(BaseSettings):
         None, description="SQLAlchemy URL; unset: SQLite in the data directory."
     )
     log_level: str = "INFO"
+    database: DatabaseSettings = DatabaseSettings()
     policy: PolicySettings = PolicySettings()
     generation: GenerationSettings = GenerationSettings()
     proxy: ProxySettings = ProxySettings()

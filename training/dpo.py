@@ -375,8 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    url = args.database_url or load_settings(args.data_dir).resolved_database_url
-    engine = make_engine(url)
+    settings = load_settings(args.data_dir)
+    url = args.database_url or settings.resolved_database_url
+    engine = make_engine(url, pool=settings.database)
     rank = int(os.environ.get("RANK", "0"))
     try:
         with transaction(engine) as session:
