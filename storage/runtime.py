@@ -28,4 +28,7 @@ class Runtime:
 def open_runtime(data_dir: Path | str | None = None, **flags: Any) -> Runtime:
     settings = load_settings(data_dir, **flags)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return Runtime(settings=settings, engine=make_engine(settings.resolved_database_url, pool=settings.database))
+    return Runtime(
+        settings=settings,
+        engine=make_engine(settings.resolved_database_url, pool=settings.database),
+    )

@@ -217,9 +217,7 @@ def test_each_filter_keeps_some_pairs_and_drops_others(engine, tmp_path):
     out = tmp_path / "p.jsonl"
 
     def exported(**filters):
-        export_preferences(
-            engine=engine, out=out, format="jsonl", filters=ExportFilters(**filters)
-        )
+        export_preferences(engine=engine, out=out, format="jsonl", filters=ExportFilters(**filters))
         return [json.loads(line) for line in out.read_text().splitlines()]
 
     def kept(**filters):

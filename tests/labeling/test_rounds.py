@@ -51,9 +51,7 @@ def setup_loop(engine, tmp_path, policy_dir, **sections) -> Settings:
     return settings
 
 
-def test_first_round_pairs_at_random_for_humans_then_simulated_labels(
-    engine, tmp_path, policy_dir
-):
+def test_first_round_pairs_at_random_for_humans_then_simulated_labels(engine, tmp_path, policy_dir):
     settings = setup_loop(engine, tmp_path, policy_dir)
     report = generate_round(engine=engine, settings=settings)
     assert report["iteration_k"] == 0 and report["prompts"] == 6
