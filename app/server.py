@@ -3,7 +3,9 @@
 Two Gradio apps: `/label/` (every signed-in user) and `/admin/` (admins). A gate in front of both
 lets nothing through without a valid session cookie except the login page and /healthz; each
 Gradio handler then checks the user and role again itself (`app.ui.guard`), because Gradio
-endpoints are callable directly.
+endpoints are callable directly. Uploads: none into the labeling app, whose page has no file
+input (Gradio's upload routes are there all the same), and at most MAX_ADMIN_UPLOAD_BYTES into
+the admin app.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ ADMIN_PATH = "/admin"
 # Reachable without a session. /api/v1 authenticates its own callers (API tokens).
 PUBLIC_PATHS = frozenset({"/login", "/logout", "/healthz", "/favicon.ico"})
 PUBLIC_PREFIXES = ("/api/v1/",)
+# Prompt files an admin uploads; Gradio answers 413 above it, before writing the rest to disk.
+MAX_ADMIN_UPLOAD_BYTES = 20 * 1024 * 1024
 
 
 @functools.lru_cache(maxsize=1)
@@ -60,7 +64,9 @@ class SessionGate:
     """ASGI middleware: without a valid session, pages redirect to /login and the rest is 401.
 
     Under /admin it also reads the user's role from the database, so annotators never receive
-    the admin app's page or config."""
+    the admin app's page or config. Under /label it refuses every multipart body: that is how
+    each of Gradio's routes that take files (upload, process_recording, component_server)
+    receives one, and the labeling page sends none."""
 
     def __init__(self, app, *, ctx: AppContext):
         self.app = app
@@ -88,6 +94,10 @@ class SessionGate:
                         scope, receive, send
                     )
                 return await _deny(403, "admins only")(scope, receive, send)
+        elif path == LABEL_PATH or path.startswith(LABEL_PATH + "/"):
+            content_type = conn.headers.get("content-type", "").lstrip().lower()
+            if content_type.startswith("multipart/"):
+                return await _deny(403, "the labeling app takes no uploads")(scope, receive, send)
         return await self.app(scope, receive, send)
 
 
@@ -215,7 +225,7 @@ def create_app(rt: Runtime) -> FastAPI:
         path=ADMIN_PATH,
         root_path=ADMIN_PATH,
         auth_dependency=_auth_dependency(ctx, admin=True),
-        max_file_size="20mb",
+        max_file_size=MAX_ADMIN_UPLOAD_BYTES,
         **common,
     )
     return app

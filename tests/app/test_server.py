@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sqlmodel import select
 
 from app import sessions
-from app.server import create_app, safe_next
+from app.server import MAX_ADMIN_UPLOAD_BYTES, create_app, safe_next
 from app.ui.admin import build_admin
 from app.ui.annotate import build_annotate
 from app.ui.guard import AppContext, Refused
@@ -120,6 +120,30 @@ def test_login_logout_and_refusals(client):
 def test_admin_gets_the_admin_app(client):
     login(client, "boss")
     assert client.get("/admin/config").status_code == 200
+
+
+@pytest.mark.parametrize("who", ["ann", "boss"])
+@pytest.mark.parametrize(
+    "route", ["upload", "process_recording", "component_server", "run/label_left"]
+)
+def test_the_labeling_app_takes_no_file(client, who, route):
+    login(client, who)
+    response = client.post(
+        f"/label/gradio_api/{route}", files={"files": ("big.bin", b"x" * 1024 * 1024)}
+    )
+    assert response.status_code == 403 and "no uploads" in response.json()["detail"]
+
+
+def test_the_admin_app_takes_a_prompt_file_up_to_the_cap(client):
+    login(client, "boss")
+    small = client.post(
+        "/admin/gradio_api/upload", files={"files": ("prompts.jsonl", b'{"prompt": "hi"}\n')}
+    )
+    assert small.status_code == 200 and small.json()[0].endswith("prompts.jsonl")
+    too_big = b"x" * (MAX_ADMIN_UPLOAD_BYTES + 1)
+    refused = client.post("/admin/gradio_api/upload", files={"files": ("big.jsonl", too_big)})
+    assert refused.status_code == 413
+    assert f"maximum allowed size of {MAX_ADMIN_UPLOAD_BYTES} bytes" in refused.text
 
 
 def _request(ctx: AppContext, user_id: int | None, password_hash: str | None = None) -> gr.Request:
