@@ -3,7 +3,9 @@ functions as the browser views.
 
 Every call carries a user's API token (`Authorization: Bearer pfl_...`, issued with `prefloop
 users token NAME`); the database holds only its sha256. No token or an unknown one: 401; a
-disabled user: 403; an annotator on an admin route: 403, checked in the handler itself.
+disabled user: 403; an annotator on an admin route: 403, checked in the handler itself. Unknown
+tokens count as failed sign-ins of the client's address (`app.throttle`, the server's
+`app.state.throttle`): past a few, 429 with Retry-After.
 Every answer, errors included, carries `X-Content-Type-Options: nosniff`: responses are model
 output, and no browser may sniff one into HTML. The server's `create_app` includes `router`; the
 runtime comes from `app.state.runtime`.
@@ -30,6 +32,7 @@ from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.auth import hash_token
+from app.throttle import SignInThrottle, client_address, sign_in_failed
 from storage import crud, queue
 from storage.db import transaction
 from storage.models import Role, Split, User
@@ -93,6 +96,10 @@ class ApiError(BaseModel):
 ERRORS = {
     401: {"model": ApiError, "description": "No token, or an unknown one."},
     403: {"model": ApiError, "description": "Disabled user, or not allowed for this role."},
+    429: {
+        "model": ApiError,
+        "description": "Too many unknown tokens from your address: wait Retry-After seconds.",
+    },
 }
 NO_CLAIM = {"model": ApiError, "description": "You hold no claim on this pair."}
 
@@ -110,12 +117,19 @@ def current_user(
 ) -> User:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise HTTPException(401, "an API token is required", {"WWW-Authenticate": "Bearer"})
+    throttle: SignInThrottle = request.app.state.throttle
+    address = client_address(request)
+    if wait := throttle.retry_after(address=address):
+        raise HTTPException(
+            429, f"too many failed sign-ins: try again in {wait} s", {"Retry-After": str(wait)}
+        )
     rt = get_runtime(request)
     with transaction(rt.engine, readonly=True) as session:
         user = crud.get_user_by_token_hash(
             session=session, token_hash=hash_token(credentials.credentials)
         )
     if user is None:
+        sign_in_failed(rt, throttle, via="api", address=address)
         raise HTTPException(401, "invalid API token", {"WWW-Authenticate": "Bearer"})
     if not user.active:
         raise HTTPException(403, "this user is disabled")

@@ -31,6 +31,7 @@ from app.sessions import (
     read_session,
     sign_session,
 )
+from app.throttle import SignInThrottle, client_address, sign_in_failed
 from app.ui.guard import AppContext, current_user_by_id
 from app.unavailable import DatabaseUnavailable
 from storage import crud
@@ -105,7 +106,14 @@ def _deny(status: int, message: str) -> JSONResponse:
     return JSONResponse({"detail": message}, status_code=status)
 
 
-def _login_page(*, error: str = "", next_path: str = "", name: str = "", status: int = 200):
+def _login_page(
+    *,
+    error: str = "",
+    next_path: str = "",
+    name: str = "",
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+):
     from html import escape
 
     page = Template((UI_DIR / "login.html").read_text()).substitute(
@@ -113,7 +121,9 @@ def _login_page(*, error: str = "", next_path: str = "", name: str = "", status:
         next=escape(safe_next(next_path)),
         name=escape(name),
     )
-    return HTMLResponse(page, status_code=status, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(
+        page, status_code=status, headers={"Cache-Control": "no-store", **(headers or {})}
+    )
 
 
 def _auth_dependency(ctx: AppContext, *, admin: bool):
@@ -142,6 +152,7 @@ def create_app(rt: Runtime) -> FastAPI:
     app = FastAPI(title="prefloop", docs_url=None, redoc_url=None)
     app.state.runtime = rt
     app.state.ctx = ctx
+    app.state.throttle = SignInThrottle()  # failed sign-ins, of the login page and the API
     app.add_middleware(SessionGate, ctx=ctx)
     app.add_middleware(DatabaseUnavailable)  # outermost: a lost database is a 503, never a 500
     app.include_router(api.router)  # /api/v1: authenticates its callers by API token
@@ -167,17 +178,32 @@ def create_app(rt: Runtime) -> FastAPI:
     def login(
         request: Request, name: str = Form(""), password: str = Form(""), next: str = Form("")
     ):
-        with transaction(rt.engine, readonly=True) as session:
-            user = crud.get_user_by_name(session=session, name=name.strip())
+        name = name.strip()
+        throttle: SignInThrottle = request.app.state.throttle
+        address = client_address(request)
+        if wait := throttle.retry_after(address=address, name=name):
+            return _login_page(
+                error=f"Too many failed sign-ins. Try again in {wait} s.",
+                next_path=next,
+                name=name,
+                status=429,
+                headers={"Retry-After": str(wait)},
+            )
+        user = None
+        if "\x00" not in name:  # no user has one, and PostgreSQL refuses it in a query
+            with transaction(rt.engine, readonly=True) as session:
+                user = crud.get_user_by_name(session=session, name=name)
         if user is None:
             verify_password(_dummy_hash(), password)
             ok = False
         else:
             ok = verify_password(user.password_hash, password)
         if not ok:
+            sign_in_failed(rt, throttle, via="login", address=address, name=name)
             return _login_page(
                 error="Wrong user name or password.", next_path=next, name=name, status=401
             )
+        throttle.succeeded(name=name)
         if not user.active:
             return _login_page(error="This account is disabled.", next_path=next, status=403)
         response = RedirectResponse(safe_next(next), status_code=303)

@@ -10,20 +10,24 @@ import schemathesis
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, settings
+from sqlmodel import select
 
 from app import api
 from app.auth import generate_token, hash_token
+from app.throttle import SignInThrottle
 from storage import crud
 from storage.db import transaction
 from storage.models import Choice, Label, LabelSource, Role
 from storage.runtime import Runtime
 from storage.settings import load_settings
+from tests.app.test_throttle import Clock
 from tests.factories import make_pairs, make_user
 
 
 def build_app(engine, tmp_path) -> FastAPI:
     app = FastAPI()
     app.state.runtime = Runtime(settings=load_settings(tmp_path), engine=engine)
+    app.state.throttle = SignInThrottle()
     app.include_router(api.router)
     return app
 
@@ -113,12 +117,12 @@ def test_the_spec_lists_the_errors_each_route_answers(world):
         for method, op in ops.items()
     }
     assert documented == {
-        ("GET", "/api/v1/pairs/next"): [401, 403, 409],
-        ("POST", "/api/v1/pairs/{pair_id}/label"): [401, 403, 404, 409, 422],
-        ("POST", "/api/v1/pairs/{pair_id}/skip"): [401, 403, 404, 409, 422],
-        ("GET", "/api/v1/status"): [401, 403],
-        ("GET", "/api/v1/iterations"): [401, 403],
-        ("GET", "/api/v1/export"): [401, 403, 404, 422],
+        ("GET", "/api/v1/pairs/next"): [401, 403, 409, 429],
+        ("POST", "/api/v1/pairs/{pair_id}/label"): [401, 403, 404, 409, 422, 429],
+        ("POST", "/api/v1/pairs/{pair_id}/skip"): [401, 403, 404, 409, 422, 429],
+        ("GET", "/api/v1/status"): [401, 403, 429],
+        ("GET", "/api/v1/iterations"): [401, 403, 429],
+        ("GET", "/api/v1/export"): [401, 403, 404, 422, 429],
     }
     paused = paths["/api/v1/pairs/next"]["get"]["responses"]["409"]
     assert "paused" in paused["description"]
@@ -192,6 +196,30 @@ def test_label_flow_translates_the_shown_order(world, engine):
         headers=headers,
     )
     assert nul.status_code == 422
+
+
+def test_unknown_tokens_back_off_per_address_then_get_429(world, engine):
+    client, tokens, _ = world
+    clock = Clock()
+    client.app.state.throttle = SignInThrottle(clock=clock)
+    for _ in range(21):  # twenty free failures; the 21st shuts the address out for a second
+        assert client.get("/api/v1/status", headers=auth("pfl_guess")).status_code == 401
+    for token in ("pfl_guess", tokens["annotator"]):  # not even looked up
+        refused = client.get("/api/v1/status", headers=auth(token))
+        assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+        assert "too many failed sign-ins" in refused.json()["detail"]
+        assert refused.headers["x-content-type-options"] == "nosniff"
+    assert client.get("/api/v1/status").status_code == 401  # no token: no guess, no count
+    clock.now += 1
+    assert client.get("/api/v1/status", headers=auth(tokens["annotator"])).status_code == 200
+    assert client.get("/api/v1/status", headers=auth("pfl_guess")).status_code == 401
+    assert client.get("/api/v1/status", headers=auth("pfl_guess")).headers["retry-after"] == "2"
+
+    with transaction(engine, readonly=True) as session:
+        audits = session.exec(select(crud.Audit).where(crud.Audit.action == "sign_in.failed"))
+        audits = audits.all()
+    assert len(audits) == 22
+    assert audits[0].detail == {"via": "api", "address": "testclient"}
 
 
 def strict_json(text: str):

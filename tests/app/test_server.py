@@ -15,6 +15,7 @@ from sqlmodel import select
 
 from app import sessions
 from app.server import MAX_ADMIN_UPLOAD_BYTES, create_app, safe_next
+from app.throttle import SignInThrottle
 from app.ui.admin import build_admin
 from app.ui.annotate import build_annotate
 from app.ui.guard import AppContext, Refused
@@ -23,6 +24,7 @@ from storage.db import transaction, upgrade
 from storage.models import Label, Role
 from storage.runtime import open_runtime
 from tests.app.live_server import PASSWORD, seed_pairs, seed_users
+from tests.app.test_throttle import Clock
 
 
 @pytest.fixture
@@ -115,6 +117,64 @@ def test_login_logout_and_refusals(client):
     client.get("/logout")
     client.cookies.clear()
     assert client.get("/label/config").status_code == 401
+
+
+def failed_sign_ins(rt) -> list[dict]:
+    with transaction(rt.engine, readonly=True) as session:
+        audits = session.exec(select(crud.Audit).where(crud.Audit.action == "sign_in.failed"))
+        return [audit.detail for audit in audits]
+
+
+def test_repeated_wrong_passwords_back_off_then_get_429_until_the_penalty_ends(rt, client):
+    clock = Clock()
+    client.app.state.throttle = SignInThrottle(clock=clock)
+    for _ in range(6):  # five free failures; the sixth shuts the name out for a second
+        assert login(client, "boss", "wrong-password").status_code == 401
+    refused = login(client, "boss")  # the right password: not even checked
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    assert "Too many failed sign-ins" in refused.text and "Sign in" in refused.text
+    assert login(client, "ann").status_code == 303  # another name from the same address
+    clock.now += 1
+    ok = login(client, "boss")
+    assert ok.status_code == 303
+    assert login(client, "boss", "wrong-password").status_code == 401  # the count was cleared
+    assert login(client, "boss").status_code == 303
+
+    audited = failed_sign_ins(rt)
+    assert len(audited) == 7
+    assert audited[0] == {"via": "login", "address": "testclient", "name": "boss"}
+
+
+def test_the_penalty_doubles_and_never_exceeds_its_cap(client):
+    clock = Clock()
+    client.app.state.throttle = SignInThrottle(clock=clock)
+    waits, wrong = [], 0
+    while len(waits) < 13:
+        response = login(client, "nobody", "wrong-password")  # unknown names count the same
+        if response.status_code == 429:
+            waits.append(int(response.headers["retry-after"]))
+            clock.now += waits[-1]  # the client waits as told
+        else:
+            assert response.status_code == 401
+            wrong += 1
+    assert waits == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 900, 900, 900]
+    assert wrong == 5 + 13  # each penalty past, the next guess was checked
+
+
+def test_one_address_trying_many_names_is_slowed_down_too(client):
+    clock = Clock()
+    client.app.state.throttle = SignInThrottle(clock=clock)
+    for i in range(21):
+        assert login(client, f"guess{i}", "wrong-password").status_code == 401
+    refused = login(client, "boss")
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
+    clock.now += 1
+    assert login(client, "boss").status_code == 303
+
+
+def test_a_name_with_a_nul_is_a_wrong_password(rt, client):
+    assert login(client, "bo\x00ss").status_code == 401
+    assert failed_sign_ins(rt)[0]["name"] == "boss"
 
 
 def test_admin_gets_the_admin_app(client):
