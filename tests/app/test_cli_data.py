@@ -180,18 +180,22 @@ def test_a_jsonl_export_imports_again_as_seed_preferences(
         },
     ]
     run("prefs", "import", str(write_jsonl(tmp_path / "s.jsonl", rows)), "--data-dir", data_dir)
+
+    def export(out, data_dir):
+        run(
+            "export",
+            "--format",
+            "jsonl",
+            "--layout",
+            layout,
+            "--out",
+            str(out),
+            "--data-dir",
+            data_dir,
+        )
+
     first = tmp_path / "first.jsonl"
-    run(
-        "export",
-        "--format",
-        "jsonl",
-        "--layout",
-        layout,
-        "--out",
-        str(first),
-        "--data-dir",
-        data_dir,
-    )
+    export(first, data_dir)
     assert "\u2028" in first.read_text(encoding="utf-8")  # written raw (ensure_ascii=False)
 
     other = str(tmp_path / "other")
@@ -202,17 +206,7 @@ def test_a_jsonl_export_imports_again_as_seed_preferences(
         run("init", "--data-dir", other)
         out = run("prefs", "import", str(first), "--data-dir", other).output
         second = tmp_path / "second.jsonl"
-        run(
-            "export",
-            "--format",
-            "jsonl",
-            "--layout",
-            layout,
-            "--out",
-            str(second),
-            "--data-dir",
-            other,
-        )
+        export(second, other)
     assert "2 seed preferences added, 0 duplicates skipped" in out
 
     def content(path):
