@@ -75,18 +75,17 @@ def _weights(path):
 
 
 @pytest.fixture
-def open_gate_rt(tmp_path, demo_policy_dir, database):
-    """On SQLite and on PostgreSQL."""
+def open_gate_sqlite_rt(tmp_path, demo_policy_dir):
+    """On SQLite (unless the environment names another database)."""
     rt = make_loop_runtime(tmp_path / "data", demo_policy_dir, eval=OPEN_GATE)
     yield rt
     rt.engine.dispose()
 
 
 @pytest.fixture
-def open_gate_sqlite_rt(tmp_path, demo_policy_dir):
-    rt = make_loop_runtime(tmp_path / "data", demo_policy_dir, eval=OPEN_GATE)
-    yield rt
-    rt.engine.dispose()
+def open_gate_rt(database, request):
+    """On SQLite and on PostgreSQL: `database` names it before the runtime opens."""
+    return request.getfixturevalue("open_gate_sqlite_rt")
 
 
 def test_dpo_round_trains_evaluates_and_deploys(open_gate_rt):
