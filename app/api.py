@@ -159,6 +159,11 @@ class PairOut(BaseModel):
     prompt_messages: list[dict[str, str]] | None
     left: str
     right: str
+    left_cut: bool = Field(
+        description="The left response stopped at the token limit (max_new_tokens) instead of "
+        "finishing; false where the response has no sampling details (seed, imported)."
+    )
+    right_cut: bool = Field(description="The same for the right response.")
     suggestion: Suggestion | None = Field(
         description="Only while the labeling settings show suggestions before the vote."
     )
@@ -256,6 +261,8 @@ def _pair_out(claim: queue.Claim, labeling: LabelingSettings) -> PairOut:
         prompt_messages=claim.prompt_messages,
         left=claim.left,
         right=claim.right,
+        left_cut=claim.left_cut,
+        right_cut=claim.right_cut,
         suggestion=_suggestion(claim.suggestion) if shown else None,
         expires_at=claim.expires_at,
     )

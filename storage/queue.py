@@ -78,6 +78,10 @@ class Claim:
     prompt_messages: list[dict[str, str]] | None
     left: str
     right: str
+    # The response ended at max_new_tokens rather than by itself (sampling["finished"] False);
+    # False for a response without sampling details (seed, imported).
+    left_cut: bool
+    right_cut: bool
     swapped: bool  # True: response b is shown on the left
     suggestion: ShownSuggestion | None
     claimed_at: datetime
@@ -264,6 +268,8 @@ _CLAIM_VIEW = (
         Prompt.messages,
         _RESPONSE_A.text,
         _RESPONSE_B.text,
+        _RESPONSE_A.sampling,
+        _RESPONSE_B.sampling,
         Suggestion.p_a,
         Suggestion.uncertainty,
         Suggestion.agent,
@@ -282,20 +288,28 @@ def _claim_view(
 ) -> Claim:
     """The pair as this user sees it, read in one query (the newest suggestion included)."""
     row = run_core(session, _CLAIM_VIEW, {"pair_id": pair_id}).one()
-    prompt, messages, text_a, text_b, p_a, uncertainty, agent = row
+    prompt, messages, text_a, text_b, sampling_a, sampling_b, p_a, uncertainty, agent = row
     shown = None if agent is None else _as_shown(p_a, uncertainty, agent, swapped)
     left, right = (text_b, text_a) if swapped else (text_a, text_b)
+    cut_a, cut_b = _was_cut(sampling_a), _was_cut(sampling_b)
     return Claim(
         pair_id=pair_id,
         prompt=prompt,
         prompt_messages=messages,
         left=left,
         right=right,
+        left_cut=cut_b if swapped else cut_a,
+        right_cut=cut_a if swapped else cut_b,
         swapped=swapped,
         suggestion=shown,
         claimed_at=claimed_at,
         expires_at=expires_at,
     )
+
+
+def _was_cut(sampling: dict | None) -> bool:
+    """Generation stopped at max_new_tokens (labeling/generation.py's Sample.sampling())."""
+    return (sampling or {}).get("finished") is False
 
 
 _SUGGESTION_VIEW = (

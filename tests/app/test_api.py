@@ -146,6 +146,26 @@ def test_every_answer_forbids_content_sniffing(world, who, path, status):
     assert response.headers["x-content-type-options"] == "nosniff"
 
 
+def test_pair_says_which_response_was_cut_at_the_token_limit(world, engine):
+    client, tokens, _ = world
+    headers = auth(tokens["annotator"])
+    seed = client.get("/api/v1/pairs/next", headers=headers).json()["pair"]
+    assert (seed["left_cut"], seed["right_cut"]) == (False, False)  # no sampling details
+    with transaction(engine) as session:
+        from storage.models import Pair, Response
+
+        pair = session.get(Pair, seed["pair_id"])
+        cut, finished = (session.get(Response, i) for i in (pair.response_a_id, pair.response_b_id))
+        cut.sampling = {"max_new_tokens": 256, "n_tokens": 256, "finished": False}
+        finished.sampling = {"max_new_tokens": 256, "n_tokens": 40, "finished": True}
+        session.add_all([cut, finished])
+        cut_text = cut.text
+    held = client.get("/api/v1/pairs/next", headers=headers).json()["pair"]
+    assert held["pair_id"] == seed["pair_id"]
+    cut_on_left = held["left"] == cut_text
+    assert (held["left_cut"], held["right_cut"]) == (cut_on_left, not cut_on_left)
+
+
 def test_label_flow_translates_the_shown_order(world, engine):
     client, tokens, pair_ids = world
     headers = auth(tokens["annotator"])
