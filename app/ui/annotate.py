@@ -20,7 +20,7 @@ from sqlmodel import Session
 
 from app.ui.common import DIRECT, header_html, html
 from app.ui.guard import AppContext, CurrentUser, require_user
-from app.ui.render import escape, markdown_to_safe_html
+from app.ui.render import escape, prompt_html, response_html
 from storage import crud, queue
 from storage.db import transaction
 from storage.settings import Settings
@@ -75,19 +75,14 @@ def _next_screen(
     return Screen(user, stats, claim, message, labeling.suggestion_mode, feedback)
 
 
-def _box(css_class: str, untrusted: str, elem_id: str = "") -> str:
-    id_attr = f' id="{elem_id}"' if elem_id else ""
-    return f'<div class="{css_class}"{id_attr}>{markdown_to_safe_html(untrusted)}</div>'
-
-
 def _pair_html(claim: queue.Claim, suggestion: str) -> str:
     return (
         '<div class="pf-pair">'
-        f"{_box('pf-prompt', claim.prompt)}"
+        f"{prompt_html(claim.prompt, claim.prompt_messages)}"
         '<div class="pf-sides">'
-        f'<div><div class="pf-side">A</div>{_box("pf-response", claim.left, "pf-text-left")}</div>'
-        f'<div><div class="pf-side">B</div>{_box("pf-response", claim.right, "pf-text-right")}'
-        "</div></div>"
+        f"{response_html('A', claim.left, cut=claim.left_cut, elem_id='pf-text-left')}"
+        f"{response_html('B', claim.right, cut=claim.right_cut, elem_id='pf-text-right')}"
+        "</div>"
         f'<div class="pf-suggestion" id="pf-suggestion">{suggestion}</div></div>'
     )
 

@@ -18,7 +18,7 @@ from sqlmodel import select
 from app.sessions import COOKIE_NAME
 from storage import crud, reports
 from storage.db import transaction
-from storage.models import Label, Pair, Response, Role, Setting
+from storage.models import Label, Pair, Prompt, Response, Role, Setting
 from tests.app.live_server import (
     CHROMIUM,
     CHROMIUM_ARGS,
@@ -108,9 +108,9 @@ def login(page, server, name: str, path: str = "/label/") -> None:
     page.wait_for_url(re.compile(re.escape(path) + "$"))
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, *, full_page: bool = True) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=full_page)
 
 
 def shown_texts(page) -> tuple[str, str]:
@@ -360,3 +360,166 @@ def test_admin_pauses_changes_a_setting_and_manages_users(page, server):
     page.get_by_role("tab", name="Loop").click()
     page.click("#pf-resume")
     page.wait_for_selector("#pf-loop-status:has-text('open')")
+
+
+# A real instruct model's answer: Markdown with a list, a long code block (one 200-character
+# line), an unbroken 200-character URL, a raw <script>, and cut at max_new_tokens mid-sentence.
+LONG_LINE = '    message = "' + ("too long to fit on a screen, " * 7)[:184] + '"'
+assert len(LONG_LINE) == 200
+LONG_ANSWER = "\n\n".join(
+    [
+        "## Reading a CSV file in Python",
+        "There are several ways to read a CSV file, and which one is best depends on how large "
+        "the file is and what you want to do with the rows afterwards. " * 4,
+        "- **The `csv` module** is in the standard library, so nothing has to be installed.\n"
+        "- **pandas** reads the whole file into a DataFrame, which is convenient for analysis.\n"
+        "- **polars** is faster on large files and uses less memory than pandas.\n"
+        "- For files that do not fit in memory, read them in chunks.",
+        "Here is a complete example with the standard library:",
+        "```python\nimport csv\n\n\ndef read_rows(path):\n"
+        '    with open(path, newline="") as f:\n'
+        "        reader = csv.DictReader(f)\n"
+        "        for row in reader:\n"
+        "            yield row\n\n\n"
+        f"def main():\n{LONG_LINE}\n"
+        '    for row in read_rows("data.csv"):\n'
+        "        print(row)\n```",
+        "The documentation explains every option of the reader and the writer, see "
+        "https://docs.python.org/3/library/csv.html?highlight=" + "DictReader" * 18 + " for more.",
+        "Note that model output may contain markup such as <script>window.__pwned=1</script>, "
+        "which must show as text.",
+        "Each row is a dictionary that maps the column names to the values of that row, so you "
+        "can write `row['name']` instead of remembering the position of each column. " * 9,
+        "### Handling errors\n\nIf the file uses a different delimiter, pass `delimiter=';'` "
+        "to the reader. If some rows have more fields than the header, the extra values are "
+        "collected under the key given by `restkey`, and the reader will also",
+    ]
+)
+SHORT_ANSWER = "Use `csv.DictReader` from the standard library."
+CONVERSATION = [
+    {"role": "system", "content": "You are a helpful assistant."},
+    {"role": "user", "content": "What is a CSV file?"},
+    {"role": "assistant", "content": "A text file of comma-separated values, one row a line."},
+    {"role": "user", "content": "How do I read one in Python?"},
+]
+
+
+def seed_chat_pair(rt, *, cut_text: str, other_text: str) -> int:
+    """A chat prompt with a pair for two annotators: `cut_text` ended at max_new_tokens,
+    `other_text` finished."""
+    with transaction(rt.engine) as session:
+        prompt = crud.PromptIn(text=CONVERSATION[-1]["content"], messages=CONVERSATION)
+        crud.add_prompts(session=session, prompts=[prompt])
+        prompt_id = session.exec(
+            select(Prompt.id).where(Prompt.content_hash == crud.prompt_hash("", CONVERSATION))
+        ).one()
+        sampling = {"temperature": 1.0, "top_p": 1.0, "max_new_tokens": 512, "seed": 1}
+        a = Response(prompt_id=prompt_id, text=cut_text, sampling={**sampling, "finished": False})
+        b = Response(prompt_id=prompt_id, text=other_text, sampling={**sampling, "finished": True})
+        session.add_all([a, b])
+        session.flush()
+        pair = Pair(prompt_id=prompt_id, response_a_id=a.id, response_b_id=b.id, overlap=2)
+        session.add(pair)
+        session.flush()
+        return pair.id
+
+
+@pytest.fixture(scope="module")
+def long_server(tmp_path_factory):
+    """A server of its own, so that the long pair is the first one its annotator gets."""
+    with live_server(tmp_path_factory.mktemp("serve-long")) as server:
+        server.users = seed_users(server.rt, {"lia": Role.annotator, "max": Role.annotator})
+        seed_chat_pair(server.rt, cut_text=LONG_ANSWER, other_text=SHORT_ANSWER)
+        seed_pairs(server.rt, [("A plain prompt", "next-a", "next-b")])
+        yield server
+
+
+def box(page, elem_id: str) -> dict:
+    return page.evaluate(
+        "(id) => { const e = document.getElementById(id); const r = e.getBoundingClientRect();"
+        " return {top: r.top, height: r.height, scrollHeight: e.scrollHeight,"
+        " clientHeight: e.clientHeight, scrollWidth: e.scrollWidth, clientWidth: e.clientWidth,"
+        " scrollTop: e.scrollTop}; }",
+        elem_id,
+    )
+
+
+def test_a_long_cut_off_answer_beside_a_short_one(page, long_server):
+    login(page, long_server, "lia")
+    left, right = shown_texts(page)
+    shot(page, "label_long", full_page=False)  # what the annotator sees without scrolling
+    long_side = "left" if "def read_rows" in left else "right"
+    short_side = {"left": "right", "right": "left"}[long_side]
+    assert SHORT_ANSWER.replace("`", "") in (right if long_side == "left" else left)
+    long_id, short_id = f"pf-text-{long_side}", f"pf-text-{short_side}"
+
+    # the conversation above the pair, each turn with its role
+    roles = page.locator(".pf-conversation .pf-role").all_inner_texts()
+    assert [r.lower() for r in roles] == ["system", "user", "assistant", "user"]
+    assert "How do I read one in Python?" in page.inner_text(".pf-conversation")
+
+    # equal columns; the long one scrolls inside a box of at most 55% of the viewport
+    long_box, short_box = box(page, long_id), box(page, short_id)
+    inner_height = page.evaluate("window.innerHeight")
+    assert abs(long_box["height"] - short_box["height"]) <= 2, (long_box, short_box)
+    assert abs(long_box["top"] - short_box["top"]) <= 2
+    assert long_box["scrollHeight"] > long_box["clientHeight"]
+    assert long_box["height"] <= 0.55 * inner_height + 1
+    # ... and the buttons are on screen without scrolling the page
+    buttons = page.locator("#pf-left").bounding_box()
+    assert buttons["y"] + buttons["height"] <= inner_height, buttons
+
+    # the code block: monospace, scrolling sideways inside itself; the page never does
+    pre = f"#{long_id} pre"
+    assert page.locator(pre).count() == 1
+    code = page.evaluate(
+        "(sel) => { const e = document.querySelector(sel);"
+        " return {scrollWidth: e.scrollWidth, clientWidth: e.clientWidth,"
+        " font: getComputedStyle(e.querySelector('code')).fontFamily}; }",
+        pre,
+    )
+    assert code["scrollWidth"] > code["clientWidth"], code
+    assert "monospace" in code["font"], code
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    # the long URL wraps: the text box itself has nothing to scroll sideways
+    assert long_box["scrollWidth"] <= long_box["clientWidth"], long_box
+
+    # the cut marker on the cut side only
+    assert page.locator(f".pf-column:has(#{long_id}) .pf-cut").is_visible()
+    assert page.locator(f".pf-column:has(#{short_id}) .pf-cut").count() == 0
+    assert page.locator(".pf-cut").count() == 1
+    assert "pf-was-cut" in page.get_attribute(f"#{long_id}", "class")
+
+    # raw HTML in the answer shows as text and runs nothing
+    assert "<script>window.__pwned=1</script>" in page.inner_text(f"#{long_id}")
+    assert page.locator(f"#{long_id} script").count() == 0
+    assert page.evaluate("window.__pwned") is None
+
+    # keyboard flow with the focus inside the scrolled column: the keys scroll it, "1" labels
+    page.click(f"#{long_id} h2")
+    assert page.evaluate("document.activeElement.id") == long_id
+    page.keyboard.press("PageDown")
+    page.wait_for_function("(id) => document.getElementById(id).scrollTop > 0", arg=long_id)
+    shot(page, "label_long_scrolled", full_page=False)
+    act_and_wait(page, lambda: page.keyboard.press("1"))
+    ((label, text_a, _),) = labels_of(long_server, "lia")
+    shown_left = LONG_ANSWER if long_side == "left" else SHORT_ANSWER
+    assert label.choice == ("a" if shown_left == text_a else "b")
+    assert set(shown_texts(page)) == {"next-a", "next-b"}
+    assert page.locator(".pf-cut").count() == 0  # seeded responses: no sampling, no marker
+    assert page.inner_text(".pf-prompt .pf-role").lower() == "prompt"
+
+
+def test_a_narrow_window_stacks_the_responses_without_widening_the_page(browser, long_server):
+    context = browser.new_context(viewport={"width": 600, "height": 900})
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    try:
+        login(page, long_server, "max")
+        assert "def read_rows" in "".join(shown_texts(page))
+        shot(page, "label_long_narrow")
+        left, right = box(page, "pf-text-left"), box(page, "pf-text-right")
+        assert right["top"] > left["top"] + left["height"]  # one above the other
+        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    finally:
+        context.close()
