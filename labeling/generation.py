@@ -14,9 +14,13 @@ one user turn and the template is applied with the generation prompt. `n` sample
 split evenly across `temperatures` (the RLHF Workflow recipe: 8 samples, half at 1.0 and half at
 0.7). A temperature of 0 means greedy decoding.
 
-transformers: prompts are left-padded and batched (`batch_size` prompts per call, each expanded to
-its samples with `num_return_sequences`); the seed is set before each batch, so the same prompts,
-seed and batch size give the same samples. vllm (the optional extra): offline `vllm.LLM`, one
+transformers: prompts are left-padded and batched (`batch_size` prompts per call, every sample
+of every temperature one row of a single decoding batch) and decoded by prefloop's own loop over
+the model with a KV cache: a row that ends leaves the batch and the cache at once, so replies of
+mixed lengths cost their own tokens rather than the longest one's, and a token is drawn by the
+Gumbel-max trick (argmax of logits / T plus Gumbel noise), since torch.multinomial over a
+49k-token vocabulary cost as much on CPU as the forward pass. The seed is set per batch, so the
+same prompts, seed and batch size give the same samples. vllm (the optional extra): offline `vllm.LLM`, one
 `SamplingParams(n, temperature, top_p, seed, max_tokens)` per prompt and temperature.
 """
 
@@ -109,10 +113,31 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def draw_tokens(logits, *, temperatures, top_p: float, generator):
+    """One token per row of `logits` (rows, vocab) at that row's temperature (`temperatures`,
+    (rows,)): the argmax where it is 0, else a draw from the top-p nucleus of softmax(logits / T)
+    by the Gumbel-max trick (the argmax of logits / T plus Gumbel(0, 1) noise from `generator`)."""
+    import torch
+
+    greedy = temperatures == 0
+    scores = logits.float() / temperatures.masked_fill(greedy, 1.0)[:, None]
+    if top_p < 1.0:
+        ranked, order = scores.sort(dim=-1, descending=True)
+        probs = ranked.softmax(dim=-1)
+        drop_ranked = probs.cumsum(dim=-1) - probs >= top_p  # the top token always stays
+        drop = torch.zeros_like(drop_ranked).scatter(-1, order, drop_ranked)
+        scores = scores.masked_fill(drop, float("-inf"))
+    uniform = torch.rand(scores.shape, generator=generator, device=scores.device)
+    drawn = (scores - torch.log(-torch.log(uniform))).argmax(dim=-1)
+    return torch.where(greedy, logits.argmax(dim=-1), drawn)
+
+
 class TransformersSampler:
     backend = "transformers"
 
     def __init__(self, policy_path: str | Path, settings: GenerationSettings):
+        import inspect
+
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -125,6 +150,14 @@ class TransformersSampler:
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(str(policy_path), dtype=dtype)
         self.model.to(self.device).eval()
+        eos = self.model.generation_config.eos_token_id
+        eos = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+        eos.discard(None)
+        self.eos_ids = torch.tensor(sorted(eos), device=self.device)
+        # transformers 5 renamed the cache argument; older releases call it past_key_values.
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._last_logits = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
 
     def sample(
         self,
@@ -137,19 +170,17 @@ class TransformersSampler:
     ) -> list[list[Sample]]:
         batch_size = batch_size or self.settings.batch_size
         rendered = [render_prompt(self.tokenizer, p) for p in prompts]
-        rows: list[list[Sample]] = [[] for _ in prompts]
-        for group, (temperature, k) in enumerate(split_temperatures(n, temperatures)):
-            for start in range(0, len(prompts), batch_size):
-                chunk = rendered[start : start + batch_size]
-                batch_seed = seed + 1_000_003 * group + start
-                outputs = self._generate(chunk, k, temperature, batch_seed)
-                for offset, samples in enumerate(outputs):
-                    rows[start + offset].extend(samples)
+        groups = split_temperatures(n, temperatures)
+        rows: list[list[Sample]] = []
+        for start in range(0, len(prompts), batch_size):
+            rows.extend(self._generate(rendered[start : start + batch_size], groups, seed + start))
         return rows
 
     def _generate(
-        self, chunk: list[tuple[str, bool]], k: int, temperature: float, seed: int
+        self, chunk: list[tuple[str, bool]], groups: list[tuple[float, int]], seed: int
     ) -> list[list[Sample]]:
+        """Every sample of every prompt in `chunk` in one decoding batch: for each prompt, k rows
+        at each (temperature, k) of `groups`, in that order."""
         import torch
 
         # A template renders its own special tokens; a plain string gets the tokenizer's.
@@ -160,46 +191,74 @@ class TransformersSampler:
             padding=True,
             add_special_tokens=special,
         ).to(self.device)
+        per_prompt = [t for t, k in groups for _ in range(k)]
+        temps = torch.tensor(per_prompt * len(chunk), device=self.device)
+        tokens = self._decode(
+            encoded["input_ids"].repeat_interleave(len(per_prompt), dim=0),
+            encoded["attention_mask"].repeat_interleave(len(per_prompt), dim=0),
+            temperatures=temps,
+            seed=seed,
+        )
         settings = self.settings
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": settings.top_p}
-        if temperature == 0:
-            sampling = {"do_sample": False}
-        torch.manual_seed(seed)
-        with torch.inference_mode():
-            out = self.model.generate(
-                **encoded,
-                **sampling,
-                num_return_sequences=k if temperature else 1,
-                max_new_tokens=settings.max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id,
-            )
-        if not temperature:  # greedy: k copies of the one answer
-            out = out.repeat_interleave(k, dim=0)
-        new = out[:, encoded["input_ids"].shape[1] :].cpu()  # (len(chunk) * k, new tokens)
-        eos_ids = self.model.generation_config.eos_token_id
-        eos_ids = set(eos_ids if isinstance(eos_ids, list) else [eos_ids])
-        eos_ids.discard(None)
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        eos_ids = set(self.eos_ids.tolist())
+        texts = self.tokenizer.batch_decode(tokens, skip_special_tokens=True)
         results: list[list[Sample]] = []
         for i in range(len(chunk)):
             samples = []
-            for j in range(k):
-                tokens = new[i * k + j].tolist()
-                ended = next((t for t, tok in enumerate(tokens) if tok in eos_ids), None)
+            for j, temperature in enumerate(per_prompt):
+                row = tokens[i * len(per_prompt) + j]
                 samples.append(
                     Sample(
-                        text=texts[i * k + j].strip(),
+                        text=texts[i * len(per_prompt) + j].strip(),
                         temperature=temperature,
                         top_p=settings.top_p if temperature else 1.0,
                         max_new_tokens=settings.max_new_tokens,
                         seed=seed,
                         backend=self.backend,
-                        n_tokens=len(tokens) if ended is None else ended + 1,
-                        finished=ended is not None,
+                        n_tokens=len(row),
+                        finished=bool(row) and row[-1] in eos_ids,
                     )
                 )
             results.append(samples)
         return results
+
+    def _decode(self, input_ids, attention_mask, *, temperatures, seed: int) -> list[list[int]]:
+        """The new tokens of each row (its end-of-sequence token included), decoding the batch
+        with a KV cache and dropping a row from the batch (and the cache) as soon as it ends:
+        replies of mixed lengths cost what their own tokens cost, not the longest one's."""
+        import torch
+        from transformers import DynamicCache
+
+        settings = self.settings
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        cache = DynamicCache(config=self.model.config)
+        out: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+        alive = torch.arange(input_ids.shape[0])  # which row of `out` each batch row is
+        mask = attention_mask
+        positions = (mask.cumsum(dim=-1) - 1).clamp_min(0)  # left padding: count real tokens
+        step_inputs = {"input_ids": input_ids, "position_ids": positions, **self._last_logits}
+        with torch.inference_mode():
+            for step in range(settings.max_new_tokens):
+                logits = self.model(
+                    **step_inputs, attention_mask=mask, use_cache=True, **{self._cache_arg: cache}
+                ).logits[:, -1]
+                token = draw_tokens(
+                    logits, temperatures=temperatures, top_p=settings.top_p, generator=generator
+                )
+                for row, t in zip(alive.tolist(), token.tolist(), strict=True):
+                    out[row].append(t)
+                going = ~torch.isin(token, self.eos_ids)
+                if step == settings.max_new_tokens - 1 or not going.any():
+                    break
+                if not going.all():
+                    keep = going.nonzero().squeeze(1)
+                    cache.batch_select_indices(keep)
+                    mask, alive, token = mask[keep], alive[keep.cpu()], token[keep]
+                    positions, temperatures = positions[keep], temperatures[keep]
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+                positions = positions[:, -1:] + 1
+                step_inputs = {"input_ids": token[:, None], "position_ids": positions}
+        return out
 
     def close(self) -> None:
         import gc
