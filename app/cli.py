@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from app import cli_data, cli_labeling, cli_serve, cli_training
-from app.cli_common import DataDir, data_dir_flag, fail, runtime
+from app.cli_common import DataDir, data_dir_flag, fail, require_schema, runtime
 from storage import crud
 from storage.db import transaction, upgrade
 from storage.models import Role
@@ -31,21 +32,118 @@ cli.add_typer(users_cli, name="users")
 cli.add_typer(prompts_cli, name="prompts")
 
 
+DEMOS = ("chat", "support")
+
+
 @cli.command()
 def init(
     data_dir: DataDir = DEFAULT_DATA_DIR,
-    demo: Annotated[bool, typer.Option(help="Load the demo task and build its policy.")] = False,
+    demo: Annotated[
+        str | None,
+        typer.Option(
+            "--demo",
+            help="Set up a demo: chat (SmolLM2-135M-Instruct on general instructions; "
+            "`--demo` alone) or support (a tiny model on support replies, for fast runs).",
+        ),
+    ] = None,
+    policy: Annotated[
+        str | None,
+        typer.Option(
+            "--policy",
+            help="pi_0: a Hugging Face causal LM directory, a hub id in the local cache, or a "
+            ".gguf file (converted into <data-dir>/policies/v0). Default: [policy] init_path.",
+        ),
+    ] = None,
 ) -> None:
-    """Create or upgrade the database and the first admin; with --demo, set up the demo task.
+    """Create or upgrade the database and the first admin; register pi_0 (--policy, or [policy]
+    init_path); with --demo, set up a demo and queue its first round.
 
     Safe to run again: nothing that exists is created twice."""
+    if demo is not None and demo not in DEMOS:
+        raise fail(f"--demo {demo!r}: expected one of {', '.join(DEMOS)}")
+    if demo is not None and policy is not None:
+        raise fail("--demo brings its own pi_0: give --demo or --policy, not both")
     data_dir.mkdir(parents=True, exist_ok=True)
+    if demo is not None:
+        _record_demo(data_dir, demo)
     rt = runtime(data_dir, needs_schema=False)
+    given = policy or (rt.settings.policy.init_path if demo is None else None)
+    info = _check_policy(rt, given) if given else None  # before anything is written
     upgrade(rt.engine)
     typer.echo(f"database ready: {rt.settings.resolved_database_url.split('@')[-1]}")
     _ensure_admin(rt)
-    if demo:
+    if demo == "support":
         _init_demo(rt)
+    elif demo == "chat":
+        _init_chat_demo(rt)
+    elif info is not None:
+        _register_policy(rt, info, given)
+
+
+def _record_demo(data_dir: Path, demo: str) -> None:
+    """Say in `<data-dir>/prefloop.toml` which demo the directory holds (`demo = "chat"`), so
+    every later command (and the training child) takes that demo's defaults."""
+    from storage.settings import SETTINGS_FILE, SettingsError, _read_toml
+
+    path = data_dir / SETTINGS_FILE
+    try:
+        current = _read_toml(path)
+    except SettingsError as exc:
+        raise fail(str(exc)) from None
+    recorded = current.get("demo")
+    if recorded == demo:
+        return
+    if recorded is not None:
+        raise fail(
+            f"{path} says demo = {recorded!r}: this data directory holds the {recorded} demo. "
+            f"Use another --data-dir for the {demo} demo"
+        )
+    if demo == "chat" and _has_policy(data_dir):
+        raise fail(
+            f"{data_dir} already has a policy (the support demo's, or one of yours): the chat "
+            "demo needs a data directory of its own (--data-dir); `prefloop init --demo "
+            "support` keeps using this one as the support demo"
+        )
+    line = f'demo = "{demo}"  # written by `prefloop init --demo {demo}`\n'
+    existing = path.read_text(encoding="utf-8") if path.exists() else ""
+    # A top-level key must come before the first [table]: at the top it always does.
+    path.write_text(line + existing, encoding="utf-8")
+
+
+def _has_policy(data_dir: Path) -> bool:
+    rt = runtime(data_dir, needs_schema=False)
+    try:
+        require_schema(rt)
+    except typer.Exit:
+        return False  # no database yet
+    with transaction(rt.engine, readonly=True) as session:
+        return bool(crud.list_policies(session=session))
+
+
+def _check_policy(rt: Runtime, spec: str):
+    """The user's pi_0, checked (a GGUF file converted into <data-dir>/policies/v0)."""
+    from training.base_model import PolicyError, prepare_policy
+
+    try:
+        return prepare_policy(spec, rt.settings.demo_policy_dir)
+    except PolicyError as exc:
+        raise fail(str(exc)) from None
+
+
+def _register_policy(rt: Runtime, info, spec: str) -> None:
+    """Register the user's checked pi_0 as v0 and deploy it."""
+    from training.base_model import PolicyError, register_base_policy
+
+    try:
+        registered = register_base_policy(
+            engine=rt.engine,
+            path=info.path,
+            config={"source": "user", "given": str(spec), "check": info.describe()},
+        )
+    except PolicyError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(f"policy: {info.path} ({info.describe()})")
+    typer.echo("policy v0: " + ("registered and deployed" if registered else "registered already"))
 
 
 def _ensure_admin(rt: Runtime) -> None:
@@ -118,13 +216,67 @@ def _init_demo(rt: Runtime) -> None:
         _generate_first_round(rt)
 
 
+def _init_chat_demo(rt: Runtime) -> None:
+    """The chat demo: shipped instructions, SmolLM2-135M-Instruct converted as pi_0, the seed
+    preferences, the proxy fitted on them, and the first round queued."""
+    from labeling.chat_task import SEED_PREFERENCES, chat_prompts
+    from labeling.importing import read_preferences
+    from labeling.proxy import latest_version, refit_proxy
+    from storage.models import Split
+    from storage.preferences import add_seed_preferences
+    from training.base_model import PolicyError, convert_gguf, smollm2_gguf
+
+    records = [
+        crud.PromptIn(text=text, source=f"chat-demo:{kind}", split=Split(split))
+        for text, kind, split in chat_prompts()
+    ]
+    with transaction(rt.engine) as session:
+        added, skipped = crud.add_prompts(session=session, prompts=records)
+    typer.echo(f"chat prompts: {added} added, {skipped} present already")
+
+    policy_dir = rt.settings.demo_policy_dir
+    try:
+        converted = convert_gguf(smollm2_gguf(), policy_dir)
+    except PolicyError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(
+        f"chat policy: SmolLM2-135M-Instruct, {converted['n_params'] / 1e6:.1f}M parameters, "
+        f"converted from GGUF into {policy_dir} in {converted['seconds']:.0f}s (once)"
+    )
+    from training.base_model import register_base_policy
+
+    registered = register_base_policy(
+        engine=rt.engine,
+        path=policy_dir,
+        config={"source": "demo", "demo": "chat", "converted": converted},
+    )
+    typer.echo("policy v0: " + ("registered and deployed" if registered else "registered already"))
+
+    seeds = read_preferences(SEED_PREFERENCES)
+    with transaction(rt.engine) as session:
+        added, skipped = add_seed_preferences(session=session, items=seeds)
+    typer.echo(f"seed preferences: {added} added, {skipped} present already")
+    if latest_version(engine=rt.engine) is None:
+        version = refit_proxy(engine=rt.engine, settings=rt.settings)
+        if version is not None:
+            typer.echo(f"proxy v{version.version}: fitted on {version.n_labels} seed preferences")
+    with transaction(rt.engine, readonly=True) as session:
+        first_round_due = crud.current_iteration(session=session) is None
+    if first_round_due:
+        _generate_first_round(rt)
+
+
 def _generate_first_round(rt: Runtime) -> None:
     """Queue the demo's first pairs, so that `make run` ends ready to label."""
     from labeling.rounds import generate_round
 
+    settings = rt.effective_settings()
     typer.echo("first round: sampling with the demo policy ...")
     report = generate_round(
-        engine=rt.engine, settings=rt.effective_settings(), progress=sys.stderr.isatty()
+        engine=rt.engine,
+        settings=settings,
+        n_prompts=settings.generation.first_round_prompts,
+        progress=sys.stderr.isatty(),
     )
     routes = ", ".join(f"{route} {n}" for route, n in report["routes"].items())
     typer.echo(f"first round: iteration {report['iteration_k']} queued ({routes})")
@@ -281,10 +433,22 @@ cli.command("quality")(cli_labeling.quality)
 cli.command("refit-proxy")(cli_labeling.refit_proxy)
 
 
+def _demo_alone_means_chat(argv: list[str]) -> list[str]:
+    """`prefloop init --demo` with no value is `--demo chat` (click has no optional values)."""
+    if not argv or argv[0] != "init":
+        return argv
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--demo" and (i + 1 == len(out) or out[i + 1].startswith("-")):
+            out.insert(i + 1, "chat")
+            break
+    return out
+
+
 def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    cli()
+    cli(args=_demo_alone_means_chat(sys.argv[1:]))
 
 
 if __name__ == "__main__":

@@ -61,6 +61,12 @@ class GenerationSettings(Section):
     max_new_tokens: int = Field(64, ge=1, le=8192)
     batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
     prompts_per_round: int = Field(64, ge=1, description="Prompts sampled per iteration.")
+    first_round_prompts: int | None = Field(
+        None,
+        ge=1,
+        description="Prompts of the round `prefloop init` queues (unset: prompts_per_round); "
+        "a smaller one makes a new data directory ready to label sooner.",
+    )
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM only.")
@@ -242,6 +248,12 @@ class Settings(BaseSettings):
     )
 
     data_dir: Path = DEFAULT_DATA_DIR
+    demo: Literal["chat", "support"] | None = Field(
+        None,
+        description="The demo this data directory holds (written to prefloop.toml by "
+        "`prefloop init --demo`); its defaults (DEMO_DEFAULTS) sit below the file's values. "
+        "Unset with no policy.init_path: the support demo, as before there were two.",
+    )
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; unset: SQLite in the data directory."
     )
@@ -278,6 +290,32 @@ class Settings(BaseSettings):
     @property
     def demo_policy_dir(self) -> Path:
         return self.data_dir / "policies" / "v0"
+
+
+# The defaults each demo sets below prefloop.toml. The support demo's are the plain defaults (its
+# tiny policy is what they were tuned on); the chat demo's were measured with SmolLM2-135M on a
+# 2-core CPU (README, "The chat demo").
+CHAT_JUDGE = "labeling.chat_task:chat_judge"
+DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
+    "support": {},
+    "chat": {
+        "generation": {
+            "n_samples": 4,
+            "max_new_tokens": 160,
+            "prompts_per_round": 64,
+            "first_round_prompts": 16,
+        },
+        "proxy": {"judge": CHAT_JUDGE},
+        "eval": {"judge": CHAT_JUDGE, "n_prompts": 64},
+        "dpo": {
+            "learning_rate": 5e-6,
+            "beta": 0.1,
+            "max_length": 512,
+            "num_train_epochs": 1.0,
+            "per_device_train_batch_size": 8,
+        },
+    },
+}
 
 
 class SettingsError(ValueError):
@@ -377,6 +415,14 @@ def load_settings(data_dir: Path | str | None = None, **flags: Any) -> Settings:
     file_values.pop("data_dir", None)  # the directory holding the file decides
     values = {k: v for k, v in flags.items() if v is not None}
     values["data_dir"] = data_dir
+    demo = values.get("demo") or os.environ.get("PREFLOOP_DEMO") or file_values.get("demo")
+    if demo is not None and demo not in DEMO_DEFAULTS:
+        raise SettingsError(
+            f"invalid settings ({toml_path}, PREFLOOP_DEMO): demo: expected one of "
+            f"{sorted(DEMO_DEFAULTS)} (got {demo!r})"
+        )
+    if demo:
+        file_values = _deep_merge(DEMO_DEFAULTS[demo], file_values)
     origin = f"{toml_path}, PREFLOOP_* environment, command-line flags"
     token = _file_values.set(file_values)
     try:

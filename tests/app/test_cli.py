@@ -280,7 +280,7 @@ def test_init_demo_ends_ready_to_label_and_is_safe_twice(
     monkeypatch.delenv("PREFLOOP_ADMIN_PASSWORD", raising=False)
     # the cached build stands in for a fresh one: init finds it complete and reuses it
     shutil.copytree(demo_policy_dir, tmp_path / "policies" / "v0")
-    out = run("init", "--demo", "--data-dir", str(tmp_path)).output
+    out = run("init", "--demo", "support", "--data-dir", str(tmp_path)).output
     assert "500 added" in out and "first round: iteration 0 queued" in out
     line = re.search(
         r"demo policy samples: gold mean (\S+) \(q10 (\S+), median (\S+), q90 (\S+)\) "
@@ -297,7 +297,7 @@ def test_init_demo_ends_ready_to_label_and_is_safe_twice(
     assert report["counts"]["pair"] > 0 and report["counts"]["response"] > 0
     # the second run reads the sample quality from the build record instead of sampling again
     monkeypatch.setattr(demo_policy, "sample_gold_distribution", None)
-    again = run("init", "--demo", "--data-dir", str(tmp_path)).output
+    again = run("init", "--demo", "support", "--data-dir", str(tmp_path)).output
     assert "0 added, 500 present already" in again and "first round" not in again
     assert line[0] in again
     assert status(str(tmp_path))["counts"] == report["counts"]

@@ -82,3 +82,36 @@ def labeled_round(rt: Runtime, n_pairs: int, *, flip: bool = False) -> int:
             session=session, iteration_id=iteration.id, state=IterationState.labeling
         )
         return iteration.id
+
+
+def dpo_margin(policy_path: str, ref_path: str, pairs: list[tuple[str, str, str]]) -> float:
+    """Mean DPO implicit reward margin log(pi/ref)(chosen) - log(pi/ref)(rejected) over
+    (prompt, chosen, rejected) triples, teacher-forced through the chat template."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(policy_path)
+    model = AutoModelForCausalLM.from_pretrained(policy_path).eval()
+    ref = AutoModelForCausalLM.from_pretrained(ref_path).eval()
+
+    def logp(m, prompt, reply):
+        head = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+        )
+        full = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
+            tokenize=False,
+        )
+        n_head = len(tok(head, add_special_tokens=False)["input_ids"])
+        ids = torch.tensor([tok(full, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            logits = m(ids).logits[0, :-1].log_softmax(-1)
+        targets = ids[0, 1:]
+        return logits[n_head - 1 :].gather(1, targets[n_head - 1 :, None]).sum().item()
+
+    total = 0.0
+    for prompt, chosen, rejected in pairs:
+        total += (logp(model, prompt, chosen) - logp(ref, prompt, chosen)) - (
+            logp(model, prompt, rejected) - logp(ref, prompt, rejected)
+        )
+    return total / len(pairs)

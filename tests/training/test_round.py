@@ -20,44 +20,12 @@ from labeling.demo_task import reference_reply
 from storage import crud, jobs
 from storage.db import transaction
 from storage.models import Iteration, Job, JobStatus, Prompt, Split
-from tests.training.conftest import labeled_round, make_loop_runtime
+from tests.training.conftest import dpo_margin, labeled_round, make_loop_runtime
 from training import deploy as deploying
 from training.iteration import run_round
 
 pytestmark = pytest.mark.slow
 OPEN_GATE = {"win_rate_threshold": 0.0}
-
-
-def _margin(policy_path: str, ref_path: str, pairs: list[tuple[str, str, str]]) -> float:
-    """Mean DPO implicit reward margin log(pi/ref)(chosen) - log(pi/ref)(rejected)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(policy_path)
-    model = AutoModelForCausalLM.from_pretrained(policy_path).eval()
-    ref = AutoModelForCausalLM.from_pretrained(ref_path).eval()
-
-    def logp(m, prompt, reply):
-        head = tok.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-        full = tok.apply_chat_template(
-            [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
-            tokenize=False,
-        )
-        n_head = len(tok(head, add_special_tokens=False)["input_ids"])
-        ids = torch.tensor([tok(full, add_special_tokens=False)["input_ids"]])
-        with torch.no_grad():
-            logits = m(ids).logits[0, :-1].log_softmax(-1)
-        targets = ids[0, 1:]
-        return logits[n_head - 1 :].gather(1, targets[n_head - 1 :, None]).sum().item()
-
-    total = 0.0
-    for prompt, chosen, rejected in pairs:
-        total += (logp(model, prompt, chosen) - logp(ref, prompt, chosen)) - (
-            logp(model, prompt, rejected) - logp(ref, prompt, rejected)
-        )
-    return total / len(pairs)
 
 
 def _pairs(rt, split: Split, n: int) -> list[tuple[str, str, str]]:
@@ -122,7 +90,7 @@ def test_dpo_round_trains_evaluates_and_deploys(open_gate_rt):
     before, after = _weights(v0.path), _weights(candidate.path)
     assert any(not (before[k] == after[k]).all() for k in before)
     # on held-out prompts it never trained on; v0 against itself: exactly 0
-    assert _margin(candidate.path, v0.path, _pairs(rt, Split.eval, 16)) > 1.0
+    assert dpo_margin(candidate.path, v0.path, _pairs(rt, Split.eval, 16)) > 1.0
     assert train["first_loss"] > train["final_loss"]
 
 
@@ -142,7 +110,7 @@ def test_gate_rejects_a_worse_candidate(tmp_path, demo_policy_dir):
         assert session.get(Iteration, iteration_id).state == "rejected"
     # it learned the flipped preference: the worst reply is now the likelier one, held out
     assert (
-        _margin(
+        dpo_margin(
             candidate.path, rt.settings.data_dir / "policies" / "v0", _pairs(rt, Split.eval, 16)
         )
         < -1.0
