@@ -203,6 +203,13 @@ def get_policy(*, session: Session, version: int) -> Policy:
     return policy
 
 
+def get_policy_by_id(*, session: Session, policy_id: int) -> Policy:
+    policy = session.get(Policy, policy_id)
+    if policy is None:
+        raise NotFound(f"no policy with id {policy_id}")
+    return policy
+
+
 def list_policies(*, session: Session) -> list[Policy]:
     return list(session.exec(select(Policy).order_by(Policy.version)))
 
@@ -255,6 +262,13 @@ def get_iteration(*, session: Session, iteration_id: int) -> Iteration:
     iteration = session.get(Iteration, iteration_id)
     if iteration is None:
         raise NotFound(f"no iteration with id {iteration_id}")
+    return iteration
+
+
+def get_iteration_by_k(*, session: Session, k: int) -> Iteration:
+    iteration = session.exec(select(Iteration).where(Iteration.k == k)).first()
+    if iteration is None:
+        raise NotFound(f"no iteration {k}")
     return iteration
 
 

@@ -29,6 +29,11 @@ from sqlmodel import Session
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
+# The errors that mean the database is unreachable, not that a statement was wrong: the driver
+# could not reach the server (OperationalError, InterfaceError), or the pool had no free
+# connection within `database.pool_timeout` (TimeoutError).
+UNAVAILABLE_ERRORS = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
+
 
 class _WriterLock:
     """The write lock of one SQLite database: an RLock for this process's threads, then (at the

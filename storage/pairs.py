@@ -73,6 +73,17 @@ def train_prompts(*, session: Session, limit: int, seed: int = 0) -> list[Prompt
     return list(session.exec(query))
 
 
+def eval_prompt_texts(*, session: Session, limit: int) -> list[str]:
+    """The first `limit` active held-out prompts' texts, in id order: the same set every round."""
+    query = (
+        select(Prompt.text)
+        .where(Prompt.split == Split.eval, Prompt.active)
+        .order_by(Prompt.id)
+        .limit(limit)
+    )
+    return list(session.exec(query))
+
+
 def add_responses(*, session: Session, responses: list[ResponseIn]) -> list[Response]:
     rows = [Response(**vars(r)) for r in responses]
     session.add_all(rows)
@@ -125,6 +136,17 @@ def human_routed_count(*, session: Session, iteration_id: int) -> int:
         Pair.iteration_id == iteration_id, Pair.route.in_([Route.human, Route.audit])
     )
     return session.exec(query).one()
+
+
+def human_capacity(*, session: Session, iteration_id: int) -> int:
+    """How many human labels an iteration's pairs can take (their overlap; proxy-only and
+    discarded pairs take none)."""
+    query = sa.select(sa.func.coalesce(sa.func.sum(Pair.overlap), 0)).where(
+        Pair.iteration_id == iteration_id,
+        Pair.route.in_([Route.human, Route.audit]),
+        Pair.status != PairStatus.discarded,
+    )
+    return int(session.execute(query).scalar_one())
 
 
 # proxy versions

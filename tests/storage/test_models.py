@@ -145,3 +145,19 @@ def test_iteration_lifecycle(engine):
         assert (second.k, second.state, second.error) == (1, S.failed, "oom")
         with pytest.raises(crud.Conflict, match="failed already"):
             crud.set_iteration_state(session=session, iteration_id=second.id, state=S.failed)
+
+
+def test_missing_policies_and_iterations_raise_not_found(engine):
+    with transaction(engine) as session:
+        policy = make_policy(session, version=3)
+        iteration = crud.start_iteration(
+            session=session, policy_in_id=policy.id, human_quota=5, human_budget=9
+        )
+        assert crud.get_policy_by_id(session=session, policy_id=policy.id).version == 3
+        assert crud.get_iteration_by_k(session=session, k=iteration.k).id == iteration.id
+        with pytest.raises(crud.NotFound, match="no policy with id"):
+            crud.get_policy_by_id(session=session, policy_id=policy.id + 1)
+        with pytest.raises(crud.NotFound, match="no iteration 1"):
+            crud.get_iteration_by_k(session=session, k=1)
+        with pytest.raises(crud.NotFound, match="no iteration with id"):
+            crud.get_iteration(session=session, iteration_id=iteration.id + 1)
