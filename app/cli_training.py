@@ -160,15 +160,16 @@ def _wait(
 ) -> Iteration:
     """Poll until `predicate` holds for iteration `k` (default: the current one). A failed
     `job_id` (the job meant to get there) stops the wait with its error."""
-    from sqlmodel import select
-
     deadline = time.monotonic() + timeout
     while True:
         with transaction(rt.engine, readonly=True) as session:
             if k is None:
                 iteration = crud.current_iteration(session=session)
             else:
-                iteration = session.exec(select(Iteration).where(Iteration.k == k)).first()
+                try:
+                    iteration = crud.get_iteration_by_k(session=session, k=k)
+                except crud.NotFound:
+                    iteration = None  # not generated yet
             job = None if job_id is None else jobs.get_job(session=session, job_id=job_id)
         if iteration is not None and predicate(iteration):
             return iteration

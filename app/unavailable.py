@@ -12,14 +12,11 @@ from __future__ import annotations
 import json
 import logging
 
-import sqlalchemy as sa
+from storage.db import UNAVAILABLE_ERRORS
 
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_SECONDS = 5
-# The driver could not reach the server (OperationalError, InterfaceError), or the pool had no
-# free connection within `database.pool_timeout` (TimeoutError).
-UNAVAILABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.TimeoutError)
 
 
 class DatabaseUnavailable:
@@ -39,7 +36,7 @@ class DatabaseUnavailable:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except UNAVAILABLE as error:
+        except UNAVAILABLE_ERRORS as error:
             if started:
                 raise
             # The error's class only: its text may carry the server's address.

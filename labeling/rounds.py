@@ -25,7 +25,7 @@ from labeling.proxy import Proxy, load_proxy
 from labeling.routing import route_pairs
 from storage import crud, pairs
 from storage.db import transaction
-from storage.models import Iteration, IterationState, PairStrategy, Policy, Route
+from storage.models import IterationState, PairStrategy, Route
 from storage.settings import Settings
 
 log = logging.getLogger("prefloop.rounds")
@@ -130,9 +130,9 @@ def _run(
     with transaction(engine, readonly=True) as session:
         prompts = pairs.train_prompts(session=session, limit=n_prompts, seed=seed)
         prompt_rows = [(p.id, p.text, p.messages) for p in prompts]
-        parent = session.get(Policy, parent_id) if parent_id else None
+        parent = crud.get_policy_by_id(session=session, policy_id=parent_id) if parent_id else None
         parent_path = parent.path if parent else None
-        versions = {policy_id: session.get(Policy, policy_id).version}
+        versions = {policy_id: crud.get_policy_by_id(session=session, policy_id=policy_id).version}
         if parent is not None:
             versions[parent.id] = parent.version
     if not prompt_rows:
@@ -209,7 +209,7 @@ def _run(
             candidates.append((idx, i, j, scores.p(i, j), scores.uncertainty(i, j)))
 
     with transaction(engine) as session:
-        iteration = session.get(Iteration, iteration_id)
+        iteration = crud.get_iteration(session=session, iteration_id=iteration_id)
         slots = iteration.human_budget - pairs.human_routed_count(
             session=session, iteration_id=iteration_id
         )

@@ -33,7 +33,7 @@ from typing import Any
 
 from storage import crud, jobs
 from storage.db import make_engine, transaction
-from storage.models import Iteration, IterationState, JobStatus, Policy, PolicyStatus
+from storage.models import IterationState, JobStatus, Policy, PolicyStatus
 from storage.settings import DPOSettings, Settings, load_settings
 from training.runner import error_kind
 
@@ -325,8 +325,8 @@ def evaluate_job(*, engine, settings, job_id: int, candidate_version: int) -> di
         job = jobs.get_job(session=session, job_id=job_id)
         iteration_id = job.params.get("iteration_id")
         if iteration_id is not None:
-            iteration = session.get(Iteration, iteration_id)
-            if iteration is not None and iteration.state == IterationState.training:
+            iteration = crud.get_iteration(session=session, iteration_id=iteration_id)
+            if iteration.state == IterationState.training:
                 crud.set_iteration_state(
                     session=session, iteration_id=iteration_id, state=IterationState.evaluating
                 )

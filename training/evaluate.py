@@ -16,11 +16,9 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlmodel import select
-
-from storage import crud
+from storage import crud, pairs
 from storage.db import transaction
-from storage.models import Policy, Prompt, Split
+from storage.models import Policy
 from storage.policies import set_policy_metrics
 from storage.settings import Settings
 
@@ -31,13 +29,7 @@ Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]  # batched (p
 def eval_prompts(*, engine, n: int) -> list[str]:
     """The first `n` active held-out prompts, in id order: the same set every round."""
     with transaction(engine, readonly=True) as session:
-        query = (
-            select(Prompt.text)
-            .where(Prompt.split == Split.eval, Prompt.active)
-            .order_by(Prompt.id)
-            .limit(n)
-        )
-        return list(session.exec(query))
+        return pairs.eval_prompt_texts(session=session, limit=n)
 
 
 def win_rate(scores_a: Sequence[float], scores_b: Sequence[float]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from storage import crud, jobs
+from storage import crud, jobs, pairs
 from storage.db import transaction
 from storage.models import Iteration, IterationState, Job, JobStatus, PolicyStatus
 from storage.policies import finish_iteration, set_iteration_metrics
@@ -63,17 +63,8 @@ def human_labels(*, engine, iteration_id: int) -> int:
 def human_capacity(*, engine, iteration_id: int) -> int:
     """How many human labels the iteration's pairs can take (their overlap; proxy-only and
     discarded pairs take none)."""
-    import sqlalchemy as sa
-
-    from storage.models import Pair, PairStatus, Route
-
-    query = sa.select(sa.func.coalesce(sa.func.sum(Pair.overlap), 0)).where(
-        Pair.iteration_id == iteration_id,
-        Pair.route.in_([Route.human, Route.audit]),
-        Pair.status != PairStatus.discarded,
-    )
     with transaction(engine, readonly=True) as session:
-        return int(session.execute(query).scalar_one())
+        return pairs.human_capacity(session=session, iteration_id=iteration_id)
 
 
 def quota_reached(*, engine) -> Iteration | None:
@@ -147,8 +138,8 @@ def queue_training(
 
 def fail_iteration(*, engine, iteration_id: int, error: str) -> None:
     with transaction(engine) as session:
-        iteration = session.get(Iteration, iteration_id)
-        if iteration is not None and iteration.state in crud.OPEN_STATES:
+        iteration = crud.get_iteration(session=session, iteration_id=iteration_id)
+        if iteration.state in crud.OPEN_STATES:
             crud.set_iteration_state(
                 session=session, iteration_id=iteration_id, state=IterationState.failed, error=error
             )
@@ -159,7 +150,7 @@ def finish_round(
 ) -> RoundReport:
     """Gate the evaluated candidate, deploy or reject it, and end the iteration."""
     with transaction(engine, readonly=True) as session:
-        iteration = session.get(Iteration, iteration_id)
+        iteration = crud.get_iteration(session=session, iteration_id=iteration_id)
         candidate = crud.get_policy(session=session, version=candidate_version)
     evaluation = candidate.metrics.get("eval", {})
     result = deploying.gate(evaluation, settings.eval)
@@ -220,7 +211,7 @@ def run_round(
         job_id = queue_training(engine=engine, settings=settings, user_id=user_id).id
     with transaction(engine, readonly=True) as session:
         first = jobs.get_job(session=session, job_id=job_id)
-        iteration = session.get(Iteration, first.iteration_id)
+        iteration = crud.get_iteration(session=session, iteration_id=first.iteration_id)
     try:
         job = run_with_retries(engine=engine, settings=settings, job_id=job_id, on_start=on_start)
         if job.status != JobStatus.succeeded:
