@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from app import cli_data, cli_labeling, cli_serve, cli_training
-from app.cli_common import DataDir, data_dir_flag, fail, require_schema, runtime
+from app.cli_common import DataDir, data_dir_flag, fail, runtime
 from storage import crud
 from storage.db import transaction, upgrade
 from storage.models import Role
@@ -111,11 +111,12 @@ def _record_demo(data_dir: Path, demo: str) -> None:
 
 
 def _has_policy(data_dir: Path) -> bool:
+    from storage.db import current_revision
+
     rt = runtime(data_dir, needs_schema=False)
-    try:
-        require_schema(rt)
-    except typer.Exit:
-        return False  # no database yet
+    if current_revision(rt.engine) is None:
+        return False  # no database yet (checking creates no SQLite file)
+    upgrade(rt.engine)
     with transaction(rt.engine, readonly=True) as session:
         return bool(crud.list_policies(session=session))
 

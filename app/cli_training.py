@@ -106,7 +106,10 @@ def loop(
     ] = False,
     judge: Annotated[
         str | None,
-        typer.Option(help="module:callable the simulated annotators and the evaluation use."),
+        typer.Option(
+            help="module:callable the simulated annotators and the evaluation use (default: "
+            "[eval] judge, which a demo sets, else the support demo's)."
+        ),
     ] = None,
     annotators: Annotated[int, typer.Option(min=1, help="Simulated annotators.")] = 3,
     noise: Annotated[
@@ -124,8 +127,11 @@ def loop(
 
     if not simulate:
         raise fail("only --simulate is supported: real annotators label through `prefloop serve`")
-    spec = judge or DEFAULT_JUDGE
-    rt = runtime(data_dir, eval={"judge": spec}, loop={"auto_continue": True})
+    rt = runtime(data_dir, loop={"auto_continue": True})
+    # the data directory's judge (a demo's, or [eval] judge) unless one is given
+    spec = judge or rt.settings.eval.judge or DEFAULT_JUDGE
+    if spec != rt.settings.eval.judge:
+        rt = runtime(data_dir, eval={"judge": spec}, loop={"auto_continue": True})
     logging.basicConfig(level=logging.WARNING)
     try:
         for line in run_loop(

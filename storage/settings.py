@@ -308,12 +308,13 @@ DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
         "proxy": {"judge": CHAT_JUDGE},
         "eval": {"judge": CHAT_JUDGE, "n_prompts": 64},
         "dpo": {
-            "learning_rate": 5e-6,
+            "learning_rate": 1e-5,
             "beta": 0.1,
-            "max_length": 512,
+            "max_length": 320,
             "num_train_epochs": 1.0,
             "per_device_train_batch_size": 8,
         },
+        "loop": {"data_scope": "latest"},
     },
 }
 
