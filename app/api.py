@@ -13,7 +13,6 @@ runtime comes from `app.state.runtime`.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from collections.abc import Callable, Coroutine
@@ -37,7 +36,7 @@ from storage import crud, queue
 from storage.db import transaction
 from storage.models import Role, Split, User
 from storage.runtime import Runtime
-from storage.settings import LabelingSettings, Settings, with_overrides
+from storage.settings import LabelingSettings
 
 
 class NoSniffRoute(APIRoute):
@@ -236,23 +235,6 @@ def _suggestion(claim_suggestion) -> Suggestion | None:
     )
 
 
-# (base settings, overrides as JSON, effective settings): validating Settings costs milliseconds
-# and the overrides rarely change. Read in the caller's transaction: no second one per request.
-_settings_memo: dict[str, tuple[Settings, str, Settings]] = {}
-
-
-def _labeling_settings(rt: Runtime, session) -> LabelingSettings:
-    overrides = crud.get_overrides(session=session)
-    if not overrides:
-        return rt.settings.labeling
-    key = json.dumps(overrides, sort_keys=True, default=str)
-    memo = _settings_memo.get("last")
-    if memo is None or memo[0] is not rt.settings or memo[1] != key:
-        memo = (rt.settings, key, with_overrides(rt.settings, overrides))
-        _settings_memo["last"] = memo
-    return memo[2].labeling
-
-
 def _pair_out(claim: queue.Claim, labeling: LabelingSettings) -> PairOut:
     shown = labeling.suggestion_mode == "shown"
     return PairOut(
@@ -300,7 +282,7 @@ def next_pair(request: Request, user: CurrentUser) -> NextPairOut:
     them as plain text."""
     rt = get_runtime(request)
     with transaction(rt.engine) as session:
-        labeling = _labeling_settings(rt, session)
+        labeling = rt.effective_settings(session).labeling
         if labeling.paused:
             raise HTTPException(409, "labeling is paused by an admin")
         claim = queue.claim_next_pair(
@@ -345,7 +327,7 @@ def label_pair(
                 reason=body.reason,
             )
             if next:
-                labeling = _labeling_settings(rt, session)
+                labeling = rt.effective_settings(session).labeling
                 if not labeling.paused:
                     claim = queue.claim_next_pair(
                         session=session, user_id=user.id, lease_seconds=labeling.lease_seconds
@@ -382,8 +364,8 @@ def skip(
 def status(request: Request, user: CurrentUser) -> StatusOut:
     """Your labels today, what is left for you, the loop's iteration and deployed policy."""
     rt = get_runtime(request)
-    paused = rt.effective_settings().labeling.paused
     with transaction(rt.engine, readonly=True) as session:
+        paused = rt.effective_settings(session).labeling.paused
         stats = queue.queue_stats(session=session, user_id=user.id)
         iteration = crud.current_iteration(session=session)
         policy = crud.deployed_policy(session=session)

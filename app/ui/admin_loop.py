@@ -33,9 +33,7 @@ def timeline_html(ctx: AppContext) -> str:
         human = reports.human_labels_per_iteration(session=session)
         jobs = reports.recent_jobs(session=session, limit=10)
         policy = crud.deployed_policy(session=session)
-        paused = ctx.rt.settings.labeling.paused
-        overrides = crud.get_overrides(session=session)
-    paused = overrides.get("labeling.paused", paused)
+        paused = ctx.rt.effective_settings(session).labeling.paused
     head = (
         f'<p id="pf-loop-status">Deployed policy: <b>{f"v{policy.version}" if policy else "none"}'
         f"</b> · Labeling: <b>{'paused' if paused else 'open'}</b></p>"

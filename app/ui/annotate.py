@@ -149,7 +149,7 @@ def _bind_choice(choose, choice: str):
 def build_annotate(ctx: AppContext) -> gr.Blocks:
     def screen(user: CurrentUser, feedback: str = "") -> Screen:
         with transaction(ctx.rt.engine) as session:
-            return _next_screen(ctx, session, ctx.effective_settings(session), user, feedback)
+            return _next_screen(ctx, session, ctx.rt.effective_settings(session), user, feedback)
 
     def show(request: gr.Request):
         user = require_user(ctx, request)
@@ -170,7 +170,7 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
                     reason=_reason(reason),
                     timed_from_claim=True,
                 )
-                settings = ctx.effective_settings(session)
+                settings = ctx.rt.effective_settings(session)
                 revealed = None
                 if settings.labeling.suggestion_mode == "after_vote":
                     revealed = queue.shown_suggestion(

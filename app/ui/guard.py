@@ -7,7 +7,6 @@ user, changing their role or their password takes effect at the next click.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 
@@ -19,7 +18,6 @@ from storage import crud, queue
 from storage.db import transaction
 from storage.models import Role
 from storage.runtime import Runtime
-from storage.settings import Settings, with_overrides
 
 # The labeling counter's queue size is counted anew for each click below this many pairs, and at
 # most once a QUEUE_MEMO_SECONDS per server process above it (see AppContext.queued_short).
@@ -33,8 +31,6 @@ class AppContext:
 
     rt: Runtime
     secret: bytes
-    # (overrides as JSON, settings): validating Settings costs ~5 ms, overrides rarely change
-    _settings_memo: dict = field(default_factory=dict, compare=False, repr=False)
     # (time.monotonic(), count) of the last queue count
     _queue_memo: dict = field(default_factory=dict, compare=False, repr=False)
 
@@ -52,17 +48,6 @@ class AppContext:
         count = queue.count_queued_short(session=session)
         self._queue_memo["last"] = (now, count)
         return count
-
-    def effective_settings(self, session: Session) -> Settings:
-        """The settings with admins' run-time changes, read in the caller's transaction."""
-        overrides = crud.get_overrides(session=session)
-        key = json.dumps(overrides, sort_keys=True, default=str)
-        memo = self._settings_memo.get("last")
-        if memo is not None and memo[0] == key:
-            return memo[1]
-        settings = with_overrides(self.rt.settings, overrides) if overrides else self.rt.settings
-        self._settings_memo["last"] = (key, settings)
-        return settings
 
 
 @dataclass(frozen=True)
