@@ -315,23 +315,18 @@ def label_pair(
 ) -> LabelOut:
     """Label a pair you claimed. Submitting twice returns the first label."""
     rt = get_runtime(request)
-    claim, labeling = None, None
     try:
         with transaction(rt.engine) as session:
-            label = queue.submit_label(
+            labeling = rt.effective_settings(session).labeling if next else None
+            label, claim = queue.label_and_claim_next(
                 session=session,
                 user_id=user.id,
                 pair_id=pair_id,
                 shown_choice=body.choice,
+                labeling=labeling,
                 seconds=body.seconds,
                 reason=body.reason,
             )
-            if next:
-                labeling = rt.effective_settings(session).labeling
-                if not labeling.paused:
-                    claim = queue.claim_next_pair(
-                        session=session, user_id=user.id, lease_seconds=labeling.lease_seconds
-                    )
     except (crud.NotFound, crud.Conflict, ValueError) as exc:
         raise _queue_errors(exc) from None
     following = None if claim is None else _pair_out(claim, labeling)

@@ -3,7 +3,10 @@
 A claim is an `Assignment` row (unique per pair and user) with a lease. A pair can be claimed while
 its human labels plus its active, unexpired leases are fewer than its overlap; a lease that expires
 gives its slot back (`release_expired` only tidies the rows, the counting never trusts them). A user
-never gets a pair they hold, labeled, skipped or let expire.
+never gets a pair they hold, labeled, skipped or let expire. That rule is written once, as SQL
+expressions (`_claimable`: queued for humans, and `_free_for` the user): the claim on both
+databases, a late submit's check and the "left in the queue" counter are built from them.
+"Label, then claim the next" is `label_and_claim_next`, for the labeling page and the API alike.
 
 Atomicity:
 - SQLite: every write transaction is BEGIN IMMEDIATE (storage/db.py), so transactions run one at a
@@ -25,9 +28,10 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
@@ -49,6 +53,9 @@ from storage.models import (
     User,
     utcnow,
 )
+
+if TYPE_CHECKING:
+    from storage.settings import LabelingSettings
 
 ShownChoice = Literal["left", "right", "tie", "both_bad"]
 SHOWN_CHOICES: tuple[str, ...] = ("left", "right", "tie", "both_bad")
@@ -88,42 +95,81 @@ class Claim:
     expires_at: datetime
 
 
+_ASSIGNMENT = Assignment.__table__
+_PAIR = Pair.__table__
+_LABEL = Label.__table__
+_WHEN = _ASSIGNMENT.c.expires_at.type
+
 # Assignment.status == active, as the partial index ix_assignment_live spells it.
 _LIVE = sa.text("assignment.status = 'active'")
-
-
-def _active_leases(pair_id_column, now: datetime):
-    """Scalar subquery: active, unexpired leases on a pair."""
-    return (
-        select(sa.func.count(Assignment.id))
-        .where(Assignment.pair_id == pair_id_column, _LIVE, Assignment.expires_at > now)
-        .scalar_subquery()
-    )
-
-
 # Pair.status == queued and Pair.route in HUMAN_ROUTES, spelled as the partial index ix_pair_claim
 # spells it (storage/models.py), so that both databases walk that index.
 _QUEUED_FOR_HUMANS = sa.text("pair.status = 'queued' AND pair.route IN ('human', 'audit')")
 assert _QUEUED_FOR_HUMANS.text.replace("pair.", "") == QUEUED_FOR_HUMANS_SQL
 assert {PairStatus.queued.value} | set(HUMAN_ROUTES) == {"queued", "human", "audit"}
 # The claim order, ix_pair_claim's: pairs that have some labels first (finish them), then oldest.
-_CLAIM_ORDER = (Pair.n_labels.desc(), Pair.id)
+_CLAIM_ORDER = (_PAIR.c.n_labels.desc(), _PAIR.c.id)
+# SQLite's planner, without statistics, prefers ix_pair_queue and sorts the whole queue: the
+# claim and the queue count name ix_pair_claim (`_sqlite_from_hint`).
+_CLAIM_INDEX = "INDEXED BY ix_pair_claim"
+
+# The statements' parameters: the user asking, and the time of the claim.
+_USER_ID = sa.bindparam("user_id")
+_NOW = sa.bindparam("now", type_=_WHEN)
 
 
-def _claimable(user_id: int, now: datetime) -> list:
-    """Conditions for a pair this user may claim now. Walked in _CLAIM_ORDER, they are checked
-    pair by pair through indexes and the walk stops at the first free pair: the cost depends on
-    how many pairs ahead are leased to others or passed by this user, not on the queue's size."""
-    return [
-        _QUEUED_FOR_HUMANS,
-        ~sa.exists().where(Assignment.pair_id == Pair.id, Assignment.user_id == user_id),
-        Pair.n_labels + _active_leases(Pair.id, now) < Pair.overlap,
-    ]
+# "A pair this user may claim now", defined once below: the claim (both databases), the
+# late submit's check and the queue counter are built from these expressions.
 
 
-_ASSIGNMENT = Assignment.__table__
-_PAIR = Pair.__table__
-_LABEL = Label.__table__
+def _live_leases(now) -> sa.ScalarSelect:
+    """Scalar subquery: the pair's active, unexpired leases."""
+    return (
+        sa.select(sa.func.count())
+        .where(_ASSIGNMENT.c.pair_id == _PAIR.c.id, _LIVE, _ASSIGNMENT.c.expires_at > now)
+        .correlate(_PAIR)
+        .scalar_subquery()
+    )
+
+
+def _has_free_slot(now) -> sa.ColumnElement[bool]:
+    """Its human labels plus its live leases are fewer than its overlap: an expired lease gives
+    its slot back whatever its row says (`release_expired` only tidies)."""
+    return _PAIR.c.n_labels + _live_leases(now) < _PAIR.c.overlap
+
+
+def _free_for(user_id, now) -> sa.ColumnElement[bool]:
+    """A free slot, and never claimed by this user (held, labeled, skipped or let expire)."""
+    mine = _ASSIGNMENT.alias("mine")
+    claimed_before = (
+        sa.select(sa.literal_column("1"))  # SELECT 1: SQLite then reads the index alone
+        .where(mine.c.pair_id == _PAIR.c.id, mine.c.user_id == user_id)
+        .correlate(_PAIR)
+        .exists()
+    )
+    return sa.and_(~claimed_before, _has_free_slot(now))
+
+
+def _claimable(user_id, now) -> sa.ColumnElement[bool]:
+    """A pair this user may claim now: queued for humans and free for them. Walked in
+    _CLAIM_ORDER, the conditions are checked pair by pair through indexes and the walk stops at
+    the first free pair: the cost depends on how many pairs ahead are leased to others or passed
+    by this user, not on the queue's size."""
+    return sa.and_(_QUEUED_FOR_HUMANS, _free_for(user_id, now))
+
+
+# Queued for humans and short of labels: the pairs that may be claimable by someone.
+_QUEUED_SHORT = sa.and_(_QUEUED_FOR_HUMANS, _PAIR.c.n_labels < _PAIR.c.overlap)
+
+
+@compiles(sa.Table, "sqlite")
+def _sqlite_from_hint(table, compiler, **kw) -> str:
+    """A select's `with_hint(table, "INDEXED BY ...", "sqlite")` rendered after the table name:
+    SQLAlchemy's SQLite compiler renders no table hints of its own."""
+    text = compiler.visit_table(table, **kw)
+    hint = (kw.get("fromhints") or {}).get(table)
+    return f"{text} {hint}" if hint and kw.get("asfrom") else text
+
 
 # The hot path's statements are built once, with bound parameters: building a SQLAlchemy statement
 # costs more than SQLite running it.
@@ -136,9 +182,9 @@ _HELD_LEASE = (
     )
     .join(_PAIR, _PAIR.c.id == _ASSIGNMENT.c.pair_id)
     .where(
-        _ASSIGNMENT.c.user_id == sa.bindparam("user_id"),
+        _ASSIGNMENT.c.user_id == _USER_ID,
         _LIVE,
-        _ASSIGNMENT.c.expires_at > sa.bindparam("now", type_=_ASSIGNMENT.c.expires_at.type),
+        _ASSIGNMENT.c.expires_at > _NOW,
         _PAIR.c.status == PairStatus.queued.value,
     )
     .order_by(_ASSIGNMENT.c.claimed_at.desc(), _ASSIGNMENT.c.id.desc())
@@ -182,36 +228,52 @@ def claim_next_pair(
     return _claim_view(session, pair_id, swapped, now, expires_at)
 
 
-_CLAIM_SQLITE = """
-INSERT INTO assignment (pair_id, user_id, status, swapped, claimed_at, expires_at)
-SELECT pair.id, :user_id, 'active', :swapped, :now, :expires_at
-FROM pair INDEXED BY ix_pair_claim
-WHERE pair.status = 'queued' AND pair.route IN ('human', 'audit')
-  AND NOT EXISTS (SELECT 1 FROM assignment AS mine
-                  WHERE mine.pair_id = pair.id AND mine.user_id = :user_id)
-  AND pair.n_labels + (SELECT count(*) FROM assignment
-                       WHERE assignment.pair_id = pair.id AND assignment.status = 'active'
-                         AND assignment.expires_at > :now) < pair.overlap
-ORDER BY pair.n_labels DESC, pair.id
-LIMIT 1
-RETURNING pair_id
-"""
+# SQLite: the claim in one statement, INSERT INTO assignment ... SELECT ... RETURNING.
+_CLAIM_SQLITE = (
+    sa.insert(_ASSIGNMENT)
+    .from_select(
+        ["pair_id", "user_id", "status", "swapped", "claimed_at", "expires_at"],
+        sa.select(
+            _PAIR.c.id,
+            _USER_ID,
+            sa.literal_column(f"'{AssignmentStatus.active.value}'"),
+            sa.bindparam("swapped", type_=sa.Boolean()),
+            _NOW,
+            sa.bindparam("expires_at", type_=_WHEN),
+        )
+        .with_hint(_PAIR, _CLAIM_INDEX, "sqlite")
+        .where(_claimable(_USER_ID, _NOW))
+        .order_by(*_CLAIM_ORDER)
+        .limit(1),
+    )
+    .returning(_ASSIGNMENT.c.pair_id)
+)
 
 
 def _claim_sqlite(
     session: Session, user_id: int, now: datetime, expires_at: datetime, swapped: bool
 ) -> int | None:
-    # The same conditions and order as _claimable/_CLAIM_ORDER, written out because SQLite's
-    # planner, without statistics, prefers ix_pair_queue and sorts the whole queue; INDEXED BY
-    # makes it walk ix_pair_claim and stop at the first free pair.
-    when = Assignment.__table__.c.expires_at.type
-    statement = sa.text(_CLAIM_SQLITE).bindparams(
-        sa.bindparam("user_id", user_id),
-        sa.bindparam("swapped", swapped, sa.Boolean()),
-        sa.bindparam("now", now, when),
-        sa.bindparam("expires_at", expires_at, when),
+    params = {"user_id": user_id, "swapped": swapped, "now": now, "expires_at": expires_at}
+    return run_core(session, _CLAIM_SQLITE, params).scalar_one_or_none()
+
+
+# PostgreSQL: the next claimable pair not tried yet, locked; then its slots counted again.
+_NEXT_CLAIMABLE = (
+    sa.select(_PAIR.c.id)
+    .where(
+        _claimable(_USER_ID, _NOW),
+        _PAIR.c.id.not_in(sa.bindparam("tried", expanding=True)),
     )
-    return run_core(session, statement).scalar_one_or_none()
+    .order_by(*_CLAIM_ORDER)
+    .limit(1)
+    .with_for_update(skip_locked=True, key_share=True, of=_PAIR)
+)
+_FREE_SLOT = sa.select(_has_free_slot(_NOW)).where(_PAIR.c.id == sa.bindparam("pair_id"))
+
+
+def _free_slot(session: Session, pair_id: int, now: datetime) -> bool:
+    """Whether the pair has a free slot now, counted in a statement of its own."""
+    return bool(run_core(session, _FREE_SLOT, {"pair_id": pair_id, "now": now}).scalar_one())
 
 
 def _claim_postgres(
@@ -219,22 +281,12 @@ def _claim_postgres(
 ) -> int | None:
     tried: list[int] = []
     while True:
-        query = (
-            select(Pair.id)
-            .where(*_claimable(user_id, now), Pair.id.not_in(tried))
-            .order_by(*_CLAIM_ORDER)
-            .limit(1)
-            .with_for_update(skip_locked=True, key_share=True, of=Pair)
-        )
-        pair_id = session.exec(query).first()
+        params = {"user_id": user_id, "now": now, "tried": tried}
+        pair_id = run_core(session, _NEXT_CLAIMABLE, params).scalar_one_or_none()
         if pair_id is None:
             return None
         # Locked: count again with a fresh snapshot (see the module docstring).
-        n_labels, overlap = session.execute(
-            select(Pair.n_labels, Pair.overlap).where(Pair.id == pair_id)
-        ).one()
-        leases = session.execute(select(_active_leases(pair_id, now))).scalar_one()
-        if n_labels + leases < overlap:
+        if _free_slot(session, pair_id, now):
             break
         tried.append(pair_id)
     session.add(
@@ -392,15 +444,15 @@ def submit_label(
     if status == AssignmentStatus.skipped:
         raise Conflict(f"pair {pair_id} was skipped by user {user_id}")
 
-    pair_status, n_labels, overlap = run_core(
+    pair_status = run_core(
         session, _SUBMIT_PAIR_LOCKED if postgres else _SUBMIT_PAIR, params
-    ).one()
+    ).scalar_one()
     if pair_status == PairStatus.discarded:
         raise Conflict(f"pair {pair_id} was withdrawn")
-    if status != AssignmentStatus.active or expires_at <= now:
-        others = session.execute(select(_active_leases(pair_id, now))).scalar_one()
-        if pair_status != PairStatus.queued or n_labels + others >= overlap:
-            raise LeaseExpired(f"the lease on pair {pair_id} expired and others took it")
+    late = status != AssignmentStatus.active or expires_at <= now
+    # a late label (the user's own lease no longer live) needs a free slot
+    if late and (pair_status != PairStatus.queued or not _free_slot(session, pair_id, now)):
+        raise LeaseExpired(f"the lease on pair {pair_id} expired and others took it")
 
     label = Label(
         pair_id=pair_id,
@@ -421,6 +473,49 @@ def submit_label(
     return label
 
 
+def claim_for_labeling(
+    *, session: Session, user_id: int, labeling: LabelingSettings, now: datetime | None = None
+) -> Claim | None:
+    """`claim_next_pair` under the labeling settings: None while an admin has paused labeling."""
+    if labeling.paused:
+        return None
+    return claim_next_pair(
+        session=session, user_id=user_id, lease_seconds=labeling.lease_seconds, now=now
+    )
+
+
+def label_and_claim_next(
+    *,
+    session: Session,
+    user_id: int,
+    pair_id: int,
+    shown_choice: ShownChoice,
+    labeling: LabelingSettings | None,
+    seconds: float | None = None,
+    reason: str | None = None,
+    timed_from_claim: bool = False,
+    now: datetime | None = None,
+) -> tuple[Label, Claim | None]:
+    """ "Label, then claim the next", in the caller's transaction (one commit a click): the
+    labeling page's buttons and the API's `POST /pairs/{id}/label?next=true` both call this.
+
+    `submit_label`, then `claim_for_labeling`; `labeling` None claims nothing (the API without
+    `next`). Returns the label and the next claim (None: nothing left, paused, or not asked)."""
+    label = submit_label(
+        session=session,
+        user_id=user_id,
+        pair_id=pair_id,
+        shown_choice=shown_choice,
+        seconds=seconds,
+        reason=reason,
+        now=now,
+        timed_from_claim=timed_from_claim,
+    )
+    if labeling is None:
+        return label, None
+    return label, claim_for_labeling(session=session, user_id=user_id, labeling=labeling, now=now)
+
+
 _SUBMIT_ASSIGNMENT = sa.select(
     _ASSIGNMENT.c.id,
     _ASSIGNMENT.c.status,
@@ -436,9 +531,7 @@ _EXISTING_LABEL = sa.select(_LABEL.c.id).where(
     _LABEL.c.pair_id == sa.bindparam("pair_id"), _LABEL.c.user_id == sa.bindparam("user_id")
 )
 _ADD_LABEL = sa.insert(_LABEL).returning(_LABEL.c.id)
-_SUBMIT_PAIR = sa.select(_PAIR.c.status, _PAIR.c.n_labels, _PAIR.c.overlap).where(
-    _PAIR.c.id == sa.bindparam("pair_id")
-)
+_SUBMIT_PAIR = sa.select(_PAIR.c.status).where(_PAIR.c.id == sa.bindparam("pair_id"))
 _SUBMIT_PAIR_LOCKED = _SUBMIT_PAIR.with_for_update(key_share=True)
 _MARK_SUBMITTED = (
     sa.update(_ASSIGNMENT)
@@ -482,34 +575,30 @@ def release_expired(*, session: Session, now: datetime | None = None) -> int:
     return _expire(session, now or utcnow())
 
 
-_QUEUED_SHORT = """
-SELECT count(*) FROM pair {hint}
-WHERE pair.status = 'queued' AND pair.route IN ('human', 'audit') AND pair.n_labels < pair.overlap
-"""
-
-# Of those, the ones this user cannot get: claimed by them before, or filled by live leases.
-_TAKEN_FOR_USER = """
-SELECT count(*) FROM pair
-   WHERE pair.id IN (SELECT pair_id FROM assignment WHERE user_id = :user_id
-                     UNION
-                     SELECT pair_id FROM assignment
-                     WHERE assignment.status = 'active' AND assignment.expires_at > :now)
-     AND pair.status = 'queued' AND pair.route IN ('human', 'audit')
-     AND pair.n_labels < pair.overlap
-     AND (EXISTS (SELECT 1 FROM assignment AS mine
-                  WHERE mine.pair_id = pair.id AND mine.user_id = :user_id)
-          OR pair.n_labels + (SELECT count(*) FROM assignment
-                              WHERE assignment.pair_id = pair.id
-                                AND assignment.status = 'active'
-                                AND assignment.expires_at > :now) >= pair.overlap)
-"""
-
-
-_TAKEN = sa.text(_TAKEN_FOR_USER).bindparams(
-    sa.bindparam("user_id"), sa.bindparam("now", type_=Assignment.__table__.c.expires_at.type)
+_COUNT_QUEUED_SHORT = (
+    sa.select(sa.func.count())
+    .select_from(_PAIR)
+    .with_hint(_PAIR, _CLAIM_INDEX, "sqlite")
+    .where(_QUEUED_SHORT)
+)
+# Of those, the ones this user cannot get (not free for them): found among the pairs they
+# claimed before and those with live leases, a few rows, never by checking every pair.
+_TAKEN = (
+    sa.select(sa.func.count())
+    .select_from(_PAIR)
+    .where(
+        _PAIR.c.id.in_(
+            sa.union(
+                sa.select(_ASSIGNMENT.c.pair_id).where(_ASSIGNMENT.c.user_id == _USER_ID),
+                sa.select(_ASSIGNMENT.c.pair_id).where(_LIVE, _ASSIGNMENT.c.expires_at > _NOW),
+            )
+        ),
+        _QUEUED_SHORT,
+        sa.not_(_free_for(_USER_ID, _NOW)),
+    )
 )
 _LABELED_SINCE = sa.select(sa.func.count(_LABEL.c.id)).where(
-    _LABEL.c.user_id == sa.bindparam("user_id"),
+    _LABEL.c.user_id == _USER_ID,
     _LABEL.c.created_at >= sa.bindparam("since", type_=_LABEL.c.created_at.type),
 )
 
@@ -517,8 +606,7 @@ _LABELED_SINCE = sa.select(sa.func.count(_LABEL.c.id)).where(
 def count_queued_short(*, session: Session) -> int:
     """Queued human and audit pairs short of their labels: an index-only count over
     ix_pair_claim, the one part of `queue_stats` whose cost grows with the queue."""
-    hint = "INDEXED BY ix_pair_claim" if is_sqlite(session.get_bind()) else ""
-    return run_core(session, sa.text(_QUEUED_SHORT.format(hint=hint))).scalar_one()
+    return run_core(session, _COUNT_QUEUED_SHORT).scalar_one()
 
 
 def queue_stats(

@@ -23,7 +23,7 @@ from app.ui.guard import AppContext, CurrentUser, require_user
 from app.ui.render import escape, prompt_html, response_html
 from storage import crud, queue
 from storage.db import transaction
-from storage.settings import Settings
+from storage.settings import LabelingSettings
 
 CHOICES = {"left": "A better", "right": "B better", "tie": "Tie", "both_bad": "Both bad"}
 BUTTON_IDS = {"left": "pf-left", "right": "pf-right", "tie": "pf-tie", "both_bad": "pf-both-bad"}
@@ -48,18 +48,17 @@ def suggestion_text(s: queue.ShownSuggestion) -> str:
     return f"{side} better, P = {p:.2f} ± {s.uncertainty:.2f} ({s.agent})"
 
 
-def _next_screen(
-    ctx: AppContext, session: Session, settings: Settings, user: CurrentUser, feedback: str = ""
+def _screen(
+    ctx: AppContext,
+    session: Session,
+    labeling: LabelingSettings,
+    user: CurrentUser,
+    claim: queue.Claim | None,
+    feedback: str = "",
 ) -> Screen:
-    """Claim (or re-show) the user's pair, unless labeling is paused, and count what is left, in
+    """The screen around the user's claim (None: paused, or nothing left) and what is left, in
     the caller's transaction (one per click: the queue's size is an index count, memoized for
     a large queue, so the writers' lock is held for the few rows of this user's assignments)."""
-    labeling = settings.labeling
-    claim = None
-    if not labeling.paused:
-        claim = queue.claim_next_pair(
-            session=session, user_id=user.id, lease_seconds=labeling.lease_seconds
-        )
     if labeling.paused:
         message = "Labeling is paused by an admin. Check again in a while."
     elif claim is None:
@@ -149,7 +148,9 @@ def _bind_choice(choose, choice: str):
 def build_annotate(ctx: AppContext) -> gr.Blocks:
     def screen(user: CurrentUser, feedback: str = "") -> Screen:
         with transaction(ctx.rt.engine) as session:
-            return _next_screen(ctx, session, ctx.rt.effective_settings(session), user, feedback)
+            labeling = ctx.rt.effective_settings(session).labeling
+            claim = queue.claim_for_labeling(session=session, user_id=user.id, labeling=labeling)
+            return _screen(ctx, session, labeling, user, claim, feedback)
 
     def show(request: gr.Request):
         user = require_user(ctx, request)
@@ -162,23 +163,23 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
             with transaction(ctx.rt.engine) as session:
                 user = require_user(ctx, request, session=session)
                 pair_id = _pair_id(shown_id)
-                label = queue.submit_label(
+                labeling = ctx.rt.effective_settings(session).labeling
+                label, claim = queue.label_and_claim_next(
                     session=session,
                     user_id=user.id,
                     pair_id=pair_id,
                     shown_choice=choice,
+                    labeling=labeling,
                     reason=_reason(reason),
                     timed_from_claim=True,
                 )
-                settings = ctx.rt.effective_settings(session)
                 revealed = None
-                if settings.labeling.suggestion_mode == "after_vote":
+                if labeling.suggestion_mode == "after_vote":
                     revealed = queue.shown_suggestion(
                         session=session, pair_id=pair_id, swapped=label.swapped
                     )
-                next_screen = _next_screen(
-                    ctx, session, settings, user, _feedback(choice, revealed)
-                )
+                feedback = _feedback(choice, revealed)
+                next_screen = _screen(ctx, session, labeling, user, claim, feedback)
         except gr.Error:
             raise
         except (crud.Conflict, crud.NotFound, ValueError) as exc:

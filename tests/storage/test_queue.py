@@ -254,3 +254,66 @@ def test_queue_stats_with_a_count_given_subtracts_what_this_user_cannot_get(engi
     assert told == mine  # the caller that has just claimed may say so instead of a query
     assert stale["queue_left"] == 0  # an old, smaller count never gives a negative
     assert held is not None and mine["queue_left"] == 3  # bob's own held pair counts for him
+
+
+def _label_next(engine, user_id, pair_id, choice, labeling):
+    with transaction(engine) as session:
+        return queue.label_and_claim_next(
+            session=session,
+            user_id=user_id,
+            pair_id=pair_id,
+            shown_choice=choice,
+            labeling=labeling,
+        )
+
+
+def test_label_and_claim_next_labels_then_claims_unless_paused_or_not_asked(engine):
+    from storage.settings import LabelingSettings
+
+    (u1, _), pair_ids = _setup(engine, n_pairs=3)
+    open_, paused = LabelingSettings(lease_seconds=90), LabelingSettings(paused=True)
+    first = claim(engine, u1)
+    label, following = _label_next(engine, u1, first.pair_id, "tie", open_)
+    assert (label.pair_id, label.choice) == (first.pair_id, Choice.tie)
+    assert following.pair_id in pair_ids and following.pair_id != first.pair_id
+    assert following.expires_at - following.claimed_at == timedelta(seconds=90)
+
+    label, none = _label_next(engine, u1, following.pair_id, "left", paused)
+    assert label.pair_id == following.pair_id and none is None
+    third = claim(engine, u1)
+    label, none = _label_next(engine, u1, third.pair_id, "right", None)  # next not asked
+    assert label.pair_id == third.pair_id and none is None
+    with transaction(engine, readonly=True) as session:
+        assert session.exec(sa.select(sa.func.count(Label.id))).scalar_one() == 3
+        assert queue.claim_for_labeling(session=session, user_id=u1, labeling=paused) is None
+
+
+def test_the_queue_counter_and_the_claim_agree_on_what_is_claimable(engine):
+    """queue_left is the number of pairs the user gets by claiming until nothing is left."""
+    with transaction(engine) as session:
+        ann, bob, eve = (make_user(session).id for _ in range(3))
+        ids = [p.id for p in make_pairs(session, 8, overlap=2)]
+        make_pairs(session, 1, route=Route.proxy)  # not for humans
+    now = utcnow()
+    minute = timedelta(seconds=60)
+    with transaction(engine) as session:
+        for user in (bob, eve):  # two live leases fill ids[0]
+            session.add(Assignment(pair_id=ids[0], user_id=user, expires_at=now + minute))
+        # bob's lease on ids[1] ran out: its slot is free again
+        session.add(Assignment(pair_id=ids[1], user_id=bob, expires_at=now - minute))
+        # ann passed on ids[2] and labeled ids[3]
+        skipped, submitted = AssignmentStatus.skipped, AssignmentStatus.submitted
+        session.add(Assignment(pair_id=ids[2], user_id=ann, status=skipped, expires_at=now))
+        session.add(Assignment(pair_id=ids[3], user_id=ann, status=submitted, expires_at=now))
+        pair = session.get(Pair, ids[3])
+        pair.n_labels = 1
+        session.add(pair)
+    with transaction(engine, readonly=True) as session:
+        left = queue.queue_stats(session=session, user_id=ann, now=now)["queue_left"]
+    got = []
+    while (c := claim(engine, ann, now=now)) is not None:
+        got.append(c.pair_id)
+        with transaction(engine) as session:
+            queue.skip_pair(session=session, user_id=ann, pair_id=c.pair_id)
+    assert sorted(got) == [ids[1], *ids[4:]]
+    assert left == len(got) == 5
