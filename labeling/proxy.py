@@ -38,7 +38,7 @@ from typing import Protocol
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from storage import pairs
+from storage import pairs, preferences
 from storage.db import transaction
 from storage.models import Choice, ProxyVersion
 from storage.settings import ProxySettings, Settings
@@ -500,10 +500,13 @@ def load_proxy(
 
 
 def human_comparisons(*, engine: Engine) -> list[Comparison]:
-    """Every human (and imported seed) label as a comparison. Proxy labels are left out, so the
-    proxy never learns from itself; both_bad says nothing about the order and is left out too."""
+    """Every human (and imported seed) label as a comparison: `preferences.proxy_labels`, the
+    labels themselves rather than the decided pairs that DPO training and the export read.
+    Each label is one comparison (several annotators of a pair give several, a split vote both
+    directions); a tie is P = 0.5; both_bad says nothing about the order and is left out; proxy
+    labels never count, so the proxy never learns from itself (`preferences.PROXY_SOURCES`)."""
     with transaction(engine, readonly=True) as session:
-        rows = pairs.labeled_pairs(session=session)
+        rows = preferences.proxy_labels(session=session)
     return [
         Comparison(row.prompt, row.a, row.b, TARGETS[row.choice])
         for row in rows
@@ -512,7 +515,8 @@ def human_comparisons(*, engine: Engine) -> list[Comparison]:
 
 
 def refit_proxy(*, engine: Engine, settings: Settings, seed: int = 0) -> ProxyVersion | None:
-    """Fit a new version of the embedded proxy on every human label; save it under
+    """Fit a new version of the embedded proxy on every human and seed label, one comparison
+    each (`human_comparisons`: not the per-pair rule of storage/preferences.py); save it under
     ``<data_dir>/proxy/vN/`` and record a ProxyVersion row. None (nothing written) when the proxy
     kind does not learn from labels or there are fewer than MIN_LABELS comparisons."""
     if settings.proxy.kind != "embedded":

@@ -198,10 +198,9 @@ class LabeledPair:
     b: str
 
 
-def labeled_pairs(
-    *, session: Session, sources: tuple[LabelSource, ...] = (LabelSource.human, LabelSource.seed)
-) -> list[LabeledPair]:
-    """Every label of the given sources with the texts it compared, oldest first."""
+def labeled_pairs(*, session: Session, sources: tuple[LabelSource, ...]) -> list[LabeledPair]:
+    """Every label of the given sources with the texts it compared, oldest first (the proxy's
+    selection of sources: `storage.preferences.proxy_labels`)."""
     ra, rb = sa.orm.aliased(Response), sa.orm.aliased(Response)
     query = (
         select(

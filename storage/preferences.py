@@ -1,6 +1,6 @@
 """Preferences: the labels of each pair aggregated into (prompt, chosen, rejected) rows.
 
-One rule decides a pair, for DPO training, the proxy's refits and the dataset export alike:
+One rule decides a pair, for DPO training and the dataset export alike:
 
 - Only labels from the selected `sources` count. When a pair has labels from several of them, the
   most trusted source decides alone: human, then seed, then proxy (an audited pair's human
@@ -16,9 +16,21 @@ One rule decides a pair, for DPO training, the proxy's refits and the dataset ex
 Seed pairs (imported preference datasets, `add_seed_preferences`) belong to no iteration: their
 `iteration` is None, so an `iterations` filter leaves them out unless `with_seed` is set (the
 first DPO round reads them so under `loop.data_scope = "latest"`), and `iterations=None`
-(everything, as DPO rounds and the proxy's fits read it by default) includes them. Each is
+(everything, as DPO training reads it by default) includes them. Each is
 stored as its prompt, two responses with no policy (a = chosen, b = rejected), a pair with
 strategy `seed` and status `done`, and one label with source `seed` choosing a.
+
+The proxy's refits read the labels themselves (`proxy_labels`), not these rows: a Bradley–Terry
+fit learns from each comparison a person made, so for the proxy
+- every label is one comparison: a pair labeled by three annotators gives three, a 2–1 split
+  gives both directions, with no plurality, no draw and no agreement threshold;
+- a tie is a comparison too (P = 0.5, in labeling/proxy.py); both_bad says nothing about the order
+  and gives none;
+- the sources are always `PROXY_SOURCES`: those of `SOURCE_PRECEDENCE` but proxy, so the proxy
+  never learns from its own labels (on an audited pair its human labels count, as above), and a
+  pair's human and seed labels both count (no precedence between the two);
+- there are no iteration, annotator or split filters, and the labels on discarded pairs count too
+  (a withdrawn pair's labels still compare two texts).
 
 `iter_preferences` streams with keyset pagination (``pair.id > last ORDER BY pair.id LIMIT n``)
 over plain column rows, so memory stays flat however many pairs there are, on SQLite and
@@ -55,9 +67,12 @@ from storage.models import (
     Suggestion,
     User,
 )
+from storage.pairs import LabeledPair, labeled_pairs
 
 # Which source decides a pair that has labels from several.
 SOURCE_PRECEDENCE = (LabelSource.human, LabelSource.seed, LabelSource.proxy)
+# The sources whose labels the proxy fits on: every one but its own.
+PROXY_SOURCES = tuple(source for source in SOURCE_PRECEDENCE if source != LabelSource.proxy)
 _PRECEDENCE = tuple(source.value for source in SOURCE_PRECEDENCE)
 ALL_SOURCES = ("human", "proxy", "seed")
 _AB = frozenset({Choice.a.value, Choice.b.value})
@@ -248,6 +263,13 @@ def _latest_suggestions(connection: sa.Connection, first_id: int, last_id: int) 
     )
     # later rows overwrite earlier ones: the latest suggestion per pair wins
     return {pair_id: p_a for pair_id, p_a in connection.execute(query).all()}
+
+
+def proxy_labels(*, session: Session) -> list[LabeledPair]:
+    """The labels the proxy's refit learns from, one comparison each, oldest first: every label
+    of `PROXY_SOURCES` with the texts it compared (how this differs from a decided pair: see the
+    module notes)."""
+    return labeled_pairs(session=session, sources=PROXY_SOURCES)
 
 
 # seed data

@@ -275,3 +275,30 @@ def test_a_seed_import_that_fails_midway_leaves_nothing(engine):
     with transaction(engine, readonly=True) as session:
         counts = crud.table_counts(session=session)
     assert (counts["prompt"], counts["response"], counts["pair"], counts["label"]) == (0, 0, 0, 0)
+
+
+def test_the_proxy_reads_each_label_where_training_reads_the_decided_pair(engine):
+    from storage.preferences import PROXY_SOURCES, proxy_labels
+
+    assert (LabelSource.human, LabelSource.seed) == PROXY_SOURCES
+    with transaction(engine) as session:
+        ann, bob = make_user(session), make_user(session)
+        split, tie, audited, withdrawn = make_pairs(session, 4, status=PairStatus.done)
+        label(session, split, "a", user=ann)
+        label(session, split, "b", user=bob)  # an a/b draw: no row, two comparisons
+        label(session, tie, "tie", user=ann)
+        label(session, audited, "a", source=LabelSource.proxy)  # never the proxy's own
+        label(session, audited, "b", user=bob)
+        label(session, withdrawn, "a", user=ann)
+        withdrawn.status = PairStatus.discarded
+        session.add(withdrawn)
+    assert [(r.pair_id, r.source) for r in rows(engine)] == [(audited.id, "human")]
+    with transaction(engine, readonly=True) as session:
+        got = [(x.pair_id, x.source, x.choice) for x in proxy_labels(session=session)]
+    assert got == [
+        (split.id, LabelSource.human, Choice.a),
+        (split.id, LabelSource.human, Choice.b),
+        (tie.id, LabelSource.human, Choice.tie),
+        (audited.id, LabelSource.human, Choice.b),
+        (withdrawn.id, LabelSource.human, Choice.a),
+    ]
