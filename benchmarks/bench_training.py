@@ -1,6 +1,6 @@
 """Training: the loop's targets on the demo, measured.
 
-1. prefloop's DPO round (the `python -m training.dpo` child: database in, checkpoint and policy row
+1. prefloop's DPO training (the `python -m training.dpo_job` child: database in, checkpoint and policy row
    out) against a bare TRL `DPOTrainer` script on the same pairs, model and `DPOConfig`: wall-time
    ratio (target <= 1.10), each run as a fresh process, best of `repeats`.
 2. `prefloop loop --simulate --iterations 3` through the scheduler: per iteration the gold

@@ -1,6 +1,6 @@
 """Start a job's child process and watch it until it ends.
 
-The child is `python -m training.dpo --data-dir D --job-id N`, or the same module through
+The child is `python -m training.dpo_job --data-dir D --job-id N`, or the same module through
 `accelerate launch --config_file C` when `dpo.accelerate_config` is set (several GPUs, DeepSpeed,
 FSDP). Its stdout and stderr go to `<data_dir>/logs/job-N.log`.
 
@@ -31,7 +31,7 @@ from storage.settings import Settings
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def child_command(settings: Settings, job_id: int, module: str = "training.dpo") -> list[str]:
+def child_command(settings: Settings, job_id: int, module: str = "training.dpo_job") -> list[str]:
     args = ["-m", module, "--data-dir", str(settings.data_dir.resolve()), "--job-id", str(job_id)]
     if settings.dpo.accelerate_config:
         launch = [sys.executable, "-m", "accelerate.commands.launch"]
@@ -74,7 +74,7 @@ def run_child(
     engine,
     settings: Settings,
     job_id: int,
-    module: str = "training.dpo",
+    module: str = "training.dpo_job",
     timeout: float | None = None,
     on_start=None,
     poll_seconds: float = 0.5,

@@ -1,5 +1,5 @@
 """The training child's failures: what a retry can fix is retried, what would recur fails the
-iteration at once with its message. The child is the real `python -m training.dpo`, on a round
+iteration at once with its message. The child is the real `python -m training.dpo_job`, on an iteration
 with no preferences to train on (it fails before loading any model)."""
 
 from __future__ import annotations

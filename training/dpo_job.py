@@ -1,0 +1,290 @@
+"""An iteration's training job in a child process: proxy refit, DPO, held-out evaluation.
+
+    python -m training.dpo_job --data-dir D --job-id N
+
+The trainer itself is `training.dpo` (TRL's `DPOTrainer`); this module is the job around it.
+
+The job's params say what to train (written by `training.iteration.queue_training`):
+`init_version` (the deployed policy pi_k, warm start), `ref_version` (pi_0 by default; None: the
+init policy itself), `iterations` (the k whose preferences count; None: all), `with_seed` (with
+`iterations`, the seed pairs too), `iteration_id`, and `settings` (the settings in effect when
+the job was queued, admins' run-time changes included).
+Before training, the same process refits the proxy's next version; after it, it evaluates the
+candidate on the held-out prompts (`training.evaluate`), so the heavy imports are paid once per
+iteration.
+
+The candidate checkpoint is written to a temporary directory beside `<data_dir>/policies` and
+renamed into place, then registered as a `candidate` Policy row: a reader never sees half a
+checkpoint, and a killed child leaves at most a temporary directory behind. Progress, loss, reward
+margins and accuracy go on the job row; the log (stdout and stderr, via the runner) goes to
+`<data_dir>/logs/job-N.log`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from storage import crud, jobs
+from storage.db import make_engine, transaction
+from storage.models import IterationState, JobStatus, Policy, PolicyStatus
+from storage.settings import Settings, load_settings
+from training.dpo import load_preferences, preference_records, train
+from training.runner import error_kind
+
+log = logging.getLogger("prefloop.dpo")
+
+CHECKPOINT_FILE = "prefloop_policy.json"  # the config that produced a checkpoint, beside it
+
+
+def _progress_callback(engine, job_id: int, min_interval: float = 2.0):
+    """A TrainerCallback that puts progress and the latest TRL metrics on the job row."""
+    from transformers import TrainerCallback
+
+    class JobProgress(TrainerCallback):
+        def __init__(self) -> None:
+            self.last_write = 0.0
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = logs or {}
+            if "loss" not in logs or not state.is_world_process_zero:
+                return
+            now = time.monotonic()
+            if now - self.last_write < min_interval and state.global_step < state.max_steps:
+                return
+            self.last_write = now
+            metrics = {
+                "step": state.global_step,
+                "max_steps": state.max_steps,
+                "loss": logs.get("loss"),
+                "reward_margin": logs.get("rewards/margins"),
+                "reward_accuracy": logs.get("rewards/accuracies"),
+            }
+            with transaction(engine) as session:
+                jobs.heartbeat(
+                    session=session,
+                    job_id=job_id,
+                    progress=0.9 * state.global_step / max(1, state.max_steps),
+                    result={"phase": "training", "latest": metrics},
+                )
+
+    return JobProgress()
+
+
+def job_settings(params: dict[str, Any], data_dir: Path, database_url: str | None = None):
+    """The settings the job was queued with (`params["settings"]`), else the data directory's."""
+    if "settings" not in params:
+        return load_settings(data_dir, database_url=database_url)
+    values = {**params["settings"], "data_dir": data_dir, "database_url": database_url}
+    return Settings.model_validate(values)
+
+
+def checkpoint_dir(data_dir: Path, version: int) -> Path:
+    return data_dir / "policies" / f"v{version}"
+
+
+def install_checkpoint(tmp: Path, target: Path) -> None:
+    """Rename a complete checkpoint into place. A leftover at `target` (a crashed job that
+    renamed but never registered its policy) is moved aside first."""
+    if target.exists():
+        aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.stale.", dir=target.parent))
+        os.replace(target, aside / "old")
+        shutil.rmtree(aside, ignore_errors=True)
+    os.replace(tmp, target)
+
+
+def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
+    """Train the candidate of job `job_id` and register it (rank 0; other ranks return None)."""
+    with transaction(engine) as session:
+        job = jobs.get_job(session=session, job_id=job_id)
+        params = dict(job.params)
+        init = crud.get_policy(session=session, version=params["init_version"])
+        ref = None
+        if params.get("ref_version") is not None:
+            ref = crud.get_policy(session=session, version=params["ref_version"])
+        jobs.heartbeat(session=session, job_id=job_id, progress=0.0, result={"phase": "data"})
+    dpo = job_settings(params, data_dir).dpo
+
+    rows = load_preferences(
+        engine=engine,
+        iterations=params.get("iterations"),
+        with_seed=bool(params.get("with_seed")),
+    )
+    if not rows:
+        raise RuntimeError(f"no preferences to train on (iterations {params.get('iterations')})")
+    from transformers import AutoTokenizer
+
+    chat = AutoTokenizer.from_pretrained(init.path).chat_template is not None
+    records = preference_records(rows, chat=chat)
+    log.info(
+        "job %s: DPO on %d pairs, init v%s, ref v%s",
+        job_id,
+        len(records),
+        init.version,
+        ref.version if ref else init.version,
+    )
+
+    policies = data_dir / "policies"
+    # The same path on every rank; a retry is a new job, so nothing stale can be there.
+    tmp = policies / f".job-{job_id}.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    try:
+        metrics = train(
+            init_path=init.path,
+            ref_path=ref.path if ref else None,
+            records=records,
+            dpo=dpo,
+            output_dir=tmp,
+            callbacks=[_progress_callback(engine, job_id)],
+        )
+        if not main_rank:
+            return None
+        config = {
+            "job_id": job_id,
+            "init_version": init.version,
+            "ref_version": ref.version if ref else init.version,
+            "iterations": params.get("iterations"),
+            "dpo": dpo.model_dump(),
+            "metrics": metrics,
+        }
+        (tmp / CHECKPOINT_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        with transaction(engine) as session:
+            version = max(p.version for p in crud.list_policies(session=session)) + 1
+            target = checkpoint_dir(data_dir, version)
+            install_checkpoint(tmp, target)
+            candidate = crud.create_policy(
+                session=session,
+                version=version,
+                path=str(target.resolve()),
+                status=PolicyStatus.candidate,
+                parent_id=init.id,
+                iteration_k=params.get("iteration_k"),
+                config=config,
+                metrics={"train": metrics},
+            )
+            jobs.heartbeat(
+                session=session,
+                job_id=job_id,
+                progress=0.9,
+                result={"phase": "trained", "candidate_version": version, "train": metrics},
+            )
+    finally:
+        if main_rank:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return candidate
+
+
+def evaluate_job(*, engine, settings, job_id: int, candidate_version: int) -> dict[str, Any]:
+    """Held-out evaluation of the job's candidate; moves its iteration to `evaluating`."""
+    from training.evaluate import evaluate_candidate
+
+    with transaction(engine) as session:
+        job = jobs.get_job(session=session, job_id=job_id)
+        iteration_id = job.params.get("iteration_id")
+        if iteration_id is not None:
+            iteration = crud.get_iteration(session=session, iteration_id=iteration_id)
+            if iteration.state == IterationState.training:
+                crud.set_iteration_state(
+                    session=session, iteration_id=iteration_id, state=IterationState.evaluating
+                )
+        jobs.heartbeat(session=session, job_id=job_id, result={"phase": "evaluating"})
+    return evaluate_candidate(
+        engine=engine,
+        settings=settings,
+        candidate_version=candidate_version,
+        against=job.params.get("eval_against"),
+    )
+
+
+def refit_proxy(*, engine, settings, job_id: int) -> None:
+    """Refit the proxy from all human labels (a new proxy version) before training. The proxy
+    only advises, so a failed refit is recorded on the job and the training goes on."""
+    from labeling.proxy import refit_proxy as refit
+
+    with transaction(engine) as session:
+        jobs.heartbeat(session=session, job_id=job_id, result={"phase": "proxy"})
+    try:
+        version = refit(engine=engine, settings=settings)
+        outcome: dict[str, Any] = (
+            {"skipped": "too few human labels"}
+            if version is None
+            else {"version": version.version, "n_labels": version.n_labels}
+        )
+    except Exception as exc:
+        log.exception("job %s: proxy refit failed", job_id)
+        outcome = {"error": f"{type(exc).__name__}: {exc}"}
+    with transaction(engine) as session:
+        jobs.heartbeat(session=session, job_id=job_id, result={"proxy": outcome})
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.dpo_job", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--data-dir", type=Path, required=True)
+    parser.add_argument("--job-id", type=int, required=True)
+    parser.add_argument("--database-url", default=os.environ.get("PREFLOOP_DATABASE_URL"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = load_settings(args.data_dir)
+    url = args.database_url or settings.resolved_database_url
+    engine = make_engine(url, pool=settings.database)
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        with transaction(engine) as session:
+            job = jobs.get_job(session=session, job_id=args.job_id)
+            if rank == 0 and job.status == JobStatus.queued:
+                jobs.start_job(session=session, job_id=args.job_id, pid=os.getpid())
+        settings = job_settings(job.params, args.data_dir, url)
+        previous = job.params.get("previous_result", {})
+        if rank == 0 and job.params.get("refit_proxy") and "proxy" not in previous:
+            refit_proxy(engine=engine, settings=settings, job_id=args.job_id)
+        # A retry whose first attempt got as far as registering its candidate only evaluates.
+        done_version = previous.get("candidate_version")
+        if done_version is None:
+            candidate = run_job(engine=engine, data_dir=settings.data_dir, job_id=args.job_id)
+            if candidate is None:
+                return 0  # not rank 0
+            done_version = candidate.version
+        if rank != 0:
+            return 0
+        evaluation = {}
+        if job.params.get("evaluate", True):
+            evaluation = evaluate_job(
+                engine=engine, settings=settings, job_id=args.job_id, candidate_version=done_version
+            )
+        with transaction(engine) as session:
+            jobs.finish_job(
+                session=session,
+                job_id=args.job_id,
+                result={"phase": "done", "candidate_version": done_version, "eval": evaluation},
+            )
+        log.info("job %s: candidate v%s done", args.job_id, done_version)
+        return 0
+    except Exception as exc:
+        log.exception("job %s failed", args.job_id)
+        error = f"{type(exc).__name__}: {exc}"
+        with transaction(engine) as session:
+            jobs.fail_job(session=session, job_id=args.job_id, error=error, kind=error_kind(exc))
+        return 1
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
