@@ -269,11 +269,11 @@ def _init_chat_demo(rt: Runtime) -> None:
 
 def _generate_first_round(rt: Runtime) -> None:
     """Queue the demo's first pairs, so that `make run` ends ready to label."""
-    from labeling.rounds import generate_round
+    from labeling.iteration import generate_iteration
 
     settings = rt.effective_settings()
     typer.echo("first round: sampling with the demo policy ...")
-    report = generate_round(
+    report = generate_iteration(
         engine=rt.engine,
         settings=settings,
         n_prompts=settings.generation.first_round_prompts,

@@ -25,19 +25,19 @@ def generate(
     as_json: Annotated[bool, typer.Option("--json", help="The round's report as JSON.")] = False,
 ) -> None:
     """Sample with the deployed policy, score with the proxy, pair, route, and queue the pairs."""
-    from labeling.rounds import RoundError, generate_round
+    from labeling.iteration import GenerationError, generate_iteration
 
     if prompts is not None and prompts < 1:
         raise fail(f"--prompts must be at least 1 (got {prompts})")
     rt = runtime(data_dir)
     try:
-        report = generate_round(
+        report = generate_iteration(
             engine=rt.engine,
             settings=rt.effective_settings(),
             n_prompts=prompts,
             progress=sys.stderr.isatty(),
         )
-    except (RoundError, crud.Conflict) as exc:
+    except (GenerationError, crud.Conflict) as exc:
         raise fail(str(exc)) from None
     if as_json:
         typer.echo(json.dumps(report))

@@ -33,11 +33,11 @@ def train(
     as_json: Annotated[bool, typer.Option("--json", help="The round's report as JSON.")] = False,
 ) -> None:
     """Run one training round now on the labeling iteration: DPO, evaluation, gate, deploy."""
-    from training.iteration import run_round
+    from training.iteration import train_iteration
 
     rt = runtime(data_dir)
     try:
-        report = run_round(
+        report = train_iteration(
             engine=rt.engine, settings=rt.effective_settings(), continue_loop=next_round
         )
     except crud.Conflict as exc:

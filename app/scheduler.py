@@ -9,7 +9,7 @@ processes). `prefloop.train-interval` and `prefloop.train-cron` queue training o
 `loop.interval_minutes` / `loop.cron` are set. So a request made by another process (a second
 replica, the CLI) is picked up too, and one made just before a crash is still there after it.
 
-On start, `recover_rounds` fails the jobs whose process died and queues their retries, and
+On start, `recover_iterations` fails the jobs whose process died and queues their retries, and
 settles an iteration left half-way; the dispatch then runs the retries.
 
 The APScheduler jobs hold only the data directory as their argument; the runtime (settings,
@@ -76,11 +76,11 @@ def start_scheduler(rt: Runtime, *, recover: bool = True) -> SchedulerHandle:
     from apscheduler.triggers.cron import CronTrigger
     from apscheduler.triggers.interval import IntervalTrigger
 
-    from training.iteration import recover_rounds
+    from training.iteration import recover_iterations
 
     settings = rt.effective_settings()
     if recover:
-        for report in recover_rounds(engine=rt.engine, settings=settings):
+        for report in recover_iterations(engine=rt.engine, settings=settings):
             log.info("recovered iteration %s: %s", report.iteration_k, report.decision)
     key = _key(rt)
     scheduler = BackgroundScheduler(
@@ -97,7 +97,7 @@ def start_scheduler(rt: Runtime, *, recover: bool = True) -> SchedulerHandle:
         name="prefloop: quota check and queued jobs",
         replace_existing=True,
         next_run_time=datetime.now(UTC),
-        # A tick while a round runs returns at once (the lock); two instances keep APScheduler
+        # A tick while an iteration trains returns at once (the lock); two instances keep APScheduler
         # from warning that it skipped one.
         max_instances=2,
     )
@@ -137,12 +137,12 @@ def dispatch(data_dir: str) -> None:
         queue_training,
         quota_reached,
         run_generation,
-        run_round,
+        train_iteration,
     )
 
     handle = _handles.get(data_dir)
     if handle is None or not _busy.acquire(blocking=False):
-        return  # not this process's scheduler, or a round is running already
+        return  # not this process's scheduler, or an iteration is training already
     rt = handle.rt
     try:
         settings = rt.effective_settings()
@@ -155,7 +155,7 @@ def dispatch(data_dir: str) -> None:
             queued = [j for j in jobs.active_jobs(session=session) if j.status == JobStatus.queued]
         for job in queued:
             if job.kind == TRAIN:
-                report = run_round(engine=rt.engine, settings=settings, job_id=job.id)
+                report = train_iteration(engine=rt.engine, settings=settings, job_id=job.id)
                 log.info("iteration %s: %s", report.iteration_k, report.decision)
             elif job.kind == GENERATE:
                 run_generation(engine=rt.engine, settings=settings, job_id=job.id)

@@ -1,12 +1,12 @@
-"""The iteration lifecycle: labeling -> training -> evaluating -> deployed | rejected -> next round.
+"""The iteration lifecycle: labeling -> training -> evaluating -> deployed | rejected -> next one.
 
-`run_round` is one training round end to end: it queues a training job for the iteration that is
-labeling, runs it in a child process (DPO, then the held-out evaluation; retried if the child
-dies), gates the candidate, deploys or rejects it, and with `loop.auto_continue` starts the next
-iteration's generation. A step that fails leaves the iteration `failed` with its error; the
+`train_iteration` trains the labeling iteration end to end: it queues a training job for it, runs
+it in a child process (DPO, then the held-out evaluation; retried if the child dies), gates the
+candidate, deploys or rejects it, and with `loop.auto_continue` starts the next iteration's
+generation. A step that fails leaves the iteration `failed` with its error; the
 deployed policy changes only in the deploy's own transaction, so it is always a complete one.
 
-`recover_rounds` is what a restarted scheduler runs: dead jobs are failed and re-queued (see
+`recover_iterations` is what a restarted scheduler runs: dead jobs are failed and re-queued (see
 `storage.jobs.recover_stale`) for the scheduler to run, an iteration whose candidate was
 evaluated but never gated is gated now, and one whose job ran out of attempts is failed.
 """
@@ -32,12 +32,12 @@ log = logging.getLogger("prefloop.iteration")
 TRAIN = "train"
 
 
-class RoundError(RuntimeError):
+class IterationError(RuntimeError):
     pass
 
 
 @dataclass
-class RoundReport:
+class IterationReport:
     iteration_k: int
     decision: str  # deployed | rejected | failed
     candidate_version: int | None = None
@@ -117,7 +117,7 @@ def queue_training(
                 "init_version": deployed.version,
                 "ref_version": first.version if settings.loop.reference == "sft" else None,
                 "iterations": None if settings.loop.data_scope == "all" else [iteration.k],
-                # seed preferences are iteration-0 data: the first round trains on them
+                # seed preferences are iteration-0 data: the first iteration trains on them
                 "with_seed": iteration.k == 0,
                 "refit_proxy": refit_proxy,
                 "evaluate": evaluate,
@@ -145,9 +145,9 @@ def fail_iteration(*, engine, iteration_id: int, error: str) -> None:
             )
 
 
-def finish_round(
+def gate_iteration(
     *, engine, settings: Settings, iteration_id: int, candidate_version: int
-) -> RoundReport:
+) -> IterationReport:
     """Gate the evaluated candidate, deploy or reject it, and end the iteration."""
     with transaction(engine, readonly=True) as session:
         iteration = crud.get_iteration(session=session, iteration_id=iteration_id)
@@ -177,7 +177,7 @@ def finish_round(
                 "gate": result.as_dict(),
             },
         )
-    return RoundReport(
+    return IterationReport(
         iteration_k=iteration.k,
         decision=decision.value,
         candidate_version=candidate_version,
@@ -188,14 +188,14 @@ def finish_round(
     )
 
 
-def start_next_round(*, engine, settings: Settings) -> int | None:
+def start_next_iteration(*, engine, settings: Settings) -> int | None:
     """Generate the next iteration's pairs from the deployed policy; returns its k."""
-    from labeling.rounds import generate_round
+    from labeling.iteration import generate_iteration
 
-    return generate_round(engine=engine, settings=settings)["iteration_k"]
+    return generate_iteration(engine=engine, settings=settings)["iteration_k"]
 
 
-def run_round(
+def train_iteration(
     *,
     engine,
     settings: Settings,
@@ -203,9 +203,10 @@ def run_round(
     job_id: int | None = None,
     continue_loop: bool | None = None,
     on_start=None,
-) -> RoundReport:
-    """One training round now: queue (unless `job_id` is given), train, evaluate, gate, deploy,
-    and (`continue_loop`, default `loop.auto_continue`) generate the next round."""
+) -> IterationReport:
+    """Train the labeling iteration now: queue (unless `job_id` is given), train, evaluate,
+    gate, deploy, and (`continue_loop`, default `loop.auto_continue`) generate the next
+    iteration's pairs."""
     started = time.monotonic()
     if job_id is None:
         job_id = queue_training(engine=engine, settings=settings, user_id=user_id).id
@@ -215,18 +216,18 @@ def run_round(
     try:
         job = run_with_retries(engine=engine, settings=settings, job_id=job_id, on_start=on_start)
         if job.status != JobStatus.succeeded:
-            raise RoundError(job.error or f"training job {job.id} ended {job.status}")
-        report = finish_round(
+            raise IterationError(job.error or f"training job {job.id} ended {job.status}")
+        report = gate_iteration(
             engine=engine,
             settings=settings,
             iteration_id=iteration.id,
             candidate_version=job.result["candidate_version"],
         )
     except Exception as exc:
-        error = str(exc) if isinstance(exc, RoundError) else f"{type(exc).__name__}: {exc}"
+        error = str(exc) if isinstance(exc, IterationError) else f"{type(exc).__name__}: {exc}"
         log.error("iteration %s failed: %s", iteration.k, error)
         fail_iteration(engine=engine, iteration_id=iteration.id, error=error)
-        return RoundReport(
+        return IterationReport(
             iteration_k=iteration.k,
             decision=IterationState.failed.value,
             job_id=job_id,
@@ -242,12 +243,14 @@ def run_round(
             metrics={"job_id": job.id, "round_seconds": round(time.monotonic() - started, 2)},
         )
     if settings.loop.auto_continue if continue_loop is None else continue_loop:
-        report.next_iteration_k = start_next_round(engine=engine, settings=settings)
+        report.next_iteration_k = start_next_iteration(engine=engine, settings=settings)
     report.seconds = round(time.monotonic() - started, 2)
     return report
 
 
-def recover_rounds(*, engine, settings: Settings, check_pid: bool = True) -> list[RoundReport]:
+def recover_iterations(
+    *, engine, settings: Settings, check_pid: bool = True
+) -> list[IterationReport]:
     """After a crash or restart: fail dead jobs and queue their retries (the scheduler runs
     them); gate an iteration whose candidate was evaluated but never gated; fail one whose
     training job gave up. Returns the reports of the iterations gated here."""
@@ -280,7 +283,7 @@ def recover_rounds(*, engine, settings: Settings, check_pid: bool = True) -> lis
         with transaction(engine, readonly=True) as session:
             policy = crud.get_policy(session=session, version=candidate)
         if "eval" in policy.metrics and policy.status == PolicyStatus.candidate:
-            report = finish_round(
+            report = gate_iteration(
                 engine=engine,
                 settings=settings,
                 iteration_id=iteration.id,
@@ -296,7 +299,7 @@ GENERATE = "generate"
 
 
 def queue_generation(*, engine, user_id: int | None = None) -> Job:
-    """Queue the next round's generation (an admin's "generate next round").
+    """Queue the next iteration's generation (an admin's "Generate next round" button).
 
     Refuses (crud.Conflict) while an iteration is open or a generation is queued or running."""
     with transaction(engine) as session:
@@ -321,7 +324,7 @@ def run_generation(*, engine, settings: Settings, job_id: int) -> Job:
     with transaction(engine) as session:
         jobs.start_job(session=session, job_id=job_id, pid=os.getpid())
     try:
-        k = start_next_round(engine=engine, settings=settings)
+        k = start_next_iteration(engine=engine, settings=settings)
     except Exception as exc:
         log.exception("generation job %s failed", job_id)
         with transaction(engine) as session:

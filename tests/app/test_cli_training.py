@@ -73,4 +73,4 @@ def test_a_failed_iteration_stops_the_loop_with_its_error(data_dir):
 def test_a_failed_generation_job_stops_the_loop(data_dir):
     result, seconds = _loop(data_dir, "--iterations", "1")  # no policy at all
     assert result.exit_code == 1 and seconds < TIMEOUT, result.output
-    assert "generate job 1 failed: RoundError: no deployed policy" in result.output
+    assert "generate job 1 failed: GenerationError: no deployed policy" in result.output

@@ -1,5 +1,5 @@
 """A data directory with the demo policy deployed as v0, the demo prompts, and helpers that put
-labeled pairs in the database the way a labeling round would."""
+labeled pairs in the database the way an iteration's labeling would."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from storage.models import (
 )
 from storage.runtime import Runtime, open_runtime
 
-# Small enough for 2 shared CPU cores: a round is a couple of DPO steps and 8 eval prompts.
+# Small enough for 2 shared CPU cores: an iteration trains a couple of DPO steps, 8 eval prompts.
 SMALL = {
     "dpo": {"num_train_epochs": 1, "per_device_train_batch_size": 8, "learning_rate": 5e-4},
     "eval": {"n_prompts": 8, "max_new_tokens": 48},
@@ -42,7 +42,7 @@ def make_loop_runtime(data_dir, policy_dir, **flags) -> Runtime:
     return rt
 
 
-def labeled_round(rt: Runtime, n_pairs: int, *, flip: bool = False) -> int:
+def labeled_iteration(rt: Runtime, n_pairs: int, *, flip: bool = False) -> int:
     """Open an iteration and give it `n_pairs` human-labeled pairs (best reply vs worst on train
     prompts, the better by the gold judge chosen; `flip`: the worse chosen). Returns its id."""
     from labeling.demo_task import gold_judge, reference_reply

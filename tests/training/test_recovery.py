@@ -1,5 +1,5 @@
 """What a restart finds: dead training jobs failed and re-queued, half-finished iterations settled.
-(The re-queued job's actual run is in tests/app/test_scheduler.py and test_round.py.)"""
+(The re-queued job's actual run is in tests/app/test_scheduler.py and test_iteration.py.)"""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from storage.db import transaction
 from storage.models import Iteration, IterationState, JobStatus, PolicyStatus
 from storage.policies import set_policy_metrics
 from storage.settings import load_settings
-from training.iteration import recover_rounds
+from training.iteration import recover_iterations
 
 
 def _dead_pid() -> int:
@@ -63,7 +63,7 @@ def _iteration(engine, iteration_id):
 def test_dead_training_job_is_failed_and_requeued(engine, tmp_path):
     iteration_id, job_id = _setup(engine, tmp_path, IterationState.training)
     settings = load_settings(tmp_path, loop={"max_attempts": 3})
-    assert recover_rounds(engine=engine, settings=settings) == []
+    assert recover_iterations(engine=engine, settings=settings) == []
     with transaction(engine, readonly=True) as session:
         (retry,) = jobs.active_jobs(session=session, kind="train")
         dead = jobs.get_job(session=session, job_id=job_id)
@@ -75,7 +75,7 @@ def test_dead_training_job_is_failed_and_requeued(engine, tmp_path):
 def test_iteration_fails_when_its_job_is_out_of_attempts(engine, tmp_path):
     iteration_id, _ = _setup(engine, tmp_path, IterationState.training, attempts=2)
     settings = load_settings(tmp_path, loop={"max_attempts": 3})
-    recover_rounds(engine=engine, settings=settings)
+    recover_iterations(engine=engine, settings=settings)
     iteration = _iteration(engine, iteration_id)
     assert iteration.state == IterationState.failed and "gone" in iteration.error
     with transaction(engine, readonly=True) as session:
@@ -94,7 +94,7 @@ def test_evaluated_candidate_is_gated_after_a_restart(engine, tmp_path):
         crud.create_policy(session=session, version=1, path=_checkpoint(tmp_path / "v1"))
         evaluation = {"deployed_version": 0, "vs": {"v0": {"gold": {"win_rate": 0.8}}}}
         set_policy_metrics(session=session, version=1, metrics={"eval": evaluation})
-    (report,) = recover_rounds(engine=engine, settings=load_settings(tmp_path))
+    (report,) = recover_iterations(engine=engine, settings=load_settings(tmp_path))
     assert report.decision == "deployed" and report.candidate_version == 1
     iteration = _iteration(engine, iteration_id)
     assert iteration.state == IterationState.deployed

@@ -15,7 +15,7 @@ from storage.db import transaction, upgrade
 from storage.models import ErrorKind, Iteration, IterationState, Job, JobStatus
 from storage.runtime import open_runtime
 from tests.factories import make_policy
-from training.iteration import TRAIN, queue_training, run_round
+from training.iteration import TRAIN, queue_training, train_iteration
 from training.runner import error_kind
 
 
@@ -67,7 +67,7 @@ def _train_jobs(rt) -> list[Job]:
 def _round(rt, **kwargs):
     settings = rt.effective_settings()
     job = queue_training(engine=rt.engine, settings=settings, refit_proxy=False, evaluate=False)
-    return run_round(engine=rt.engine, settings=settings, job_id=job.id, **kwargs)
+    return train_iteration(engine=rt.engine, settings=settings, job_id=job.id, **kwargs)
 
 
 def test_an_error_that_would_recur_fails_the_iteration_at_once(rt):

@@ -1,13 +1,13 @@
-"""One generation round of an iteration, from the deployed policy to queued pairs.
+"""An iteration's generation step, from the deployed policy to queued pairs (generating -> labeling).
 
-    report = generate_round(engine=engine, settings=settings, n_prompts=None, progress=False)
+    report = generate_iteration(engine=engine, settings=settings, n_prompts=None, progress=False)
 
 sample n responses per train prompt (the least sampled prompts first) → score them with the proxy
 → pick pairs (pairing.strategy) → route them (routing.*: proxy labels, human queue within the
 iteration's budget, audits) → store responses, pairs, suggestions and proxy labels in one
 transaction, and move the iteration from `generating` to `labeling`. An iteration already in
-`generating` is reused (a retried job); otherwise a new one starts. If the round fails the
-iteration is left `failed` with the error, and nothing of the round is stored.
+`generating` is reused (a retried job); otherwise a new one starts. If the step fails the
+iteration is left `failed` with the error, and nothing of it is stored.
 """
 
 from __future__ import annotations
@@ -28,19 +28,19 @@ from storage.db import transaction
 from storage.models import IterationState, PairStrategy, Route
 from storage.settings import Settings
 
-log = logging.getLogger("prefloop.rounds")
+log = logging.getLogger("prefloop.generate")
 
 
-class RoundError(RuntimeError):
+class GenerationError(RuntimeError):
     pass
 
 
 def _open_iteration(*, engine: Engine, settings: Settings) -> tuple[int, int, int, str, int | None]:
-    """(iteration id, k, policy id, policy path, parent policy id) for this round."""
+    """(iteration id, k, policy id, policy path, parent policy id) for this iteration."""
     with transaction(engine) as session:
         policy = crud.deployed_policy(session=session)
         if policy is None:
-            raise RoundError("no deployed policy: run `prefloop init --demo` or deploy one")
+            raise GenerationError("no deployed policy: run `prefloop init --demo` or deploy one")
         iteration = crud.current_iteration(session=session)
         if iteration is None or iteration.state != IterationState.generating:
             iteration = crud.start_iteration(
@@ -71,7 +71,7 @@ def _sample_all(
     return rows
 
 
-def generate_round(
+def generate_iteration(
     *,
     engine: Engine,
     settings: Settings,
@@ -79,7 +79,7 @@ def generate_round(
     progress: bool = False,
     proxy: Proxy | None = None,
 ) -> dict[str, Any]:
-    """Run one generation round into the database; returns a report (counts, routes, timing)."""
+    """Generate an iteration's pairs into the database; returns a report (counts, routes, timing)."""
     started = time.perf_counter()
     iteration_id, k, policy_id, policy_path, parent_id = _open_iteration(
         engine=engine, settings=settings
@@ -136,7 +136,7 @@ def _run(
         if parent is not None:
             versions[parent.id] = parent.version
     if not prompt_rows:
-        raise RoundError("no active train prompts: import some with `prefloop prompts import`")
+        raise GenerationError("no active train prompts: import some with `prefloop prompts import`")
     inputs = [messages or text for _, text, messages in prompt_rows]
 
     bar = None

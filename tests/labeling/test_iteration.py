@@ -1,4 +1,5 @@
-"""A generation round end to end on the demo policy, then simulated annotators and quality."""
+"""An iteration's generation step end to end on the demo policy, then simulated annotators
+and quality."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import pytest
 import sqlalchemy as sa
 
 from labeling import demo_task as demo
+from labeling.iteration import generate_iteration
 from labeling.quality import quality_report
-from labeling.rounds import generate_round
 from labeling.simulate import simulate_labels
 from storage import crud
 from storage.db import transaction
@@ -51,9 +52,11 @@ def setup_loop(engine, tmp_path, policy_dir, **sections) -> Settings:
     return settings
 
 
-def test_first_round_pairs_at_random_for_humans_then_simulated_labels(engine, tmp_path, policy_dir):
+def test_first_iteration_pairs_at_random_for_humans_then_simulated_labels(
+    engine, tmp_path, policy_dir
+):
     settings = setup_loop(engine, tmp_path, policy_dir)
-    report = generate_round(engine=engine, settings=settings)
+    report = generate_iteration(engine=engine, settings=settings)
     assert report["iteration_k"] == 0 and report["prompts"] == 6
     assert report["responses"] == 24 and report["strategy"] == "random"  # no proxy fitted yet
     assert report["routes"]["human"] == report["pairs"] >= 4
@@ -105,7 +108,7 @@ def test_confident_pairs_are_labeled_by_the_proxy_within_the_human_budget(
         },
         labeling={"overlap": 2},
     )
-    report = generate_round(engine=engine, settings=settings)
+    report = generate_iteration(engine=engine, settings=settings)
     assert report["strategy"] == "max_min"
     assert report["routes"]["human"] + report["routes"]["audit"] <= 2
     with transaction(engine, readonly=True) as session:
@@ -143,7 +146,7 @@ def test_explore_pairs_the_policy_with_a_hotter_enhancer(engine, tmp_path, polic
         proxy={"kind": "judge"},
         pairing={"strategy": "explore", "enhancer_temperature": 1.5, "enhancer_samples": 2},
     )
-    report = generate_round(engine=engine, settings=settings, n_prompts=3)
+    report = generate_iteration(engine=engine, settings=settings, n_prompts=3)
     assert report["responses"] == 3 * (4 + 2)
     with transaction(engine, readonly=True) as session:
         explored = session.exec(sa.select(Pair)).scalars().all()
@@ -157,12 +160,12 @@ def test_explore_pairs_the_policy_with_a_hotter_enhancer(engine, tmp_path, polic
             assert b.sampling["role"] == "enhancer" and b.sampling["temperature"] == 1.5
 
 
-def test_a_failed_round_leaves_the_iteration_failed_and_stores_nothing(
+def test_a_failed_generation_leaves_the_iteration_failed_and_stores_nothing(
     engine, tmp_path, policy_dir
 ):
     settings = setup_loop(engine, tmp_path, tmp_path / "no-such-policy")
     with pytest.raises(Exception):  # noqa: B017 - whatever transformers raises for a bad path
-        generate_round(engine=engine, settings=settings)
+        generate_iteration(engine=engine, settings=settings)
     with transaction(engine, readonly=True) as session:
         iteration = session.exec(sa.select(Iteration)).scalar_one()
         assert iteration.state == IterationState.failed and "generation" in iteration.error
@@ -170,7 +173,7 @@ def test_a_failed_round_leaves_the_iteration_failed_and_stores_nothing(
 
 
 @pytest.mark.slow
-def test_second_round_pairs_by_the_refit_proxy(engine, tmp_path, policy_dir):
+def test_second_iteration_pairs_by_the_refit_proxy(engine, tmp_path, policy_dir):
     from labeling.proxy import refit_proxy
 
     settings = setup_loop(
@@ -179,16 +182,16 @@ def test_second_round_pairs_by_the_refit_proxy(engine, tmp_path, policy_dir):
         policy_dir,
         labeling={"overlap": 2},  # 6 pairs, 12 labels
     )
-    first = generate_round(engine=engine, settings=settings)
+    first = generate_iteration(engine=engine, settings=settings)
     simulate_labels(engine=engine, settings=settings, annotators=2, noise=0.5)
     version = refit_proxy(engine=engine, settings=settings)
     assert version is not None and version.n_labels >= 8
-    with transaction(engine) as session:  # the training round, cut short
+    with transaction(engine) as session:  # the training step, cut short
         for state in (IterationState.training, IterationState.evaluating, IterationState.rejected):
             crud.set_iteration_state(
                 session=session, iteration_id=first["iteration_id"], state=state
             )
-    second = generate_round(engine=engine, settings=settings)
+    second = generate_iteration(engine=engine, settings=settings)
     assert (second["iteration_k"], second["strategy"], second["proxy"]) == (
         1,
         "max_min",
@@ -215,5 +218,5 @@ def test_second_round_pairs_by_the_refit_proxy(engine, tmp_path, policy_dir):
     assert rows and all(suggestions[p.id].agent == "proxy:v1" for p in rows)
     assert all(suggestions[p.id].reward_a > suggestions[p.id].reward_b for p in rows)
     assert all(r.proxy_version == 1 and r.proxy_reward is not None for r in responses)
-    # the least-sampled prompts come first: round two samples prompts round one did not
+    # the least-sampled prompts come first: iteration 1 samples prompts iteration 0 did not
     assert not prompts_first & {p.prompt_id for p in rows}

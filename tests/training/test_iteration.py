@@ -1,4 +1,4 @@
-"""A real DPO round in a real child process on the demo policy: it trains, evaluates, gates and
+"""A real DPO training of an iteration in a real child process on the demo policy: it trains, evaluates, gates and
 deploys; a worse candidate is rejected; a killed child is retried and the deployed policy stays.
 
 The plumbing tests set the gate themselves (`OPEN_GATE`: any win-rate deploys), so a sampled
@@ -20,9 +20,9 @@ from labeling.demo_task import reference_reply
 from storage import crud, jobs
 from storage.db import transaction
 from storage.models import Iteration, Job, JobStatus, Prompt, Split
-from tests.training.conftest import dpo_margin, labeled_round, make_loop_runtime
+from tests.training.conftest import dpo_margin, labeled_iteration, make_loop_runtime
 from training import deploy as deploying
-from training.iteration import run_round
+from training.iteration import train_iteration
 
 pytestmark = pytest.mark.slow
 OPEN_GATE = {"win_rate_threshold": 0.0}
@@ -56,10 +56,10 @@ def open_gate_rt(database, request):
     return request.getfixturevalue("open_gate_sqlite_rt")
 
 
-def test_dpo_round_trains_evaluates_and_deploys(open_gate_rt):
+def test_dpo_iteration_trains_evaluates_and_deploys(open_gate_rt):
     rt = open_gate_rt
-    iteration_id = labeled_round(rt, 24)
-    report = run_round(engine=rt.engine, settings=rt.settings, continue_loop=False)
+    iteration_id = labeled_iteration(rt, 24)
+    report = train_iteration(engine=rt.engine, settings=rt.settings, continue_loop=False)
     assert report.decision == "deployed", report
     assert report.candidate_version == 1 and report.attempts == 1
 
@@ -99,8 +99,8 @@ def test_gate_rejects_a_worse_candidate(tmp_path, demo_policy_dir):
     # seeded samples can equal v0's, every comparison ties and the win-rate is exactly 0.5.
     dpo = {"num_train_epochs": 4, "per_device_train_batch_size": 8, "learning_rate": 2e-3}
     rt = make_loop_runtime(tmp_path / "data", demo_policy_dir, dpo=dpo)
-    iteration_id = labeled_round(rt, 24, flip=True)  # annotators who prefer the worst reply
-    report = run_round(engine=rt.engine, settings=rt.settings, continue_loop=False)
+    iteration_id = labeled_iteration(rt, 24, flip=True)  # annotators who prefer the worst reply
+    report = train_iteration(engine=rt.engine, settings=rt.settings, continue_loop=False)
     assert report.decision == "rejected", report
     assert report.gate["judge"] == "gold" and report.gate["win_rate"] < 0.5
     with transaction(rt.engine, readonly=True) as session:
@@ -121,7 +121,7 @@ def test_gate_rejects_a_worse_candidate(tmp_path, demo_policy_dir):
 
 def test_killed_training_child_is_retried_and_deployed_policy_stays(open_gate_sqlite_rt):
     rt = open_gate_sqlite_rt
-    labeled_round(rt, 16)
+    labeled_iteration(rt, 16)
     seen = {}
 
     def kill_once(proc):
@@ -148,7 +148,7 @@ def test_killed_training_child_is_retried_and_deployed_policy_stays(open_gate_sq
             deployed = crud.deployed_policy(session=session)
         seen["deployed"] = (deployed.version, deploying.checkpoint_complete(deployed.path))
 
-    report = run_round(
+    report = train_iteration(
         engine=rt.engine, settings=rt.settings, continue_loop=False, on_start=kill_once
     )
     assert seen.get("deployed") == (0, True), seen  # right after the kill: v0, whole
@@ -170,7 +170,7 @@ def test_scheduler_restart_retries_the_interrupted_round(open_gate_rt):
     from training.iteration import queue_training
 
     rt = open_gate_rt
-    iteration_id = labeled_round(rt, 16)
+    iteration_id = labeled_iteration(rt, 16)
     job = queue_training(engine=rt.engine, settings=rt.settings)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
