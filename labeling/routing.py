@@ -3,7 +3,7 @@
 With routing off, every pair goes to humans. With it on, a pair is *confident* when
 |P − 0.5| ≥ τ and its uncertainty ≤ u; confident pairs are labeled by the proxy, except a random
 `audit_share` of them that humans label too (so the proxy's accuracy keeps being measured). Humans
-get at most `human_slots` pairs this round: audits first, then the pairs the proxy is least sure
+get at most `human_slots` pairs this iteration: audits first, then the pairs the proxy is least sure
 of; a pair that fits neither is dropped (route None) and never stored.
 """
 

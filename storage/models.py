@@ -188,7 +188,7 @@ class Iteration(SQLModel, table=True):
     policy_in_id: int | None = Field(default=None, foreign_key="policy.id")
     policy_out_id: int | None = Field(default=None, foreign_key="policy.id")
     human_quota: int = Field(default=0)  # human labels that trigger training
-    human_budget: int = Field(default=0)  # most pairs routed to humans this round
+    human_budget: int = Field(default=0)  # most pairs routed to humans this iteration
     metrics: dict[str, Any] = json_column()
     error: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime = Field(default_factory=utcnow)

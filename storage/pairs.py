@@ -1,4 +1,4 @@
-"""Data access for a generation round and the proxy: responses, pairs, suggestions, proxy labels,
+"""Data access for an iteration's generation step and the proxy: responses, pairs, suggestions, proxy labels,
 proxy versions, and the label views that refits and quality metrics read."""
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def train_prompts(*, session: Session, limit: int, seed: int = 0) -> list[Prompt
 
 
 def eval_prompt_texts(*, session: Session, limit: int) -> list[str]:
-    """The first `limit` active held-out prompts' texts, in id order: the same set every round."""
+    """The first `limit` active held-out prompts' texts, in id order: the same set every iteration."""
     query = (
         select(Prompt.text)
         .where(Prompt.split == Split.eval, Prompt.active)

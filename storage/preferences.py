@@ -15,7 +15,7 @@ One rule decides a pair, for DPO training and the dataset export alike:
 
 Seed pairs (imported preference datasets, `add_seed_preferences`) belong to no iteration: their
 `iteration` is None, so an `iterations` filter leaves them out unless `with_seed` is set (the
-first DPO round reads them so under `loop.data_scope = "latest"`), and `iterations=None`
+first iteration's DPO reads them so under `loop.data_scope = "latest"`), and `iterations=None`
 (everything, as DPO training reads it by default) includes them. Each is
 stored as its prompt, two responses with no policy (a = chosen, b = rejected), a pair with
 strategy `seed` and status `done`, and one label with source `seed` choosing a.

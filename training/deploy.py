@@ -7,7 +7,7 @@ deploy any complete version, a rejected one with `force`.
 
 The checkpoint is already complete on disk (training renames a finished temporary directory into
 place); deploying moves the deployed pointer in one transaction, with an audit row. Generation
-reads the deployed policy's path at the start of each round, so the next round loads the new
+reads the deployed policy's path at the start of each iteration, so the next one loads the new
 version; a long-lived backend compares `deployed_version` with the version it holds and reloads
 (transformers: load again; vLLM: `reload_weights`, or a new engine).
 """

@@ -5,7 +5,7 @@ at `eval.temperature`, fixed seed); a judge scores every answer, and the win-rat
 the share of (prompt, sample) slots where A's answer scores higher, ties counting half. Two judges:
 the gold judge when the task has one (the demo's scoring rule, or `eval.judge`), and the current
 proxy. Samples are cached per policy version under `<data_dir>/eval/`, so pi_0 and the deployed
-policy are sampled once, not once per round.
+policy are sampled once, not once per iteration.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]  # batched (p
 
 
 def eval_prompts(*, engine, n: int) -> list[str]:
-    """The first `n` active held-out prompts, in id order: the same set every round."""
+    """The first `n` active held-out prompts, in id order: the same set every iteration."""
     with transaction(engine, readonly=True) as session:
         return pairs.eval_prompt_texts(session=session, limit=n)
 
