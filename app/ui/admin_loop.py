@@ -1,5 +1,5 @@
 """Admin view, the loop: iterations as a timeline with jobs and progress, and the actions
-(generate the next round, train now, deploy or roll back a version, pause or resume labeling)."""
+(generate the next iteration, train now, deploy or roll back a version, pause or resume labeling)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def timeline_html(ctx: AppContext) -> str:
         f"</b> · Labeling: <b>{'paused' if paused else 'open'}</b></p>"
     )
     if not iterations:
-        rows = '<tr><td colspan="6">No iteration yet: generate the first round.</td></tr>'
+        rows = '<tr><td colspan="6">No iteration yet: generate the first one.</td></tr>'
     else:
         rows = ""
         for it in iterations:
@@ -113,7 +113,7 @@ def build_loop(ctx: AppContext):
 
     timeline = html(elem_id="pf-loop")
     with gr.Row():
-        generate = gr.Button("Generate next round", elem_id="pf-generate", variant="primary")
+        generate = gr.Button("Generate next iteration", elem_id="pf-generate", variant="primary")
         train = gr.Button("Train now", elem_id="pf-train")
         pause = gr.Button("Pause labeling", elem_id="pf-pause")
         resume = gr.Button("Resume labeling", elem_id="pf-resume")
@@ -160,7 +160,7 @@ def _run_action(ctx: AppContext, user_id: int, action: str, choice: str | None, 
         from app.scheduler import request_generation
 
         request_generation(ctx.rt, user_id)
-        return "Generation of the next round requested."
+        return "Generation of the next iteration requested."
     if action == "train":
         from app.scheduler import request_training
 

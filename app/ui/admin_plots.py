@@ -1,5 +1,5 @@
 """Admin view, plots: labels per hour, agreement, win-rate per policy version, DPO loss and
-margins per round."""
+margins per iteration."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def build_plots(ctx: AppContext):
             x="version",
             y="value",
             color="metric",
-            title="DPO loss and reward margin per round",
+            title="DPO loss and reward margin per iteration",
             elem_id="pf-plot-dpo",
         )
     refresh_button = gr.Button("Refresh plots", size="sm", elem_id="pf-plots-refresh")
