@@ -83,9 +83,9 @@ def test_recover_stale_by_heartbeat_and_attempt_limit(engine):
         assert jobs.active_jobs(session=session) == []
 
 
-def test_latest_scope_trains_the_first_round_on_the_seed_too(engine, tmp_path):
-    """Seed preferences are iteration-0 data: under data_scope "latest" the first round's job
-    reads them beside its own labels, and a later round reads its own labels only."""
+def test_latest_scope_trains_the_first_iteration_on_the_seed_too(engine, tmp_path):
+    """Seed preferences are iteration-0 data: under data_scope "latest" the first iteration's job
+    reads them beside its own labels, and a later iteration reads its own labels only."""
     from storage import crud
     from storage.models import IterationState, LabelSource, PairStatus, PairStrategy
     from storage.settings import load_settings
