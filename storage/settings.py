@@ -184,6 +184,11 @@ class DPOSettings(Section):
         False, description="Score the data with the reference once, then free it (TRL)."
     )
     threads: int = Field(2, ge=1, description="torch CPU threads of the training process.")
+    bf16: bool | None = Field(
+        None,
+        description="bf16 mixed precision (fp32 master weights). Unset: on where bf16 is fast, a "
+        "CUDA GPU that supports it or a CPU with AMX; off elsewhere, where it is emulated and slower.",
+    )
     trl_args: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other trl.DPOConfig field, passed through (e.g. warmup_ratio).",
