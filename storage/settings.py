@@ -69,6 +69,11 @@ class GenerationSettings(Section):
     )
     seed: int = 0
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N")
+    dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto",
+        description="The sampler's weights. auto: bfloat16 where it is fast (a CUDA GPU that "
+        "supports it, a CPU with AMX), float32 elsewhere.",
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM only.")
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vLLM only.")
 

@@ -13,18 +13,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from labeling.generation import fast_bf16
 from storage.db import transaction
 from storage.settings import DPOSettings
-
-
-def fast_bf16() -> bool:
-    """Whether bf16 matrix multiplies are fast here: a CUDA GPU with bf16, or a CPU with AMX tiles
-    (on a 2-core AMX machine, bf16 autocast halves a SmolLM2 DPO step: README, "The chat demo")."""
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    return torch.cpu._is_amx_tile_supported() and torch.cpu._is_avx512_bf16_supported()
 
 
 def dpo_config_kwargs(dpo: DPOSettings, output_dir: str | Path) -> dict[str, Any]:
@@ -46,7 +37,7 @@ def dpo_config_kwargs(dpo: DPOSettings, output_dir: str | Path) -> dict[str, Any
         "seed": dpo.seed,
         "precompute_ref_log_probs": dpo.precompute_ref_log_probs,
         "use_cpu": not cuda,
-        "bf16": fast_bf16() if dpo.bf16 is None else dpo.bf16,
+        "bf16": fast_bf16("cuda" if cuda else "cpu") if dpo.bf16 is None else dpo.bf16,
         # Small models train faster without it; large ones turn it on through trl_args.
         "gradient_checkpointing": False,
         "report_to": [],
