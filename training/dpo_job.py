@@ -18,6 +18,13 @@ renamed into place, then registered as a `candidate` Policy row: a reader never 
 checkpoint, and a killed child leaves at most a temporary directory behind. Progress, loss, reward
 margins and accuracy go on the job row; the log (stdout and stderr, via the runner) goes to
 `<data_dir>/logs/job-N.log`.
+
+Under `accelerate launch` every process runs this module and trains its share of the data; only
+the main process (rank 0) writes: the job row (its start, progress, result and failure), the
+proxy refit, the checkpoint's install and the evaluation. The others train and exit. Every
+process dies with the launcher (Linux): a launcher stopped by a signal stops its workers, but one
+killed outright (SIGKILL, the OOM killer) would leave them training, holding their GPUs and
+writing into the job's directory.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -43,6 +51,23 @@ from training.runner import error_kind
 log = logging.getLogger("prefloop.dpo")
 
 CHECKPOINT_FILE = "prefloop_policy.json"  # the config that produced a checkpoint, beside it
+
+
+def main_process() -> bool:
+    """Rank 0 of an `accelerate launch` (torchrun sets RANK), or the only process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def die_with_launcher() -> None:
+    """Have the kernel SIGKILL this process when its parent, `accelerate launch`, ends."""
+    if sys.platform != "linux" or not os.environ.get("PREFLOOP_DIE_WITH_LAUNCHER"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() == 1:  # the launcher was gone already
+        os._exit(1)
 
 
 def _progress_callback(engine, job_id: int, min_interval: float = 2.0):
@@ -102,7 +127,9 @@ def install_checkpoint(tmp: Path, target: Path) -> None:
 
 
 def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
-    """Train the candidate of job `job_id` and register it (rank 0; other ranks return None)."""
+    """Train the candidate of job `job_id` and register it (the main process; the others train
+    their share and return None)."""
+    main_rank = main_process()
     with transaction(engine) as session:
         job = jobs.get_job(session=session, job_id=job_id)
         params = dict(job.params)
@@ -110,7 +137,8 @@ def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
         ref = None
         if params.get("ref_version") is not None:
             ref = crud.get_policy(session=session, version=params["ref_version"])
-        jobs.heartbeat(session=session, job_id=job_id, progress=0.0, result={"phase": "data"})
+        if main_rank:
+            jobs.heartbeat(session=session, job_id=job_id, progress=0.0, result={"phase": "data"})
     dpo = job_settings(params, data_dir).dpo
 
     rows = load_preferences(
@@ -136,7 +164,6 @@ def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
     # The same path on every rank; a retry is a new job, so nothing stale can be there.
     tmp = policies / f".job-{job_id}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    main_rank = int(os.environ.get("RANK", "0")) == 0
     try:
         metrics = train(
             init_path=init.path,
@@ -146,8 +173,15 @@ def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
             output_dir=tmp,
             callbacks=[_progress_callback(engine, job_id)],
         )
+        from accelerate import PartialState
+
+        state = PartialState()  # the trainer's: its processes and their process group
+        # Every process has finished writing into tmp (DeepSpeed saves from all of them) before
+        # the main process renames it.
+        state.wait_for_everyone()
         if not main_rank:
             return None
+        metrics = {**metrics, "world_size": state.num_processes}
         config = {
             "job_id": job_id,
             "init_version": init.version,
@@ -238,30 +272,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    die_with_launcher()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     settings = load_settings(args.data_dir)
     url = args.database_url or settings.resolved_database_url
     engine = make_engine(url, pool=settings.database)
-    rank = int(os.environ.get("RANK", "0"))
+    main_rank = main_process()
+    rank, world_size = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    log.info("job %s: process %s of %s (pid %s)", args.job_id, rank, world_size, os.getpid())
     try:
         with transaction(engine) as session:
             job = jobs.get_job(session=session, job_id=args.job_id)
-            if rank == 0 and job.status == JobStatus.queued:
+            if main_rank and job.status == JobStatus.queued:
                 jobs.start_job(session=session, job_id=args.job_id, pid=os.getpid())
         settings = job_settings(job.params, args.data_dir, url)
         previous = job.params.get("previous_result", {})
-        if rank == 0 and job.params.get("refit_proxy") and "proxy" not in previous:
+        if main_rank and job.params.get("refit_proxy") and "proxy" not in previous:
             refit_proxy(engine=engine, settings=settings, job_id=args.job_id)
         # A retry whose first attempt got as far as registering its candidate only evaluates.
         done_version = previous.get("candidate_version")
         if done_version is None:
             candidate = run_job(engine=engine, data_dir=settings.data_dir, job_id=args.job_id)
-            if candidate is None:
-                return 0  # not rank 0
-            done_version = candidate.version
-        if rank != 0:
+            done_version = candidate.version if candidate else None
+        if not main_rank:
             return 0
         evaluation = {}
         if job.params.get("evaluate", True):
@@ -278,6 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except Exception as exc:
         log.exception("job %s failed", args.job_id)
+        if not main_rank:
+            # The launcher ends the other processes and exits non-zero; the runner fails the job.
+            return 1
         error = f"{type(exc).__name__}: {exc}"
         with transaction(engine) as session:
             jobs.fail_job(session=session, job_id=args.job_id, error=error, kind=error_kind(exc))
