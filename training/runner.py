@@ -2,7 +2,9 @@
 
 The child is `python -m training.dpo_job --data-dir D --job-id N`, or the same module through
 `accelerate launch --config_file C` when `dpo.accelerate_config` is set (several GPUs, DeepSpeed,
-FSDP). Its stdout and stderr go to `<data_dir>/logs/job-N.log`.
+FSDP); `C` is a path or the name of a config shipped in `training/accelerate/`. Its stdout and
+stderr go to `<data_dir>/logs/job-N.log`. A child this process stops gets SIGTERM first, on
+which `accelerate launch` stops its worker processes, then SIGKILL.
 
 A failure's kind (`ErrorKind`) travels on the job row, not in the exit status (which `accelerate
 launch` does not pass on). A child that catches an exception fails its job itself with the kind
@@ -29,13 +31,27 @@ from storage.models import ErrorKind, Job, JobStatus
 from storage.settings import Settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ACCELERATE_CONFIGS = Path(__file__).resolve().parent / "accelerate"
+
+
+def accelerate_config_file(settings: Settings) -> Path:
+    """The file `dpo.accelerate_config` names: a path, relative ones to the data directory, or
+    a config shipped in training/accelerate/. Raises FileNotFoundError for neither."""
+    name = Path(settings.dpo.accelerate_config).expanduser()
+    for path in (settings.data_dir / name, ACCELERATE_CONFIGS / name):  # absolute: name itself
+        if path.is_file():
+            return path.resolve()
+    shipped = ", ".join(sorted(p.name for p in ACCELERATE_CONFIGS.glob("*.yaml")))
+    raise FileNotFoundError(
+        f"dpo.accelerate_config: no file {str(name)!r} (a path, or one of prefloop's: {shipped})"
+    )
 
 
 def child_command(settings: Settings, job_id: int, module: str = "training.dpo_job") -> list[str]:
     args = ["-m", module, "--data-dir", str(settings.data_dir.resolve()), "--job-id", str(job_id)]
     if settings.dpo.accelerate_config:
         launch = [sys.executable, "-m", "accelerate.commands.launch"]
-        return [*launch, "--config_file", settings.dpo.accelerate_config, *args]
+        return [*launch, "--config_file", str(accelerate_config_file(settings)), *args]
     return [sys.executable, *args]
 
 
@@ -47,6 +63,8 @@ def child_env(settings: Settings) -> dict[str, str]:
     env["PREFLOOP_DATABASE_URL"] = settings.resolved_database_url
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if settings.dpo.accelerate_config:
+        env["PREFLOOP_DIE_WITH_LAUNCHER"] = "1"  # the workers: see training.dpo_job
     return env
 
 
@@ -69,6 +87,17 @@ def _log_tail(path: Path, n: int = 2000) -> str:
         return ""
 
 
+def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
+    """SIGTERM, and SIGKILL after `grace` seconds: a SIGKILL of `accelerate launch` would leave
+    its workers running (they die with it only on Linux, see `training.dpo_job`)."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def run_child(
     *,
     engine,
@@ -87,10 +116,16 @@ def run_child(
     log_path = logs / f"job-{job_id}.log"
     with transaction(engine) as session:
         jobs.set_log_path(session=session, job_id=job_id, log_path=str(log_path))
-    started = time.monotonic()
+        try:
+            command = child_command(settings, job_id, module)
+        except FileNotFoundError as exc:  # a setting names no file: a retry would fail the same
+            return jobs.fail_job(
+                session=session, job_id=job_id, error=str(exc), kind=ErrorKind.permanent
+            )
+    started, timed_out = time.monotonic(), False
     with log_path.open("ab") as log_file:
         proc = subprocess.Popen(
-            child_command(settings, job_id, module),
+            command,
             stdout=log_file,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -102,22 +137,21 @@ def run_child(
         try:
             while proc.poll() is None:
                 if timeout is not None and time.monotonic() - started > timeout:
-                    proc.kill()
-                    proc.wait()
+                    timed_out = True
+                    _stop(proc)
                     break
                 time.sleep(poll_seconds)
         except BaseException:
-            proc.kill()  # this process is going down (Ctrl-C, shutdown): take the child along
-            proc.wait()
+            _stop(proc)  # this process is going down (Ctrl-C, shutdown): take the child along
             raise
     code = proc.returncode
     with transaction(engine) as session:
         job = jobs.get_job(session=session, job_id=job_id)
         if job.status in (JobStatus.queued, JobStatus.running):
-            if code is not None and code < 0:
-                why = f"killed by signal {signal.Signals(-code).name}"
-            elif timeout is not None and time.monotonic() - started > timeout:
+            if timed_out:
                 why = f"timed out after {timeout:.0f}s"
+            elif code is not None and code < 0:
+                why = f"killed by signal {signal.Signals(-code).name}"
             else:
                 why = f"exited with status {code}"
             tail = _log_tail(log_path)
