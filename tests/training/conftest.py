@@ -4,6 +4,7 @@ labeled pairs in the database the way an iteration's labeling would."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 from sqlmodel import select
 
@@ -27,6 +28,8 @@ SMALL = {
     "eval": {"n_prompts": 8, "max_new_tokens": 48},
     "loop": {"max_attempts": 2, "auto_continue": False},
 }
+# For the plumbing tests, which set the gate themselves: any win-rate deploys.
+OPEN_GATE = {"win_rate_threshold": 0.0}
 
 
 def make_loop_runtime(data_dir, policy_dir, **flags) -> Runtime:
@@ -82,6 +85,23 @@ def labeled_iteration(rt: Runtime, n_pairs: int, *, flip: bool = False) -> int:
             session=session, iteration_id=iteration.id, state=IterationState.labeling
         )
         return iteration.id
+
+
+def reference_pairs(rt: Runtime, split: Split, n: int) -> list[tuple[str, str, str]]:
+    """(prompt, best reply, worst reply) on the first `n` prompts of a split."""
+    from labeling.demo_task import reference_reply
+
+    with transaction(rt.engine, readonly=True) as session:
+        query = select(Prompt.text).where(Prompt.split == split).order_by(Prompt.id)
+        texts = list(session.exec(query.limit(n)))
+    return [(t, reference_reply(t, "best"), reference_reply(t, "worst")) for t in texts]
+
+
+def weights(policy_path) -> dict:
+    """A checkpoint's tensors by name."""
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(policy_path) / "model.safetensors"))
 
 
 def dpo_margin(policy_path: str, ref_path: str, pairs: list[tuple[str, str, str]]) -> float:

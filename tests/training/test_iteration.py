@@ -16,30 +16,21 @@ from pathlib import Path
 import pytest
 from sqlmodel import select
 
-from labeling.demo_task import reference_reply
 from storage import crud, jobs
 from storage.db import transaction
-from storage.models import Iteration, Job, JobStatus, Prompt, Split
-from tests.training.conftest import dpo_margin, labeled_iteration, make_loop_runtime
+from storage.models import Iteration, Job, JobStatus, Split
+from tests.training.conftest import (
+    OPEN_GATE,
+    dpo_margin,
+    labeled_iteration,
+    make_loop_runtime,
+    reference_pairs,
+    weights,
+)
 from training import deploy as deploying
 from training.iteration import train_iteration
 
 pytestmark = pytest.mark.slow
-OPEN_GATE = {"win_rate_threshold": 0.0}
-
-
-def _pairs(rt, split: Split, n: int) -> list[tuple[str, str, str]]:
-    """(prompt, best reply, worst reply) on the first `n` prompts of a split."""
-    with transaction(rt.engine, readonly=True) as session:
-        query = select(Prompt.text).where(Prompt.split == split).order_by(Prompt.id)
-        texts = list(session.exec(query.limit(n)))
-    return [(t, reference_reply(t, "best"), reference_reply(t, "worst")) for t in texts]
-
-
-def _weights(path):
-    from safetensors.torch import load_file
-
-    return load_file(str(Path(path) / "model.safetensors"))
 
 
 @pytest.fixture
@@ -87,10 +78,10 @@ def test_dpo_iteration_trains_evaluates_and_deploys(open_gate_rt):
     assert not list((rt.settings.data_dir / "policies").glob(".job-*"))
 
     # training moved the parameters and raised the chosen-over-rejected margin
-    before, after = _weights(v0.path), _weights(candidate.path)
+    before, after = weights(v0.path), weights(candidate.path)
     assert any(not (before[k] == after[k]).all() for k in before)
     # on held-out prompts it never trained on; v0 against itself: exactly 0
-    assert dpo_margin(candidate.path, v0.path, _pairs(rt, Split.eval, 16)) > 1.0
+    assert dpo_margin(candidate.path, v0.path, reference_pairs(rt, Split.eval, 16)) > 1.0
     assert train["first_loss"] > train["final_loss"]
 
 
@@ -111,7 +102,9 @@ def test_gate_rejects_a_worse_candidate(tmp_path, demo_policy_dir):
     # it learned the flipped preference: the worst reply is now the likelier one, held out
     assert (
         dpo_margin(
-            candidate.path, rt.settings.data_dir / "policies" / "v0", _pairs(rt, Split.eval, 16)
+            candidate.path,
+            rt.settings.data_dir / "policies" / "v0",
+            reference_pairs(rt, Split.eval, 16),
         )
         < -1.0
     )
