@@ -183,7 +183,10 @@ class DPOSettings(Section):
     lora_r: int = Field(16, ge=1)
     lora_alpha: int = Field(32, ge=1)
     accelerate_config: str | None = Field(
-        None, description="accelerate config file: train through `accelerate launch`."
+        None,
+        description="Train through `accelerate launch` with this config: a file (relative to the "
+        "data directory) or the name of one shipped in training/accelerate/ (cpu_2proc, one_gpu, "
+        "multi_gpu_ddp, deepspeed_zero2, deepspeed_zero3).",
     )
     precompute_ref_log_probs: bool = Field(
         False, description="Score the data with the reference once, then free it (TRL)."
@@ -316,9 +319,9 @@ DEMO_DEFAULTS: dict[str, dict[str, Any]] = {
             "first_round_prompts": 16,
         },
         "proxy": {"judge": CHAT_JUDGE},
-        "eval": {"judge": CHAT_JUDGE, "n_prompts": 64},
+        "eval": {"judge": CHAT_JUDGE, "n_prompts": 64, "samples_per_prompt": 2},
         "dpo": {
-            "learning_rate": 1e-5,
+            "learning_rate": 5e-5,
             "beta": 0.1,
             "max_length": 320,
             "num_train_epochs": 1.0,

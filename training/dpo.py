@@ -18,6 +18,26 @@ from storage.db import transaction
 from storage.settings import DPOSettings
 
 
+def score_only_completions() -> None:
+    """Have TRL's fused LM head score only the completion tokens on every device.
+
+    TRL 1.16's DPO computes per-token log-probabilities in chunks; with its Triton kernels (CUDA,
+    XPU) it projects only the positions that carry a label, elsewhere every position of the
+    padded batch, prompt and padding included, so that the tile shapes stay fixed for compilers
+    like Neuron's. Eager PyTorch on a CPU has no such need, and the wasted positions were most of
+    the head's cost, itself about half a SmolLM2 step. Its choice reads the module-level name
+    `_use_triton` in `trl.trainer.utils` (and nothing else there does), so this rebinds that name
+    to say yes; the kernels keep their own copy and still run in torch off CUDA. Versions other
+    than the pinned one are left alone.
+    """
+    import trl
+    import trl.trainer.utils as trl_utils
+
+    if trl.__version__ == "1.16.0" and not getattr(trl_utils, "_prefloop_compact", False):
+        trl_utils._use_triton = lambda device: True
+        trl_utils._prefloop_compact = True
+
+
 def dpo_config_kwargs(dpo: DPOSettings, output_dir: str | Path) -> dict[str, Any]:
     """The keyword arguments of TRL's `DPOConfig` for prefloop's DPO settings (`dpo.trl_args`
     last, so they win)."""
@@ -45,6 +65,8 @@ def dpo_config_kwargs(dpo: DPOSettings, output_dir: str | Path) -> dict[str, Any
         "logging_steps": 1,
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
+        # Under DDP every parameter takes part in the loss: no extra pass looking for unused ones.
+        "ddp_find_unused_parameters": False,
     }
     values.update(dpo.trl_args)
     return values
@@ -115,6 +137,7 @@ def train(
     from trl import DPOTrainer
 
     torch.set_num_threads(dpo.threads)
+    score_only_completions()
     tokenizer = AutoTokenizer.from_pretrained(init_path)
     ref_model = None
     if ref_path is not None and Path(ref_path).resolve() != Path(init_path).resolve():
@@ -143,13 +166,20 @@ def train(
         shutil.rmtree(output_dir / "trainer", ignore_errors=True)
     steps = [entry for entry in trainer.state.log_history if "loss" in entry]
     last = steps[-1] if steps else {}
+    # A step's margin and accuracy come from its batch alone (the last one may hold 3 pairs):
+    # the round's figures are the means over the second half of its steps.
+    late = steps[len(steps) // 2 :]
+
+    def late_mean(key: str) -> float | None:
+        values = [entry[key] for entry in late if key in entry]
+        return sum(values) / len(values) if values else None
     return {
         "n_pairs": len(records),
         "steps": trainer.state.global_step,
         "train_loss": output.training_loss,
         "first_loss": steps[0]["loss"] if steps else None,
         "final_loss": last.get("loss"),
-        "reward_margin": last.get("rewards/margins"),
-        "reward_accuracy": last.get("rewards/accuracies"),
+        "reward_margin": late_mean("rewards/margins"),
+        "reward_accuracy": late_mean("rewards/accuracies"),
         "train_seconds": round(seconds, 2),
     }
