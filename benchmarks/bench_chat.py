@@ -2,11 +2,12 @@
 time to its first pairs, each against a baseline or target measured in the same process.
 
 1. Generation: the chat eval prompts, 4 samples each (1.0 and 0.7), batched the way a round
-   samples (the chat demo's batch: 32 prompts, 128 rows decoding together), against one sequence at a time on the first
-   16 of the same samples. tokens/s counts the tokens each reply generated, its end included.
+   samples (the chat demo's batch: 32 prompts, 128 rows decoding together), against one sequence
+   at a time on the first 16 of the same samples. tokens/s counts the tokens each reply generated, its end included.
 2. DPO: one round of 64 pairs (the shipped seed preferences) with the chat demo's `[dpo]`
    defaults, against the issue's target of 240 s; the round's per-step throughput is printed too.
-   Its baseline in the same process: the same round in float32 (`dpo.bf16 = false`).
+   Its baseline in the same process: the first 16 of those pairs in float32 (`dpo.bf16 =
+   false`), compared in pairs per second.
 3. Set-up: `prefloop init --demo chat` in a new data directory (conversion, prompts, seeds, proxy
    fit, first round), then `prefloop serve` until the labeling page answers, against 180 s.
 
@@ -101,7 +102,7 @@ def bench_dpo(quick: bool) -> dict:
                 dpo=dpo,
                 output_dir=Path(tmp) / "v1",
             )
-            return time.perf_counter() - start, metrics
+            return time.perf_counter() - start, {**metrics, "lora": dpo.use_lora}
 
     seconds, metrics = round_seconds(records)
     # the baseline: float32 on the first 16 pairs (two steps), seconds per pair
@@ -115,7 +116,7 @@ def bench_dpo(quick: bool) -> dict:
         "pairs_per_s": len(records) / seconds,
         "vs_target": seconds / DPO_TARGET_S,
         "vs_fp32": base_per_pair / per_pair,
-        "lora": DEMO_DEFAULTS["chat"]["dpo"].get("use_lora", False),
+        "lora": metrics["lora"],
     }
 
 

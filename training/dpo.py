@@ -33,9 +33,12 @@ def score_only_completions() -> None:
     import trl
     import trl.trainer.utils as trl_utils
 
-    if trl.__version__ == "1.16.0" and not getattr(trl_utils, "_prefloop_compact", False):
-        trl_utils._use_triton = lambda device: True
-        trl_utils._prefloop_compact = True
+    if trl.__version__ == "1.16.0":
+        trl_utils._use_triton = _labelled_positions_only
+
+
+def _labelled_positions_only(device) -> bool:
+    return True
 
 
 def dpo_config_kwargs(dpo: DPOSettings, output_dir: str | Path) -> dict[str, Any]:
@@ -173,6 +176,7 @@ def train(
     def late_mean(key: str) -> float | None:
         values = [entry[key] for entry in late if key in entry]
         return sum(values) / len(values) if values else None
+
     return {
         "n_pairs": len(records),
         "steps": trainer.state.global_step,
@@ -182,4 +186,5 @@ def train(
         "reward_margin": late_mean("rewards/margins"),
         "reward_accuracy": late_mean("rewards/accuracies"),
         "train_seconds": round(seconds, 2),
+        "world_size": trainer.accelerator.num_processes,
     }

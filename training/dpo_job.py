@@ -181,7 +181,6 @@ def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
         state.wait_for_everyone()
         if not main_rank:
             return None
-        metrics = {**metrics, "world_size": state.num_processes}
         config = {
             "job_id": job_id,
             "init_version": init.version,

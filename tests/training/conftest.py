@@ -32,6 +32,24 @@ SMALL = {
 OPEN_GATE = {"win_rate_threshold": 0.0}
 
 
+def unlabeled_iteration_runtime(data_dir, **sections) -> Runtime:
+    """A data directory (settings `sections`) whose iteration 0 is labeling with no labels at
+    all: a training job on it fails before loading any model, unless its setup fails first."""
+    from tests.factories import make_policy
+
+    rt = open_runtime(data_dir, **sections)
+    upgrade(rt.engine)
+    with transaction(rt.engine) as session:
+        make_policy(session)
+        iteration = crud.start_iteration(
+            session=session, policy_in_id=None, human_quota=1, human_budget=1
+        )
+        crud.set_iteration_state(
+            session=session, iteration_id=iteration.id, state=IterationState.labeling
+        )
+    return rt
+
+
 def make_loop_runtime(data_dir, policy_dir, **flags) -> Runtime:
     from training.demo_policy import add_demo_prompts, register_demo_policy
 

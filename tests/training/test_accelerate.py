@@ -18,10 +18,8 @@ from pathlib import Path
 import pytest
 
 from storage import crud, jobs
-from storage.db import transaction, upgrade
-from storage.models import ErrorKind, IterationState, JobStatus, Split
-from storage.runtime import open_runtime
-from tests.factories import make_policy
+from storage.db import transaction
+from storage.models import ErrorKind, JobStatus, Split
 from tests.training.conftest import (
     OPEN_GATE,
     SMALL,
@@ -29,6 +27,7 @@ from tests.training.conftest import (
     labeled_iteration,
     make_loop_runtime,
     reference_pairs,
+    unlabeled_iteration_runtime,
     weights,
 )
 from training.iteration import TRAIN, queue_training, train_iteration
@@ -62,16 +61,7 @@ def test_shipped_accelerate_configs_are_valid():
 
 
 def test_an_accelerate_config_that_names_no_file_fails_the_iteration_at_once(tmp_path):
-    rt = open_runtime(tmp_path, dpo={"accelerate_config": "no_such.yaml"})
-    upgrade(rt.engine)
-    with transaction(rt.engine) as session:
-        make_policy(session)
-        iteration = crud.start_iteration(
-            session=session, policy_in_id=None, human_quota=1, human_budget=1
-        )
-        crud.set_iteration_state(
-            session=session, iteration_id=iteration.id, state=IterationState.labeling
-        )
+    rt = unlabeled_iteration_runtime(tmp_path, dpo={"accelerate_config": "no_such.yaml"})
     job = queue_training(engine=rt.engine, settings=rt.settings)
     report = train_iteration(engine=rt.engine, settings=rt.settings, job_id=job.id)
     assert report.decision == "failed" and report.error.startswith("dpo.accelerate_config")

@@ -10,11 +10,10 @@ import signal
 import pytest
 from sqlmodel import select
 
-from storage import crud, jobs
-from storage.db import transaction, upgrade
+from storage import jobs
+from storage.db import transaction
 from storage.models import ErrorKind, Iteration, IterationState, Job, JobStatus
-from storage.runtime import open_runtime
-from tests.factories import make_policy
+from tests.training.conftest import unlabeled_iteration_runtime
 from training.iteration import TRAIN, queue_training, train_iteration
 from training.runner import error_kind
 
@@ -45,16 +44,7 @@ def test_retry_job_queues_transient_failures_only(engine):
 @pytest.fixture
 def rt(tmp_path, database):
     """A data directory whose iteration 0 is labeling with no labels at all."""
-    rt = open_runtime(tmp_path, loop={"max_attempts": 3, "auto_continue": False})
-    upgrade(rt.engine)
-    with transaction(rt.engine) as session:
-        make_policy(session)
-        iteration = crud.start_iteration(
-            session=session, policy_in_id=None, human_quota=1, human_budget=1
-        )
-        crud.set_iteration_state(
-            session=session, iteration_id=iteration.id, state=IterationState.labeling
-        )
+    rt = unlabeled_iteration_runtime(tmp_path, loop={"max_attempts": 3, "auto_continue": False})
     yield rt
     rt.engine.dispose()
 
