@@ -183,6 +183,8 @@ def _ensure_admin(rt: Runtime) -> None:
 
 
 def _init_demo(rt: Runtime) -> None:
+    from labeling.demo_task import seed_preferences
+    from storage.preferences import SeedPreferenceIn
     from training.demo_policy import (
         add_demo_prompts,
         build_demo_policy,
@@ -211,6 +213,15 @@ def _init_demo(rt: Runtime) -> None:
     )
     registered = register_demo_policy(engine=rt.engine, policy_dir=policy_dir, build=metrics)
     typer.echo("policy v0: " + ("registered and deployed" if registered else "registered already"))
+    _seed_the_proxy(
+        rt,
+        [
+            SeedPreferenceIn(
+                prompt=crud.PromptIn(text=prompt, source="demo"), chosen=chosen, rejected=rejected
+            )
+            for prompt, chosen, rejected in seed_preferences()
+        ],
+    )
     with transaction(rt.engine, readonly=True) as session:
         first_round_due = crud.current_iteration(session=session) is None
     if first_round_due:
@@ -222,9 +233,7 @@ def _init_chat_demo(rt: Runtime) -> None:
     preferences, the proxy fitted on them, and the first round queued."""
     from labeling.chat_task import SEED_PREFERENCES, chat_prompts
     from labeling.importing import read_preferences
-    from labeling.proxy import latest_version, refit_proxy
     from storage.models import Split
-    from storage.preferences import add_seed_preferences
     from training.base_model import PolicyError, convert_gguf, smollm2_gguf
 
     records = [
@@ -253,7 +262,19 @@ def _init_chat_demo(rt: Runtime) -> None:
     )
     typer.echo("policy v0: " + ("registered and deployed" if registered else "registered already"))
 
-    seeds = read_preferences(SEED_PREFERENCES)
+    _seed_the_proxy(rt, read_preferences(SEED_PREFERENCES))
+    with transaction(rt.engine, readonly=True) as session:
+        first_round_due = crud.current_iteration(session=session) is None
+    if first_round_due:
+        _generate_first_round(rt)
+
+
+def _seed_the_proxy(rt: Runtime, seeds) -> None:
+    """Store a demo's seed preferences and fit the proxy's first version on them (once), so
+    that round 0 pairs by the proxy's scores and every pair carries its suggestion."""
+    from labeling.proxy import latest_version, refit_proxy
+    from storage.preferences import add_seed_preferences
+
     with transaction(rt.engine) as session:
         added, skipped = add_seed_preferences(session=session, items=seeds)
     typer.echo(f"seed preferences: {added} added, {skipped} present already")
@@ -261,10 +282,6 @@ def _init_chat_demo(rt: Runtime) -> None:
         version = refit_proxy(engine=rt.engine, settings=rt.settings)
         if version is not None:
             typer.echo(f"proxy v{version.version}: fitted on {version.n_labels} seed preferences")
-    with transaction(rt.engine, readonly=True) as session:
-        first_round_due = crud.current_iteration(session=session) is None
-    if first_round_due:
-        _generate_first_round(rt)
 
 
 def _generate_first_round(rt: Runtime) -> None:

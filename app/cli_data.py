@@ -66,10 +66,15 @@ def prefs_import(
     prompt_field: Annotated[str, typer.Option(help="Prompt: text or chat messages.")] = "prompt",
     chosen_field: Annotated[str, typer.Option(help="The preferred response.")] = "chosen",
     rejected_field: Annotated[str, typer.Option(help="The other response.")] = "rejected",
+    refit: Annotated[
+        bool,
+        typer.Option(help="Refit the embedded proxy on every seed and human label afterwards."),
+    ] = True,
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
-    """Import a seed preference dataset (standard or conversational) for the first DPO round and
-    the proxy's first fit. A bad file imports nothing."""
+    """Import a seed preference dataset (standard or conversational) for the first DPO round,
+    and refit the embedded proxy on it, so that the next round pairs by its scores and shows its
+    suggestions. A bad file imports nothing."""
     from labeling.importing import ImportFileError, read_preferences
     from storage.preferences import add_seed_preferences
 
@@ -92,6 +97,19 @@ def prefs_import(
             detail={"file": str(file), "added": added, "skipped": skipped},
         )
     typer.echo(f"{file}: {added} seed preferences added, {skipped} duplicates skipped")
+    if refit and added and rt.settings.proxy.kind == "embedded":
+        _refit_after_import(rt)
+
+
+def _refit_after_import(rt) -> None:
+    from labeling.proxy import MIN_LABELS, human_comparisons, refit_proxy
+
+    version = refit_proxy(engine=rt.engine, settings=rt.settings)
+    if version is None:
+        n = len(human_comparisons(engine=rt.engine))
+        typer.echo(f"proxy: not refit, {n} comparisons (it needs {MIN_LABELS})")
+    else:
+        typer.echo(f"proxy v{version.version}: fitted on {version.n_labels} labels")
 
 
 def export(

@@ -354,6 +354,27 @@ def demo_corpus(n: int, seed: int = 0) -> list[tuple[str, str]]:
     return rows
 
 
+def seed_preferences(
+    n: int = 64, seed: int = 0, min_gap: float = 1.0
+) -> list[tuple[str, str, str]]:
+    """n (prompt, chosen, rejected) rows, the support demo's seed preferences: two corpus-quality
+    replies (what pi_0 writes) to a train prompt of ``demo_prompts(seed)``, the one the gold judge
+    scores at least `min_gap` higher chosen. They stand in for the open preference data that the
+    RLHF Workflow recipe fits its proxy on before the first online iteration; eval prompts never
+    appear, so the held-out win-rate stays held out."""
+    train = [text for text, split in demo_prompts(seed) if split == "train"]
+    rng = random.Random(f"prefloop-demo-seed-prefs-{seed}")
+    rows: list[tuple[str, str, str]] = []
+    for prompt in rng.sample(train, len(train)):
+        a, b = _reply(prompt, rng, "random"), _reply(prompt, rng, "random")
+        gap = gold_judge(prompt, a) - gold_judge(prompt, b)
+        if abs(gap) >= min_gap:
+            rows.append((prompt, a, b) if gap > 0 else (prompt, b, a))
+        if len(rows) == n:
+            return rows
+    raise ValueError(f"only {len(rows)} of {n} seed preferences with a gold gap >= {min_gap}")
+
+
 def _has_any(text: str, keys: tuple[str, ...]) -> bool:
     return any(key in text for key in keys)
 

@@ -282,6 +282,7 @@ def test_init_demo_ends_ready_to_label_and_is_safe_twice(
     shutil.copytree(demo_policy_dir, tmp_path / "policies" / "v0")
     out = run("init", "--demo", "support", "--data-dir", str(tmp_path)).output
     assert "500 added" in out and "first round: iteration 0 queued" in out
+    assert "seed preferences: 64 added" in out and "proxy v1: fitted on 64 seed preferences" in out
     line = re.search(
         r"demo policy samples: gold mean (\S+) \(q10 (\S+), median (\S+), q90 (\S+)\) "
         r"against (\S+) for the best replies, over (\d+) samples",
@@ -295,12 +296,40 @@ def test_init_demo_ends_ready_to_label_and_is_safe_twice(
     assert report["deployed_policy"]["version"] == 0
     assert report["iteration"]["state"] == "labeling"
     assert report["counts"]["pair"] > 0 and report["counts"]["response"] > 0
+    # round 0 pairs by the proxy fitted on the seeds: every pair has its suggestion, and it is
+    # an informed one (the gold judge agrees on most; chance is one half)
+    suggested = round_zero_suggestions(tmp_path)
+    assert len(suggested) == 64
+    decided = [
+        (p_a > 0.5) == (gold_a > gold_b) for p_a, gold_a, gold_b in suggested if gold_a != gold_b
+    ]
+    assert sum(decided) / len(decided) >= 0.75, (sum(decided), len(decided))
     # the second run reads the sample quality from the build record instead of sampling again
     monkeypatch.setattr(demo_policy, "sample_gold_distribution", None)
     again = run("init", "--demo", "support", "--data-dir", str(tmp_path)).output
     assert "0 added, 500 present already" in again and "first round" not in again
     assert line[0] in again
     assert status(str(tmp_path))["counts"] == report["counts"]
+
+
+def round_zero_suggestions(data_dir) -> list[tuple[float, float, float]]:
+    """(the proxy's P(a > b), the gold judge's score of a, of b) for each queued pair."""
+    from sqlmodel import select
+
+    from labeling.demo_task import gold_judge
+    from storage.db import transaction
+    from storage.models import Pair, PairStatus, Prompt, Response, Suggestion
+    from storage.runtime import open_runtime
+
+    rt = open_runtime(data_dir)
+    out = []
+    with transaction(rt.engine, readonly=True) as session:
+        for pair in session.exec(select(Pair).where(Pair.status == PairStatus.queued)):
+            suggestion = session.exec(select(Suggestion).where(Suggestion.pair_id == pair.id)).one()
+            prompt = session.get(Prompt, pair.prompt_id).text
+            a, b = (session.get(Response, i).text for i in (pair.response_a_id, pair.response_b_id))
+            out.append((suggestion.p_a, gold_judge(prompt, a), gold_judge(prompt, b)))
+    return out
 
 
 @pytest.mark.parametrize("module", ["cli_data", "cli_labeling", "cli_serve", "cli_training"])

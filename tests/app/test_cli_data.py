@@ -136,6 +136,8 @@ def test_seed_import_then_export_round_trip(data_dir, tmp_path):
     assert "2 seed preferences added, 0 duplicates skipped" in out
     again = run("prefs", "import", str(path), "--data-dir", data_dir).output
     assert "0 seed preferences added, 2 duplicates skipped" in again
+    assert "proxy: not refit, 2 comparisons (it needs 8)" in out
+    assert "proxy" not in again  # nothing new: nothing to refit
     counts = status(data_dir)["counts"]
     assert (counts["pair"], counts["response"], counts["label"], counts["prompt"]) == (2, 4, 2, 2)
     assert status(data_dir)["labels"] == {"seed": 2}
@@ -165,6 +167,37 @@ def test_seed_import_then_export_round_trip(data_dir, tmp_path):
         "export", "--out", str(tmp_path / "x"), "--source", "gold", "--data-dir", data_dir, ok=False
     )
     assert "--source ['gold']" in result.output
+
+
+def test_seed_import_refits_the_embedded_proxy(data_dir, tmp_path):
+    """A user's own seed data does what the demos' do: the proxy's first version is fitted on
+    it, so the next round pairs by its scores and carries its suggestions."""
+    from labeling.proxy import latest_version, load_proxy
+
+    topics = ("refund", "password", "shipping", "billing", "account", "returns")
+    rows = [
+        {
+            "prompt": f"question {i} about {topic}",
+            "chosen": f"Sorry about the {topic} trouble. Here is how to fix it, step by step.",
+            "rejected": "no.",
+        }
+        for i, topic in enumerate(topics * 2)
+    ]
+    out = run(
+        "prefs", "import", str(write_jsonl(tmp_path / "s.jsonl", rows)), "--data-dir", data_dir
+    ).output
+    assert "12 seed preferences added" in out and "proxy v1: fitted on 12 labels" in out
+    engine = engine_of(data_dir)
+    version = latest_version(engine=engine)
+    assert (version.version, version.n_labels) == (1, 12)
+    proxy = load_proxy(settings=open_runtime(data_dir).settings, engine=engine)
+    rewards = proxy.score(["a new question about refunds"] * 2, [rows[0]["chosen"], "no."])
+    assert rewards[0] - rewards[1] > 0.5  # it learned the seeds' direction, on a new prompt
+
+    more = write_jsonl(tmp_path / "more.jsonl", [{"prompt": "q", "chosen": "yes", "rejected": "x"}])
+    out = run("prefs", "import", str(more), "--no-refit", "--data-dir", data_dir).output
+    assert "1 seed preferences added" in out and "proxy" not in out
+    assert latest_version(engine=engine).version == 1
 
 
 @pytest.mark.parametrize("layout", ["standard", "conversational"])
