@@ -117,6 +117,8 @@ def _describe_quality(r: dict[str, Any]) -> str:
         f"Krippendorff's alpha: {_fmt(r['krippendorff_alpha'])}",
         f"annotators vs proxy: {_fmt(r['human_proxy_agreement'])} (n={r['human_proxy_n']})",
         f"proxy accuracy on audits: {_fmt(r['proxy_audit_accuracy'])} (n={r['proxy_audit_n']})",
+        f"proxy calibration error (ECE, 10 bins) on human labels: "
+        f"{_fmt(r['proxy_calibration_error'])} (n={r['proxy_calibration_n']})",
     ]
     for k in r["cohen_kappa"]:
         lines.append(f"Cohen's kappa {k['a']} / {k['b']}: {_fmt(k['kappa'])} (n={k['n']})")

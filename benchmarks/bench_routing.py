@@ -102,10 +102,10 @@ def _final_win_rate(rt) -> float:
 def _label_figures(rt) -> dict:
     """Human and proxy labels of the iterations, the proxy labels' accuracy against the gold
     judge (pairs it scores equal left out), and the ECE of every suggestion's P(a > b)."""
-    import numpy as np
     from sqlmodel import select
 
     from labeling.demo_task import gold_judge
+    from labeling.quality import calibration_error
     from storage.db import transaction
     from storage.models import Choice, Label, LabelSource, Pair, Prompt, Response, Suggestion
 
@@ -132,19 +132,11 @@ def _label_figures(rt) -> dict:
     calibration = [
         (s.p_a, float(wins)) for s in suggestions if (wins := gold_a_wins(s.pair_id)) is not None
     ]
-    p = np.array([x for x, _ in calibration])
-    y = np.array([x for _, x in calibration])
-    bins = np.minimum((p * 10).astype(int), 9)
-    ece = sum(
-        abs(p[bins == k].mean() - y[bins == k].mean()) * (bins == k).sum()
-        for k in range(10)
-        if (bins == k).any()
-    ) / max(1, len(p))
     return {
         "human_labels": sum(lab.source == LabelSource.human for lab in labels),
         "proxy_labels": len(proxy),
         "proxy_accuracy": sum(judged) / len(judged) if judged else None,
-        "ece": float(ece),
+        "ece": calibration_error([p for p, _ in calibration], [y for _, y in calibration]),
     }
 
 

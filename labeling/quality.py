@@ -4,6 +4,8 @@
 - Krippendorff's α (nominal) over all human labels of pairs labeled more than once;
 - annotator-vs-proxy agreement: a human a/b label against the proxy's suggestion (P > 0.5 means a);
 - proxy accuracy on audited pairs (confident pairs humans labeled anyway), against the majority;
+- the proxy's calibration error: are its P values right, over every human a/b label of a pair it
+  suggested on (ECE, `calibration_error`);
 - per annotator: labels, median seconds per label, agreement with the proxy.
 Ties and both_bad count as their own categories for κ and α, and are left out of the proxy
 comparisons (the proxy only says a or b).
@@ -63,6 +65,20 @@ def _agrees(choice: Choice, p_a: float) -> bool | None:
     return (choice == Choice.a) == (p_a > 0.5)
 
 
+def calibration_error(p: Any, y: Any, bins: int = 10) -> float | None:
+    """Expected calibration error: |mean P − the share of a-wins| in each of `bins` equal-width
+    bins of P(a ≻ b), weighted by the bin's size. `y`: 1 where a won, 0 where b did."""
+    p, y = np.asarray(p, dtype=float), np.asarray(y, dtype=float)
+    if len(p) == 0:
+        return None
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    total = sum(
+        abs(p[which == k].mean() - y[which == k].mean()) * np.count_nonzero(which == k)
+        for k in np.unique(which)
+    )
+    return round(float(total) / len(p), 4)
+
+
 def quality_report(*, engine: Engine, min_common: int = 5) -> dict[str, Any]:
     with transaction(engine, readonly=True) as session:
         labels = pairs.labeled_pairs(session=session, sources=(LabelSource.human,))
@@ -74,6 +90,7 @@ def quality_report(*, engine: Engine, min_common: int = 5) -> dict[str, Any]:
     by_pair: dict[int, dict[int, Choice]] = defaultdict(dict)
     route_of: dict[int, Route] = {}
     per_user: dict[int, dict[str, list]] = defaultdict(lambda: {"seconds": [], "agree": []})
+    calibration: list[tuple[float, int]] = []  # (P(a > b), 1 if the label says a)
     counts: Counter[int] = Counter()
     for x in labels:
         by_pair[x.pair_id][x.user_id] = x.choice
@@ -85,6 +102,8 @@ def quality_report(*, engine: Engine, min_common: int = 5) -> dict[str, Any]:
             agree = _agrees(x.choice, s.p_a)
             if agree is not None:
                 per_user[x.user_id]["agree"].append(agree)
+            if x.choice in (Choice.a, Choice.b):
+                calibration.append((s.p_a, int(x.choice == Choice.a)))
 
     kappas = []
     users = sorted(counts)
@@ -126,6 +145,10 @@ def quality_report(*, engine: Engine, min_common: int = 5) -> dict[str, Any]:
         "human_proxy_n": len(all_agree),
         "proxy_audit_accuracy": _rate(audit_hits),
         "proxy_audit_n": len(audit_hits),
+        "proxy_calibration_error": calibration_error(
+            [p for p, _ in calibration], [y for _, y in calibration]
+        ),
+        "proxy_calibration_n": len(calibration),
         "annotators": [
             {
                 "name": names.get(u, u),

@@ -43,6 +43,19 @@ def test_simulated_annotator_follows_the_judge_under_noise():
     assert picks.count("left") / 4000 == pytest.approx(0.731, abs=0.03)  # σ(1)
 
 
+def test_calibration_error_known_values():
+    from labeling.quality import calibration_error
+
+    assert (
+        calibration_error([0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7, 0.7], [1] * 7 + [0] * 3)
+        == 0
+    )
+    # two bins: P 0.95 wins 1 of 2 (off by 0.45), P 0.15 wins 0 of 2 (off by 0.15)
+    assert calibration_error([0.95, 0.95, 0.15, 0.15], [1, 0, 0, 0]) == pytest.approx(0.3)
+    assert calibration_error([1.0], [1]) == 0  # P = 1 falls in the last bin
+    assert calibration_error([], []) is None
+
+
 def test_quality_report(engine):
     with transaction(engine) as session:
         u1, u2 = make_user(session, name="ann"), make_user(session, name="bob")
@@ -76,6 +89,9 @@ def test_quality_report(engine):
     # a/b labels against P > 0.5 ("a"): ann 4 of 7, bob 2 of 5 (ties are left out)
     assert (report["human_proxy_agreement"], report["human_proxy_n"]) == (0.5, 12)
     assert (report["proxy_audit_accuracy"], report["proxy_audit_n"]) == (0.5, 2)
+    # P = 0.8 on 10 a/b labels of which 5 say a, P = 0.9 on 2 of which 1: (10·0.3 + 2·0.4) / 12
+    assert report["proxy_calibration_error"] == pytest.approx(3.8 / 12, abs=1e-4)
+    assert report["proxy_calibration_n"] == 12
     ann, bob = report["annotators"]
     assert (ann["name"], ann["labels"], ann["median_seconds"]) == ("ann", 8, 4.0)
     assert (bob["labels"], bob["median_seconds"]) == (6, 10.0)
