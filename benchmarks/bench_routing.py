@@ -6,7 +6,8 @@ per arm:
 
 - all-human: routing off, the 64 pairs of each round labeled by people (`loop.human_quota` 64);
 - routing at a human budget of 50% and 25% of that (32 and 16 pairs per round): the proxy labels
-  the pairs it is sure of, audits and the pairs it is least sure of go to people.
+  the pairs it is sure of, audits and the pairs it is least sure of go to people;
+- routing at 25% with a stricter uncertainty bar (`routing.max_uncertainty` 0.05 for 0.1).
 
 Simulated annotators are the gold judge under Bradley-Terry noise (the loop's default). After
 the third iteration the deployed policy plays pi_0 on the 100 held-out prompts, 4 samples each
@@ -19,7 +20,7 @@ is the all-human arm of the same run. Headline:
 
     routing: <share> of human labels -> <ratio> of the all-human win-rate
 
---quick: one seed (about 8 minutes on 2 cores); the full run: 3 seeds.
+--quick: one seed (about 10 minutes on 2 cores); the full run: 3 seeds (about 30).
 """
 
 from __future__ import annotations
@@ -33,16 +34,23 @@ from pathlib import Path
 
 ITERATIONS = 3
 ROUND_PAIRS = 64  # generation.prompts_per_round, one pair per prompt
-ARMS = {"all-human": None, "routing 50%": 32, "routing 25%": 16}
+# arm: (human budget per round, or None for all-human; other [routing] settings)
+ARMS: dict[str, tuple[int | None, dict]] = {
+    "all-human": (None, {}),
+    "routing 50%": (32, {}),
+    "routing 25%": (16, {}),
+    "25%, u 0.05": (16, {"max_uncertainty": 0.05}),  # a stricter uncertainty bar
+}
 FINAL_EVAL_SAMPLES = 4
 
 
-def _settings_file(budget: int | None, seed: int) -> str:
+def _settings_file(budget: int | None, seed: int, routing_extra: dict | None = None) -> str:
     routing = (
         "[routing]\nenabled = false\n"
         if budget is None
         else f"[routing]\nenabled = true\nhuman_budget = {budget}\n"
     )
+    routing += "".join(f"{key} = {value}\n" for key, value in (routing_extra or {}).items())
     quota = ROUND_PAIRS if budget is None else budget
     return (
         'demo = "support"\n'
@@ -53,7 +61,9 @@ def _settings_file(budget: int | None, seed: int) -> str:
     )
 
 
-def run_arm(root: Path, policy: Path, name: str, budget: int | None, seed: int) -> dict:
+def run_arm(
+    root: Path, policy: Path, name: str, budget: int | None, seed: int, routing: dict | None = None
+) -> dict:
     from typer.testing import CliRunner
 
     from app.cli import cli
@@ -61,10 +71,10 @@ def run_arm(root: Path, policy: Path, name: str, budget: int | None, seed: int) 
     from app.cli_training import run_loop
     from labeling.judges import DEFAULT_JUDGE
 
-    data_dir = root / f"{name.replace(' ', '-').replace('%', '')}-seed{seed}"
+    data_dir = root / f"{''.join(c if c.isalnum() else '-' for c in name)}-seed{seed}"
     (data_dir / "policies").mkdir(parents=True)
     shutil.copytree(policy, data_dir / "policies" / "v0")  # the same pi_0, built once
-    (data_dir / "prefloop.toml").write_text(_settings_file(budget, seed))
+    (data_dir / "prefloop.toml").write_text(_settings_file(budget, seed, routing))
     result = CliRunner().invoke(cli, ["init", "--demo", "support", "--data-dir", str(data_dir)])
     if result.exit_code != 0:
         raise RuntimeError(f"init failed for {name}: {result.output}")
@@ -159,8 +169,8 @@ def main(quick: bool = False) -> None:
     results: dict[str, list[dict]] = {name: [] for name in ARMS}
     with tempfile.TemporaryDirectory(prefix="bench-routing-") as tmp:
         for seed in seeds:
-            for name, budget in ARMS.items():
-                figures = run_arm(Path(tmp), policy, name, budget, seed)
+            for name, (budget, routing) in ARMS.items():
+                figures = run_arm(Path(tmp), policy, name, budget, seed, routing)
                 results[name].append(figures)
                 print(f"  seed {seed} {name}: {figures}", flush=True)
 
@@ -168,10 +178,10 @@ def main(quick: bool = False) -> None:
     base_win = statistics.fmean(r["win_rate"] for r in base)
     base_humans = statistics.fmean(r["human_labels"] for r in base)
     print(f"\nrouting benchmark, {len(seeds)} seed(s), {ITERATIONS} iterations, mean (min..max)")
-    print(f"{'arm':<12} {'win vs pi_0':<22} {'human':<22} {'proxy':<22} {'proxy acc':<22} ece")
+    print(f"{'arm':<13} {'win vs pi_0':<22} {'human':<22} {'proxy':<22} {'proxy acc':<22} ece")
     for name, runs in results.items():
         print(
-            f"{name:<12} {_mean_spread([r['win_rate'] for r in runs]):<22} "
+            f"{name:<13} {_mean_spread([r['win_rate'] for r in runs]):<22} "
             f"{_mean_spread([r['human_labels'] for r in runs]):<22} "
             f"{_mean_spread([r['proxy_labels'] for r in runs]):<22} "
             f"{_mean_spread([r['proxy_accuracy'] for r in runs]):<22} "
