@@ -7,7 +7,8 @@ per arm:
 - all-human: routing off, the 64 pairs of each round labeled by people (`loop.human_quota` 64);
 - routing at a human budget of 50% and 25% of that (32 and 16 pairs per round): the proxy labels
   the pairs it is sure of, audits and the pairs it is least sure of go to people;
-- routing at 25% with a stricter uncertainty bar (`routing.max_uncertainty` 0.05 for 0.1).
+- routing at 25% with the looser uncertainty bar of earlier releases (`routing.max_uncertainty`
+  0.1; the default is 0.05).
 
 Simulated annotators are the gold judge under Bradley-Terry noise (the loop's default). After
 the third iteration the deployed policy plays pi_0 on the 100 held-out prompts, 4 samples each
@@ -39,7 +40,7 @@ ARMS: dict[str, tuple[int | None, dict]] = {
     "all-human": (None, {}),
     "routing 50%": (32, {}),
     "routing 25%": (16, {}),
-    "25%, u 0.05": (16, {"max_uncertainty": 0.05}),  # a stricter uncertainty bar
+    "25%, u 0.1": (16, {"max_uncertainty": 0.1}),  # the uncertainty bar before 0.05
 }
 FINAL_EVAL_SAMPLES = 4
 
