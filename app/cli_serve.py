@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from app.cli_common import DataDir, runtime
+from app.cli_common import DataDir, fail, runtime
+from storage.scheduler_lock import SchedulerRunning
 from storage.settings import DEFAULT_DATA_DIR
 
 
@@ -56,8 +57,15 @@ def _run(rt, *, scheduler: bool) -> None:
 
     server = rt.settings.server
     options = {"host": server.host, "port": server.port, "log_level": "warning"}
-    # One scheduler, in this process, however many processes serve the app.
-    handle = start_scheduler(rt) if scheduler else None
+    # One scheduler, in this process, however many processes serve the app; one per database,
+    # however many replicas serve it.
+    try:
+        handle = start_scheduler(rt) if scheduler else None
+    except SchedulerRunning as exc:
+        raise fail(
+            f"{exc}. Start this replica with --no-scheduler (or [server] scheduler = false): "
+            "exactly one replica runs the scheduler"
+        ) from None
     try:
         if server.workers == 1:
             uvicorn.run(create_app(rt), **options)

@@ -16,6 +16,7 @@ from storage import crud, jobs
 from storage.db import transaction
 from storage.models import Iteration, IterationState, JobStatus
 from storage.runtime import Runtime
+from storage.scheduler_lock import SchedulerRunning
 from storage.settings import DEFAULT_DATA_DIR
 
 FINISHED = (IterationState.deployed, IterationState.rejected, IterationState.failed)
@@ -148,6 +149,8 @@ def loop(
             sys.stdout.flush()
             if line["decision"] == IterationState.failed:
                 raise typer.Exit(1)  # the line gives the error; no iteration follows a failed one
+    except SchedulerRunning as exc:
+        raise fail(f"{exc}; the loop drives a scheduler of its own: stop that one first") from None
     except (crud.Conflict, LoopError) as exc:
         raise fail(str(exc)) from None
 

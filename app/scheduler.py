@@ -9,6 +9,11 @@ processes). `prefloop.train-interval` and `prefloop.train-cron` queue training o
 `loop.interval_minutes` / `loop.cron` are set. So a request made by another process (a second
 replica, the CLI) is picked up too, and one made just before a crash is still there after it.
 
+One scheduler per database: `start_scheduler` first takes the database's scheduler lock
+(`storage.scheduler_lock`), and a second process that tries (another replica started without
+--no-scheduler, a `prefloop loop` beside a server) is refused with SchedulerRunning, naming the
+holder. The lock dies with its process, so a replica killed with kill -9 can start again at once.
+
 On start, `recover_iterations` fails the jobs whose process died and queues their retries, and
 settles an iteration left half-way; the dispatch then runs the retries.
 
@@ -29,6 +34,7 @@ from storage import crud, jobs
 from storage.db import transaction
 from storage.models import JobStatus
 from storage.runtime import Runtime
+from storage.scheduler_lock import SchedulerLock, acquire_scheduler_lock
 
 log = logging.getLogger("prefloop.scheduler")
 
@@ -47,6 +53,7 @@ _busy = threading.Lock()
 class SchedulerHandle:
     scheduler: Any  # apscheduler BackgroundScheduler
     rt: Runtime
+    lock: SchedulerLock
 
     def wake(self) -> None:
         """Run the dispatch now instead of at its next tick."""
@@ -56,6 +63,7 @@ class SchedulerHandle:
         self.scheduler.shutdown(wait=wait)
         if _handles.get(_key(self.rt)) is self:
             del _handles[_key(self.rt)]
+        self.lock.release()
 
     @property
     def running(self) -> bool:
@@ -69,7 +77,19 @@ def _key(rt: Runtime) -> str:
 def start_scheduler(rt: Runtime, *, recover: bool = True) -> SchedulerHandle:
     """Start the background scheduler for `rt`; returns its handle (`.shutdown()` stops it).
 
+    Raises SchedulerRunning when another process runs a scheduler on the same database.
     Recovers from a crash first (`recover=True`): dead jobs failed and re-queued."""
+    lock = acquire_scheduler_lock(rt.engine)
+    try:
+        handle = _start(rt, lock, recover=recover)
+    except BaseException:
+        lock.release()
+        raise
+    log.info("scheduler started: %s", ", ".join(j.id for j in handle.scheduler.get_jobs()))
+    return handle
+
+
+def _start(rt: Runtime, lock: SchedulerLock, *, recover: bool) -> SchedulerHandle:
     from apscheduler.executors.pool import ThreadPoolExecutor
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -109,7 +129,7 @@ def start_scheduler(rt: Runtime, *, recover: bool = True) -> SchedulerHandle:
         if settings.loop.cron
         else None,
     }
-    handle = _handles[key] = SchedulerHandle(scheduler=scheduler, rt=rt)
+    handle = _handles[key] = SchedulerHandle(scheduler=scheduler, rt=rt, lock=lock)
     scheduler.start(paused=True)  # the job store is open: timers can be replaced before any runs
     for job_id, trigger in timers.items():
         if trigger is None:
@@ -125,7 +145,6 @@ def start_scheduler(rt: Runtime, *, recover: bool = True) -> SchedulerHandle:
             replace_existing=True,
         )
     scheduler.resume()
-    log.info("scheduler started: %s", ", ".join(j.id for j in scheduler.get_jobs()))
     return handle
 
 
@@ -145,6 +164,8 @@ def dispatch(data_dir: str) -> None:
         return  # not this process's scheduler, or an iteration is training already
     rt = handle.rt
     try:
+        if not handle.lock.check():
+            return  # the database is down, or another process holds the lock now
         settings = rt.effective_settings()
         if quota_reached(engine=rt.engine) is not None:
             try:
