@@ -32,7 +32,7 @@ from app.sessions import (
     sign_session,
 )
 from app.throttle import SignInThrottle, client_address, sign_in_failed
-from app.ui.guard import AppContext, current_user_by_id
+from app.ui.guard import AppContext, current_user_by_id, report_database_outages
 from app.unavailable import DatabaseUnavailable
 from storage import crud
 from storage.db import transaction
@@ -233,7 +233,7 @@ def create_app(rt: Runtime) -> FastAPI:
     )
     # root_path: the file URLs Gradio returns from a direct (queue=False) event are built from
     # it; without it a mounted app's direct events link /gradio_api/file=... at the site root.
-    label_blocks = build_annotate(ctx)
+    label_blocks = report_database_outages(build_annotate(ctx))
     # Labeling events get their own small thread pool (Gradio makes one when max_threads is not
     # its default): on SQLite, 1 thread per worker gave 1.5-2x the submits/s of 40 (bench app).
     label_blocks.max_threads = rt.settings.server.label_threads
@@ -247,7 +247,7 @@ def create_app(rt: Runtime) -> FastAPI:
     )
     gr.mount_gradio_app(
         app,
-        build_admin(ctx),
+        report_database_outages(build_admin(ctx)),
         path=ADMIN_PATH,
         root_path=ADMIN_PATH,
         auth_dependency=_auth_dependency(ctx, admin=True),

@@ -19,22 +19,22 @@ Targets (issue #5): p95 <= 300 ms, >= 100 submits/s on 2 cores.
 from __future__ import annotations
 
 import asyncio
-import json
 import statistics
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
-import httpx
-
-from app.auth import generate_token, hash_token
-from app.sessions import COOKIE_NAME
 from benchmarks.bench_queue import add_pairs, queued_pairs
-from storage import crud
-from storage.db import transaction
 from storage.models import Role
-from tests.app.live_server import CHROMIUM, CHROMIUM_ARGS, PASSWORD, live_server, seed_users
+from tests.app.live_server import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    PASSWORD,
+    issue_tokens,
+    live_server,
+    seed_users,
+)
+from tests.app.load_client import Connection, PageClient, cookie_header, label_events, login
 
 ROUNDS = 3  # of the throughput phases, alternating; each reports its best
 
@@ -94,59 +94,6 @@ def browser_latency(url: str, n: int) -> dict[str, float]:
     }
 
 
-class Connection:
-    """One keep-alive HTTP/1.1 connection speaking just enough HTTP for the load phases.
-
-    httpx spends about 10 ms of CPU per request: with 50 clients on the server's 2 cores it
-    measured the client (GET /healthz topped out near 100/s). This costs ~0.2 ms a request."""
-
-    def __init__(self, url: str, headers: dict[str, str]):
-        host_port = url.split("://", 1)[1]
-        self.host, self.port = host_port.split(":")[0], int(host_port.split(":")[1])
-        self.head = "".join(f"{k}: {v}\r\n" for k, v in {"Host": host_port, **headers}.items())
-        self.reader = self.writer = None
-
-    async def request(self, method: str, path: str, body: object = None) -> tuple[int, bytes]:
-        if self.writer is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        payload = b"" if body is None else json.dumps(body).encode()
-        head = f"{method} {path} HTTP/1.1\r\n{self.head}"
-        if payload:
-            head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
-        self.writer.write(head.encode() + b"\r\n" + payload)
-        status = int((await self.reader.readline()).split()[1])
-        length, chunked = 0, False
-        while (line := await self.reader.readline()) not in (b"\r\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            if name.lower() == "content-length":
-                length = int(value)
-            elif name.lower() == "transfer-encoding" and "chunked" in value:
-                chunked = True
-        if not chunked:
-            return status, await self.reader.readexactly(length)
-        data = b""
-        while size := int((await self.reader.readline()).strip(), 16):
-            data += (await self.reader.readexactly(size + 2))[:-2]
-        await self.reader.readline()
-        return status, data
-
-    async def json(self, method: str, path: str, body: object = None) -> dict:
-        status, data = await self.request(method, path, body)
-        if status != 200:
-            raise RuntimeError(f"{method} {path}: {status} {data[:300]!r}")
-        return json.loads(data)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
-
-async def _login(base: str, name: str) -> dict[str, str]:
-    async with httpx.AsyncClient(timeout=120) as http:  # 50 argon2 checks at once take a while
-        r = await http.post(base + "/login", data={"name": name, "password": PASSWORD})
-        return {COOKIE_NAME: r.cookies[COOKIE_NAME]}
-
-
 async def _hammer(deadline: float, work) -> int:
     done = 0
     while time.perf_counter() < deadline:
@@ -162,8 +109,13 @@ async def _rate(n_clients: int, seconds: float, make_work) -> float:
     return sum(counts) / (time.perf_counter() - start)
 
 
-async def healthz_rate(url: str, n_clients: int, seconds: float) -> float:
-    connections = [Connection(url, {}) for _ in range(n_clients)]
+def _spread(urls: list[str], n: int) -> list[str]:
+    """Client i's server: the replicas in turn, as a round-robin load balancer hands them out."""
+    return [urls[i % len(urls)] for i in range(n)]
+
+
+async def healthz_rate(urls: list[str], n_clients: int, seconds: float) -> float:
+    connections = [Connection(url, {}) for url in _spread(urls, n_clients)]
     iterator = iter(connections)
 
     def hammer(end: float):
@@ -177,35 +129,20 @@ async def healthz_rate(url: str, n_clients: int, seconds: float) -> float:
             connection.close()
 
 
-async def gradio_submit_rate(url: str, cookies: list[dict], seconds: float) -> float:
+async def gradio_submit_rate(urls: list[str], cookies: list[dict], seconds: float) -> float:
     """Each client as the page: POST /label/gradio_api/run/label_left with the shown pair's id."""
-    config = httpx.get(url + "/label/config", cookies=cookies[0]).json()
-    deps = {d["api_name"]: d for d in config["dependencies"] if d.get("api_name")}
-    if deps["label_left"].get("queue") is not False:
-        raise RuntimeError("label_left is a queued event: the page would not POST it directly")
-    clients = []
-    for cookie in cookies:
-        header = "; ".join(f"{k}={v}" for k, v in cookie.items())
-        clients.append((Connection(url, {"Cookie": header}), uuid.uuid4().hex[:11]))
-
-    async def call(client, api_name: str, data: list) -> list:
-        connection, session_hash = client
-        body = {
-            "data": data,
-            "fn_index": deps[api_name]["id"],
-            "session_hash": session_hash,
-            "event_data": None,
-            "trigger_id": None,
-        }
-        return (await connection.json("POST", f"/label/gradio_api/run/{api_name}", body))["data"]
-
+    events = label_events(urls[0], cookies[0])
+    clients = [
+        PageClient(Connection(url, cookie_header(cookie)), events)
+        for url, cookie in zip(_spread(urls, len(cookies)), cookies, strict=True)
+    ]
     # The page holds the shown pair's id (the last output) and sends it back with each click.
-    shown = await asyncio.gather(*(call(c, "show", []) for c in clients))
+    shown = await asyncio.gather(*(c.call("show", []) for c in clients))
     held = {id(c): outputs[-1] for c, outputs in zip(clients, shown, strict=True)}
     iterator = iter(clients)
 
-    async def click(client) -> None:
-        outputs = await call(client, "label_left", [held[id(client)], ""])
+    async def click(client: PageClient) -> None:
+        outputs = await client.call("label_left", [held[id(client)], ""])
         if "Saved" not in outputs[0]:  # the page's body, with its feedback line
             raise RuntimeError(f"a click stored no label: {outputs[0][-300:]}")
         held[id(client)] = outputs[-1]
@@ -217,14 +154,14 @@ async def gradio_submit_rate(url: str, cookies: list[dict], seconds: float) -> f
     try:
         return await _rate(len(clients), seconds, submitter)
     finally:
-        for connection, _ in clients:
-            connection.close()
+        for client in clients:
+            client.connection.close()
 
 
-async def api_submit_rate(url: str, tokens: list[str], seconds: float) -> float:
+async def api_submit_rate(urls: list[str], tokens: list[str], seconds: float) -> float:
     """POST .../label?next=true in a loop: every call labels the held pair and claims the next."""
 
-    async def annotator(token: str, end: float) -> int:
+    async def annotator(url: str, token: str, end: float) -> int:
         connection = Connection(url, {"Authorization": f"Bearer {token}"})
         try:
             pair = (await connection.json("GET", "/api/v1/pairs/next"))["pair"]
@@ -239,25 +176,40 @@ async def api_submit_rate(url: str, tokens: list[str], seconds: float) -> float:
         finally:
             connection.close()
 
-    iterator = iter(tokens)
-    return await _rate(len(tokens), seconds, lambda end: annotator(next(iterator), end))
-
-
-def issue_tokens(rt, names: list[str]) -> list[str]:
-    tokens = []
-    with transaction(rt.engine) as session:
-        for name in names:
-            token = generate_token()
-            user = crud.get_user_by_name(session=session, name=name)
-            crud.update_user(session=session, user_id=user.id, token_hash=hash_token(token))
-            tokens.append(token)
-    return tokens
+    iterator = iter(zip(_spread(urls, len(tokens)), tokens, strict=True))
+    return await _rate(len(tokens), seconds, lambda end: annotator(*next(iterator), end))
 
 
 def top_up(rt, n_pairs: int) -> None:
     missing = n_pairs - queued_pairs(rt.engine)
     if missing > 0:
         add_pairs(rt.engine, missing)
+
+
+def submit_rates(
+    urls: list[str], rt, names: list[str], tokens: list[str], *, n_pairs: int, seconds: float
+) -> dict[str, float]:
+    """Submits/s through the Gradio page's event and the JSON API, and GET /healthz req/s, one
+    client per name spread over `urls`: the best of ROUNDS alternating rounds each, the queue
+    topped up to `n_pairs` before each."""
+
+    async def phases() -> dict[str, float]:
+        cookies = await asyncio.gather(*(login(urls[0], name) for name in names))
+        measures = {
+            "healthz": lambda: healthz_rate(urls, len(names), seconds),
+            "gradio": lambda: gradio_submit_rate(urls, cookies, seconds),
+            "api": lambda: api_submit_rate(urls, tokens, seconds),
+        }
+        best = dict.fromkeys(measures, 0.0)
+        # The phases alternate, ROUNDS times, and each keeps its best round: the shared
+        # machine's load drifts by tens of percent within a minute.
+        for _ in range(ROUNDS):
+            for name, measure in measures.items():
+                top_up(rt, n_pairs)
+                best[name] = max(best[name], await measure())
+        return best
+
+    return asyncio.run(phases())
 
 
 def run_size(n_pairs: int, n_clients: int, seconds: float, n_clicks: int, workers: int) -> None:
@@ -282,23 +234,9 @@ def run_size(n_pairs: int, n_clients: int, seconds: float, n_clicks: int, worker
             flush=True,
         )
 
-        async def phases() -> dict[str, float]:
-            cookies = await asyncio.gather(*(_login(server.url, name) for name in names))
-            measures = {
-                "healthz": lambda: healthz_rate(server.url, n_clients, seconds),
-                "gradio": lambda: gradio_submit_rate(server.url, cookies, seconds),
-                "api": lambda: api_submit_rate(server.url, tokens, seconds),
-            }
-            best = dict.fromkeys(measures, 0.0)
-            # The phases alternate, ROUNDS times, and each keeps its best round: the shared
-            # machine's load drifts by tens of percent within a minute.
-            for _ in range(ROUNDS):
-                for name, measure in measures.items():
-                    top_up(server.rt, n_pairs)
-                    best[name] = max(best[name], await measure())
-            return best
-
-        rates = asyncio.run(phases())
+        rates = submit_rates(
+            [server.url], server.rt, names, tokens, n_pairs=n_pairs, seconds=seconds
+        )
         for path, what in (("gradio", "Gradio UI event"), ("api", "JSON API label?next")):
             print(
                 f"{tag} submit throughput via {what}, {n_clients} concurrent clients, best of "

@@ -7,15 +7,18 @@ user, changing their role or their password takes effect at the next click.
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import gradio as gr
 from sqlmodel import Session
 
 from app.sessions import COOKIE_NAME, SessionData, password_fingerprint, read_session
+from app.unavailable import database_outage
 from storage import crud, queue
-from storage.db import transaction
+from storage.db import UNAVAILABLE_ERRORS, transaction
 from storage.models import Role
 from storage.runtime import Runtime
 
@@ -115,3 +118,29 @@ def require_user(
     if role == Role.admin and not user.is_admin:
         raise Refused("Admins only.")
     return user
+
+
+DATABASE_DOWN = (
+    "The database cannot be reached right now, so nothing was saved or loaded. "
+    "Try again in a few seconds."
+)
+
+
+def report_database_outages(blocks: gr.Blocks) -> gr.Blocks:
+    """Every event handler of `blocks` answers a lost database with DATABASE_DOWN in the page
+    (and a 503, see app.unavailable) instead of Gradio's bare error."""
+    for block_fn in blocks.fns.values():
+        block_fn.fn = _outage_aware(block_fn.fn)
+    return blocks
+
+
+def _outage_aware(fn: Callable) -> Callable:
+    @functools.wraps(fn)  # Gradio reads the signature (gr.Request) through __wrapped__
+    def handler(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except UNAVAILABLE_ERRORS as error:
+            database_outage(error)
+            raise gr.Error(DATABASE_DOWN, print_exception=False) from None
+
+    return handler

@@ -7,6 +7,7 @@ beforehand through storage's functions.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 import httpx
 from sqlmodel import select
 
-from app.auth import hash_password
+from app.auth import generate_token, hash_password, hash_token
 from storage import crud
 from storage.db import transaction, upgrade
 from storage.models import Pair, Prompt, Response, Role, Suggestion
@@ -48,6 +49,11 @@ class LiveServer:
     log: Path
     users: dict[str, int] = field(default_factory=dict)
 
+    def kill_hard(self) -> None:
+        """kill -9 the server and its worker processes at once, as a lost host would go."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -65,6 +71,18 @@ def seed_users(rt: Runtime, names_roles: dict[str, Role]) -> dict[str, int]:
             )
             ids[name] = user.id
     return ids
+
+
+def issue_tokens(rt: Runtime, names: list[str]) -> list[str]:
+    """A new API token for each user, in order."""
+    tokens = []
+    with transaction(rt.engine) as session:
+        for name in names:
+            token = generate_token()
+            user = crud.get_user_by_name(session=session, name=name)
+            crud.update_user(session=session, user_id=user.id, token_hash=hash_token(token))
+            tokens.append(token)
+    return tokens
 
 
 def seed_pairs(
@@ -120,7 +138,10 @@ def live_server(
     args += ["--workers", str(workers)]
     log = data_dir / "serve.log"
     with log.open("wb") as out:
-        process = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT)
+        # its own process group: kill_hard takes the workers with it
+        process = subprocess.Popen(
+            args, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     url = f"http://127.0.0.1:{port}"
     server = LiveServer(url=url, rt=rt, data_dir=data_dir, process=process, log=log)
     try:
@@ -142,5 +163,6 @@ def live_server(
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            process.kill()
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
         rt.engine.dispose()

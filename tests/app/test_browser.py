@@ -523,3 +523,30 @@ def test_a_narrow_window_stacks_the_responses_without_widening_the_page(browser,
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     finally:
         context.close()
+
+
+@pytest.mark.postgres
+def test_annotator_labels_in_the_browser_on_postgres(tmp_path, page, monkeypatch):
+    """The labeling page's whole path (sign-in, claim, click and key, the next pair) on
+    PostgreSQL, with two worker processes."""
+    from tests.conftest import fresh_postgres_database
+
+    with fresh_postgres_database() as url:
+        monkeypatch.setenv("PREFLOOP_DATABASE_URL", url)
+        with live_server(tmp_path, workers=2) as pg_server:
+            pg_server.users = seed_users(pg_server.rt, {"ann": Role.annotator})
+            seed_pairs(pg_server.rt, [(f"Q{i}?", f"yes {i}", f"no {i}") for i in range(3)])
+            login(page, pg_server, "ann")
+            shown = []
+            for action in (lambda: page.click("#pf-left"), lambda: page.keyboard.press("2")):
+                shown.append(shown_texts(page))
+                act_and_wait(page, action)
+            assert "Saved" in page.inner_text("#pf-feedback")
+            stored = labels_of(pg_server, "ann")
+            assert len(stored) == 2
+            for (label, text_a, _), (left, _), side in zip(
+                stored, shown, ("left", "right"), strict=True
+            ):
+                picked_a = (left.strip() == text_a.strip()) == (side == "left")
+                assert label.choice == ("a" if picked_a else "b")
+            assert int(page.inner_text("#pf-today")) == 2

@@ -25,7 +25,7 @@ def run(*args: str, ok: bool = True):
 
 
 @pytest.fixture
-def data_dir(tmp_path, monkeypatch, demo_policy_dir):
+def data_dir(tmp_path, monkeypatch, demo_policy_dir, database):
     import torch
 
     torch.set_num_threads(1)

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 
 from app.auth import generate_password, generate_token, hash_password, hash_token
 from app.server import create_app
+from app.ui.guard import DATABASE_DOWN
 from storage import crud
 from storage.db import transaction, upgrade
 from storage.models import Role
@@ -125,15 +126,40 @@ def test_a_database_restart_is_a_503_then_recovers(cluster, tmp_path, monkeypatc
     assert login.status_code == 303  # the client keeps the session cookie
     assert _get(client, "/label/", {})[0] == 200
 
+    config = client.get("/label/config").json()
+    show = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "show")
+
+    def page_event() -> tuple[int, dict, dict]:
+        """The labeling page's first event, as the page POSTs it (in a thread: a hang fails)."""
+        answer: dict = {}
+
+        def call() -> None:
+            body = {"data": [], "fn_index": show, "session_hash": "restart0001"}
+            response = client.post("/label/gradio_api/run/show", json=body)
+            answer.update(status=response.status_code, json=response.json(), h=response.headers)
+
+        thread = threading.Thread(target=call, daemon=True)
+        thread.start()
+        thread.join(timeout=60)
+        assert not thread.is_alive(), "the labeling page's event hung with the database down"
+        return answer["status"], answer["json"], answer["h"]
+
+    assert page_event()[0] == 200
+
     stop()
     status, body, response_headers = _get(client, "/api/v1/status", headers)
     assert status == 503 and "database unavailable" in body["detail"]
     assert response_headers["retry-after"].isdigit()
     assert _get(client, "/healthz", {})[0] == 503
+    # the page shows what happened (Gradio's own answer would be a bare "Error" and a 500)
+    status, body, response_headers = page_event()
+    assert status == 503 and response_headers["retry-after"].isdigit()
+    assert body["error"] == DATABASE_DOWN
 
     start()
     status, body, _ = _get(client, "/api/v1/status", headers)
     assert status == 200, body
     assert _get(client, "/healthz", {})[0] == 200
     assert _get(client, "/label/", {})[0] == 200
+    assert page_event()[0] == 200
     rt.engine.dispose()
