@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
@@ -23,3 +24,130 @@ def test_upgrade_twice_is_a_no_op(tmp_path):
     first = current_revision(engine)
     upgrade(engine)
     assert current_revision(engine) == first
+
+
+def test_a_database_of_the_first_release_upgrades_in_place_with_its_data(tmp_path, database):
+    """A data directory made by the first release (schema 0001, with users, a policy, an
+    iteration, a labeled and a queued pair, a job), upgraded by `prefloop db upgrade`: every
+    row is still there and the queue works on it."""
+    from datetime import UTC, datetime
+
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+    from storage import crud, queue
+    from storage.db import head_revision, transaction
+    from storage.runtime import open_runtime
+
+    rt = open_runtime(tmp_path)
+    upgrade(rt.engine, "0001")
+    old = sa.MetaData()
+    old.reflect(rt.engine)
+    t = old.tables
+    now = datetime(2026, 10, 1, tzinfo=UTC)
+    with rt.engine.begin() as c:
+
+        def add(table: str, **values) -> int:
+            return c.execute(t[table].insert().values(**values)).inserted_primary_key[0]
+
+        user = add(
+            "user", name="ann", role="annotator", password_hash="h", active=True, created_at=now
+        )
+        prompt = add(
+            "prompt",
+            text="Hi?",
+            content_hash="0" * 64,
+            source="old",
+            split="train",
+            active=True,
+            created_at=now,
+        )
+        policy = add(
+            "policy",
+            version=0,
+            path="/models/p0",
+            status="deployed",
+            metrics={"eval": 1},
+            config={},
+            created_at=now,
+        )
+        iteration = add(
+            "iteration",
+            k=0,
+            state="labeling",
+            policy_in_id=policy,
+            human_quota=2,
+            human_budget=0,
+            metrics={},
+            created_at=now,
+        )
+        texts = ["one", "two", "three", "four"]
+        responses = [
+            add(
+                "response",
+                prompt_id=prompt,
+                policy_id=policy,
+                iteration_id=iteration,
+                text=x,
+                sampling={"temperature": 1.0},
+                created_at=now,
+            )
+            for x in texts
+        ]
+        pairs = [
+            add(
+                "pair",
+                prompt_id=prompt,
+                response_a_id=a,
+                response_b_id=b,
+                iteration_id=iteration,
+                strategy="max_min",
+                route="human",
+                status=status,
+                overlap=1,
+                n_labels=n,
+                created_at=now,
+            )
+            for (a, b), status, n in (
+                ((responses[0], responses[1]), "done", 1),
+                ((responses[2], responses[3]), "queued", 0),
+            )
+        ]
+        add(
+            "label",
+            pair_id=pairs[0],
+            user_id=user,
+            source="human",
+            choice="a",
+            swapped=False,
+            created_at=now,
+        )
+        add(
+            "job",
+            kind="train",
+            status="failed",
+            iteration_id=iteration,
+            progress=0.5,
+            attempts=1,
+            params={},
+            result={},
+            error="killed",
+            created_at=now,
+        )
+    rt.engine.dispose()
+
+    result = CliRunner().invoke(cli, ["db", "upgrade", "--data-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert current_revision(rt.engine) == head_revision()
+    with transaction(rt.engine) as session:
+        assert crud.get_user_by_name(session=session, name="ann").id == user
+        assert crud.deployed_policy(session=session).path == "/models/p0"
+        assert crud.current_iteration(session=session).human_quota == 2
+        claim = queue.claim_next_pair(session=session, user_id=user, lease_seconds=60)
+        assert claim is not None and claim.pair_id == pairs[1]
+        queue.submit_label(session=session, user_id=user, pair_id=pairs[1], shown_choice="tie")
+    with rt.engine.connect() as c:
+        labels = c.execute(sa.text("SELECT pair_id, choice FROM label ORDER BY id")).all()
+        job = c.execute(sa.text("SELECT status, error, error_kind FROM job")).one()
+    assert [tuple(row) for row in labels] == [(pairs[0], "a"), (pairs[1], "tie")]
+    assert tuple(job) == ("failed", "killed", None)
