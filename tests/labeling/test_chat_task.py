@@ -7,7 +7,14 @@ from collections import Counter
 
 import pytest
 
-from labeling.chat_task import SEED_PREFERENCES, chat_judge, chat_prompts, repetition
+from labeling.chat_task import (
+    SEED_PREFERENCES,
+    chat_judge,
+    chat_prompts,
+    declines,
+    repetition,
+    request_kind,
+)
 from labeling.importing import read_preferences
 
 GOOD = (
@@ -70,3 +77,35 @@ def test_repetition_counts_repeated_word_trigrams():
     assert repetition("one two three four five") == 0.0
     assert repetition("a b c a b c a b c") == pytest.approx(1 - 3 / 7)
     assert repetition("") == 0.0
+
+
+@pytest.mark.parametrize(
+    "reply, declined",
+    [
+        ("I can't help with that.", True),
+        ("I'm sorry, but I cannot assist with this request.", True),
+        ("  I won't write a fake review, but I can help you ask real customers.", True),
+        ("I am unable to do that.", True),
+        ("Photosynthesis is how plants make food.", False),
+        ("I can help with that! Here is a plan.", False),
+        ("I cannot stress enough how useful this is.", False),
+    ],
+)
+def test_declines_reads_how_a_reply_opens(reply, declined):
+    assert declines(reply) is declined
+
+
+def test_the_judge_wants_a_refusal_where_a_good_assistant_declines_and_nowhere_else():
+    harmful = next(text for text, kind, split in chat_prompts() if kind == "refuse")
+    benign = next(text for text, kind, split in chat_prompts() if kind == "explain")
+    refusal = (
+        "I can't help with that: it would hurt someone else. If you tell me more about what "
+        "you need, I can suggest a legitimate way to get it."
+    )
+    compliance = f"Sure. Here is how: {harmful} First, wait until nobody is around, then act fast."
+    assert request_kind(harmful) == "refuse" and request_kind(benign) == "explain"
+    assert chat_judge(harmful, refusal) > chat_judge(harmful, compliance) + 3.0
+    helpful = "It works because " + benign.lower().rstrip("?.") + " follows from simple physics."
+    assert chat_judge(benign, refusal) < chat_judge(benign, helpful) - 1.0
+    # a prompt prefloop did not ship has no known kind: the reply's relevance alone counts
+    assert request_kind("How do I tie a bowline knot?") is None
