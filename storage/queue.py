@@ -429,24 +429,18 @@ def submit_label(
         raise ValueError(f"reason: at most {MAX_REASON_CHARS} characters (got {len(reason)})")
     postgres = not is_sqlite(session.get_bind())
     params = {"pair_id": pair_id, "user_id": user_id}
-    assignment = run_core(
-        session, _SUBMIT_ASSIGNMENT_LOCKED if postgres else _SUBMIT_ASSIGNMENT, params
-    ).first()
-    if assignment is None:
+    # The claim, the pair and any label of the user's, in one statement (locked on PostgreSQL).
+    state = run_core(session, _SUBMIT_STATE_LOCKED if postgres else _SUBMIT_STATE, params).first()
+    if state is None:
         raise NotAssigned(f"user {user_id} has no claim on pair {pair_id}")
-    assignment_id, status, swapped, claimed_at, expires_at = assignment
+    assignment_id, status, swapped, claimed_at, expires_at, pair_status, existing = state
     if seconds is None and timed_from_claim:
         seconds = max(0.0, (now - claimed_at).total_seconds())
-    existing = run_core(session, _EXISTING_LABEL, params).scalar()
     if existing is not None:
         return session.get(Label, existing)
     choice = _translate(shown_choice, swapped)
     if status == AssignmentStatus.skipped:
         raise Conflict(f"pair {pair_id} was skipped by user {user_id}")
-
-    pair_status = run_core(
-        session, _SUBMIT_PAIR_LOCKED if postgres else _SUBMIT_PAIR, params
-    ).scalar_one()
     if pair_status == PairStatus.discarded:
         raise Conflict(f"pair {pair_id} was withdrawn")
     late = status != AssignmentStatus.active or expires_at <= now
@@ -464,9 +458,14 @@ def submit_label(
         reason=reason,
         created_at=now,
     )
-    # A Core insert (the ORM's flush is the dearest statement of a click); the Label returned
+    # Core statements (the ORM's flush is the dearest statement of a click); the Label returned
     # is not attached to the session.
     values = label.model_dump(exclude={"id"})
+    if postgres:  # the label, the claim marked submitted and the pair's count: one round trip
+        written = {f"w_{k}": v for k, v in values.items()}
+        written.update(w_assignment=assignment_id, w_pair=pair_id)
+        label.id = run_core(session, _SUBMIT_WRITE_POSTGRES, written).scalar_one()
+        return label
     label.id = run_core(session, _ADD_LABEL, values).scalar_one()
     run_core(session, _MARK_SUBMITTED, {"assignment_id": assignment_id})
     run_core(session, _COUNT_LABEL, params)
@@ -516,38 +515,72 @@ def label_and_claim_next(
     return label, claim_for_labeling(session=session, user_id=user_id, labeling=labeling, now=now)
 
 
-_SUBMIT_ASSIGNMENT = sa.select(
-    _ASSIGNMENT.c.id,
-    _ASSIGNMENT.c.status,
-    _ASSIGNMENT.c.swapped,
-    _ASSIGNMENT.c.claimed_at,
-    _ASSIGNMENT.c.expires_at,
-).where(
-    _ASSIGNMENT.c.pair_id == sa.bindparam("pair_id"),
-    _ASSIGNMENT.c.user_id == sa.bindparam("user_id"),
-)
-_SUBMIT_ASSIGNMENT_LOCKED = _SUBMIT_ASSIGNMENT.with_for_update(key_share=True)
-_EXISTING_LABEL = sa.select(_LABEL.c.id).where(
-    _LABEL.c.pair_id == sa.bindparam("pair_id"), _LABEL.c.user_id == sa.bindparam("user_id")
-)
-_ADD_LABEL = sa.insert(_LABEL).returning(_LABEL.c.id)
-_SUBMIT_PAIR = sa.select(_PAIR.c.status).where(_PAIR.c.id == sa.bindparam("pair_id"))
-_SUBMIT_PAIR_LOCKED = _SUBMIT_PAIR.with_for_update(key_share=True)
-_MARK_SUBMITTED = (
-    sa.update(_ASSIGNMENT)
-    .where(_ASSIGNMENT.c.id == sa.bindparam("assignment_id"))
-    .values(status=AssignmentStatus.submitted.value)
-)
-_COUNT_LABEL = (
-    sa.update(_PAIR)
-    .where(_PAIR.c.id == sa.bindparam("pair_id"))
-    .values(
-        n_labels=_PAIR.c.n_labels + 1,
-        status=sa.case(
-            (_PAIR.c.n_labels + 1 >= _PAIR.c.overlap, PairStatus.done.value),
-            else_=_PAIR.c.status,
-        ),
+_SUBMIT_STATE = (
+    sa.select(
+        _ASSIGNMENT.c.id,
+        _ASSIGNMENT.c.status,
+        _ASSIGNMENT.c.swapped,
+        _ASSIGNMENT.c.claimed_at,
+        _ASSIGNMENT.c.expires_at,
+        _PAIR.c.status,
+        _LABEL.c.id,
     )
+    .select_from(
+        _ASSIGNMENT.join(_PAIR, _PAIR.c.id == _ASSIGNMENT.c.pair_id).outerjoin(
+            _LABEL,
+            sa.and_(
+                _LABEL.c.pair_id == _ASSIGNMENT.c.pair_id,
+                _LABEL.c.user_id == _ASSIGNMENT.c.user_id,
+            ),
+        )
+    )
+    .where(
+        _ASSIGNMENT.c.pair_id == sa.bindparam("pair_id"),
+        _ASSIGNMENT.c.user_id == sa.bindparam("user_id"),
+    )
+)
+# NO KEY UPDATE leaves foreign-key checks (a label's insert) unblocked.
+_SUBMIT_STATE_LOCKED = _SUBMIT_STATE.with_for_update(key_share=True, of=[_ASSIGNMENT, _PAIR])
+_ADD_LABEL = sa.insert(_LABEL).returning(_LABEL.c.id)
+
+
+def _mark_submitted(assignment_id) -> sa.Update:
+    return (
+        sa.update(_ASSIGNMENT)
+        .where(_ASSIGNMENT.c.id == assignment_id)
+        .values(status=AssignmentStatus.submitted.value)
+    )
+
+
+def _count_label(pair_id) -> sa.Update:
+    return (
+        sa.update(_PAIR)
+        .where(_PAIR.c.id == pair_id)
+        .values(
+            n_labels=_PAIR.c.n_labels + 1,
+            status=sa.case(
+                (_PAIR.c.n_labels + 1 >= _PAIR.c.overlap, PairStatus.done.value),
+                else_=_PAIR.c.status,
+            ),
+        )
+    )
+
+
+_MARK_SUBMITTED = _mark_submitted(sa.bindparam("assignment_id"))
+_COUNT_LABEL = _count_label(sa.bindparam("pair_id"))
+# PostgreSQL: the three writes as one statement (data-modifying CTEs; SQLite has none). Its
+# parameters are named apart from every column (w_*): SQLAlchemy reads a parameter named like a
+# column of an UPDATE as one more column to set.
+_NEW_LABEL = (
+    sa.insert(_LABEL)
+    .values({c.name: sa.bindparam(f"w_{c.name}", type_=c.type) for c in _LABEL.c if c.name != "id"})
+    .returning(_LABEL.c.id)
+    .cte("new_label")
+)
+_SUBMIT_WRITE_POSTGRES = (
+    sa.select(_NEW_LABEL.c.id)
+    .add_cte(_mark_submitted(sa.bindparam("w_assignment")).cte("submitted"))
+    .add_cte(_count_label(sa.bindparam("w_pair")).cte("counted"))
 )
 
 

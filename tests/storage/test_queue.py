@@ -317,3 +317,24 @@ def test_the_queue_counter_and_the_claim_agree_on_what_is_claimable(engine):
             queue.skip_pair(session=session, user_id=ann, pair_id=c.pair_id)
     assert sorted(got) == [ids[1], *ids[4:]]
     assert left == len(got) == 5
+
+
+def test_a_submit_is_two_round_trips_on_postgresql(engine):
+    """Every statement of a click is a round trip to a PostgreSQL server: a submit reads its
+    claim, pair and label in one and writes the label, the claim and the count in another."""
+    (u1, _), _ = _setup(engine)
+    c = claim(engine, u1)
+    statements = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    label = submit(engine, u1, c.pair_id, "left")
+    work = [s for s in statements if not s.startswith("BEGIN")]  # SQLite's BEGIN IMMEDIATE
+    postgres = engine.dialect.name == "postgresql"
+    assert len(work) == (2 if postgres else 4), work
+    with transaction(engine, readonly=True) as session:
+        pair = session.get(Pair, c.pair_id)
+        assignment = session.exec(
+            sa.select(Assignment).where(Assignment.pair_id == c.pair_id)
+        ).scalar_one()
+        stored = session.get(Label, label.id)
+    assert (pair.n_labels, pair.status, assignment.status) == (1, PairStatus.done, "submitted")
+    assert (stored.user_id, stored.choice) == (u1, label.choice)
