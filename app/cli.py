@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from app import cli_data, cli_labeling, cli_serve, cli_training
+from app import cli_data, cli_labeling, cli_serve, cli_training, cli_worker
 from app.cli_common import DataDir, data_dir_flag, fail, runtime
 from storage import crud
 from storage.db import transaction, upgrade
@@ -30,6 +30,7 @@ prompts_cli = typer.Typer(help="Prompts to sample responses for.", no_args_is_he
 cli.add_typer(db_cli, name="db")
 cli.add_typer(users_cli, name="users")
 cli.add_typer(prompts_cli, name="prompts")
+cli.add_typer(cli_worker.worker_cli, name="worker")
 
 
 DEMOS = ("chat", "support")

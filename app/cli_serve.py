@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from app.cli_common import DataDir, fail, runtime
+from app.cli_worker import stop_generation_worker
 from storage.scheduler_lock import SchedulerRunning
 from storage.settings import DEFAULT_DATA_DIR
 
@@ -78,3 +79,5 @@ def _run(rt, *, scheduler: bool) -> None:
     finally:
         if handle is not None:
             handle.shutdown(wait=False)
+            # issue 13: the vLLM generation worker, which the scheduler's rounds used, ends too
+            stop_generation_worker(rt)

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from app.cli_common import BothBadBelow, DataDir, fail, runtime
+from app.cli_worker import stop_generation_worker
 from storage import crud, jobs
 from storage.db import transaction
 from storage.models import Iteration, IterationState, JobStatus
@@ -259,6 +260,7 @@ def run_loop(
             yield _loop_report(rt, done, turnaround, next_round)
     finally:
         handle.shutdown(wait=True)
+        stop_generation_worker(rt)
 
 
 def _loop_report(

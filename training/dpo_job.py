@@ -11,7 +11,8 @@ init policy itself), `iterations` (the k whose preferences count; None: all), `w
 the job was queued, admins' run-time changes included).
 Before training, the same process refits the proxy's next version; after it, it evaluates the
 candidate on the held-out prompts (`training.evaluate`), so the heavy imports are paid once per
-iteration.
+iteration. With `generation.backend = "vllm"` the generation worker is asked to release its memory
+before training (`labeling.vllm_worker`); the evaluation's first request takes it back.
 
 The candidate checkpoint is written to a temporary directory beside `<data_dir>/policies` and
 renamed into place, then registered as a `candidate` Policy row: a reader never sees half a
@@ -139,7 +140,10 @@ def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
             ref = crud.get_policy(session=session, version=params["ref_version"])
         if main_rank:
             jobs.heartbeat(session=session, job_id=job_id, progress=0.0, result={"phase": "data"})
-    dpo = job_settings(params, data_dir).dpo
+    settings = job_settings(params, data_dir)
+    dpo = settings.dpo
+    if main_rank and settings.generation.backend == "vllm":
+        release_generation_worker(data_dir)
 
     rows = load_preferences(
         engine=engine,
@@ -214,6 +218,19 @@ def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
         if main_rank:
             shutil.rmtree(tmp, ignore_errors=True)
     return candidate
+
+
+def release_generation_worker(data_dir: Path) -> None:
+    """Have the generation worker, if one runs, free its memory while this process trains (it
+    loads a policy again at the evaluation's first request). Never fails the job."""
+    from labeling.vllm_worker import release_worker
+
+    try:
+        released = release_worker(data_dir)
+    except Exception as exc:  # the worker only frees memory here; training goes on without it
+        log.warning("generation worker: release failed: %s", exc)
+        return
+    log.info("generation worker: %s", released or "none running")
 
 
 def evaluate_job(*, engine, settings, job_id: int, candidate_version: int) -> dict[str, Any]:

@@ -88,6 +88,7 @@ def cached_samples(
         seed=seed,
         max_new_tokens=max_new,
         settings=settings.generation,
+        data_dir=settings.data_dir,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
 from labeling.generation import generate, load_sampler, render_prompt, split_temperatures
@@ -87,14 +85,65 @@ def test_unknown_backend_is_refused():
         load_sampler("/nowhere", settings)
 
 
-@pytest.mark.vllm
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vllm is not installed")
-def test_vllm_backend(policy_dir):
-    settings = GenerationSettings(backend="vllm", max_new_tokens=24, gpu_memory_utilization=0.3)
-    sampler = load_sampler(policy_dir, settings)
+# The contract both backends keep, on SmolLM2-135M-Instruct (chat template, <|im_end|> stops a
+# reply). The vllm half runs in .venv-vllm (`make test-vllm`), the transformers half in .venv.
+CHAT_PROMPTS = [
+    "Write a long story about a dragon who learns to bake bread.",
+    [{"role": "user", "content": "Answer with one word: is the sky blue?"}],
+    "List three fruits.",
+]
+TEMPLATE_MARKS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|", "assistant\n", "user\n")
+
+
+@pytest.fixture(
+    scope="module", params=["transformers", pytest.param("vllm", marks=pytest.mark.vllm)]
+)
+def chat_sampler(request, smollm2_dir):
+    settings = GenerationSettings(backend=request.param, max_new_tokens=24, device="cpu")
+    sampler = load_sampler(smollm2_dir, settings)
+    yield sampler
+    sampler.close()
+
+
+def _with_max_new_tokens(sampler, max_new_tokens: int):
+    settings = sampler.settings.model_copy(update={"max_new_tokens": max_new_tokens})
+    if sampler.backend == "vllm":
+        sampler.engine.configure(settings)  # sampling settings only: the engine stays
+    sampler.settings = settings
+
+
+@pytest.mark.slow
+def test_backends_keep_one_sampling_contract(chat_sampler):
+    backend = chat_sampler.backend
     try:
-        rows = sampler.sample(PROMPTS, n=4, temperatures=[1.0, 0.7], seed=0)
+        _with_max_new_tokens(chat_sampler, 24)
+        rows = chat_sampler.sample(CHAT_PROMPTS, n=4, temperatures=[1.0, 0.7], seed=5)
+        assert len(rows) == len(CHAT_PROMPTS)
+        for row in rows:
+            assert [s.temperature for s in row] == [1.0, 1.0, 0.7, 0.7]  # n split evenly, in order
+            for s in row:
+                assert s.text == s.text.strip() and s.text
+                assert not any(mark in s.text for mark in TEMPLATE_MARKS), s.text
+                assert 1 <= s.n_tokens <= 24
+                assert s.sampling()["backend"] == backend and s.max_new_tokens == 24
+                if not s.finished:
+                    assert s.n_tokens == 24  # only max_new_tokens ends a reply unfinished
+        story = rows[0]
+        assert not any(s.finished for s in story)  # a long story is cut at 24 tokens
+        one_word = rows[1]
+        assert any(s.finished and s.n_tokens < 24 for s in one_word)  # <|im_end|> stops it
+        texts = [[s.text for s in row] for row in rows]
+        again = chat_sampler.sample(CHAT_PROMPTS, n=4, temperatures=[1.0, 0.7], seed=5)
+        assert [[s.text for s in row] for row in again] == texts  # same seed, same samples
+        other = chat_sampler.sample(CHAT_PROMPTS, n=4, temperatures=[1.0, 0.7], seed=6)
+        assert [[s.text for s in row] for row in other] != texts
+        assert any(len(set(row)) > 1 for row in texts)  # sampling varies within a prompt
+
+        greedy = chat_sampler.sample(CHAT_PROMPTS, n=2, temperatures=[0.0], seed=1)
+        assert all(row[0].text == row[1].text and row[0].temperature == 0 for row in greedy)
+
+        _with_max_new_tokens(chat_sampler, 4)
+        cut = chat_sampler.sample(CHAT_PROMPTS[:1], n=2, temperatures=[1.0], seed=0)[0]
+        assert [(s.n_tokens, s.finished, s.max_new_tokens) for s in cut] == [(4, False, 4)] * 2
     finally:
-        sampler.close()
-    assert [[s.temperature for s in row] for row in rows] == [[1.0, 1.0, 0.7, 0.7]] * 3
-    assert all(s.text and s.sampling()["backend"] == "vllm" for row in rows for s in row)
+        _with_max_new_tokens(chat_sampler, 24)

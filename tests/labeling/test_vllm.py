@@ -1,0 +1,141 @@
+"""vLLM's engine on SmolLM2-135M-Instruct (CPU build, .venv-vllm): the chat template and its stop
+token, and a policy loaded in place and checked against its checkpoint, with the restart fallback.
+The sampling contract both backends share is in test_generation.py."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import pytest
+
+from labeling.generation import render_prompt
+from labeling.vllm_engine import (
+    VLLMEngine,
+    check_sequences,
+    check_tolerance,
+    compare,
+    reference_logprobs,
+)
+from storage.settings import GenerationSettings
+
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
+
+
+def perturb_checkpoint(src, dst, scale: float = 0.03, seed: int = 0):
+    """A copy of the checkpoint at `src` with Gaussian noise (`scale` times each matrix's
+    std) on every matrix, the tied embedding included: another policy of one architecture."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    weights = load_file(src / "model.safetensors")
+    generator = torch.Generator().manual_seed(seed)
+    noisy = {
+        name: (w + scale * w.std() * torch.randn(w.shape, generator=generator)).contiguous()
+        if w.ndim == 2
+        else w
+        for name, w in weights.items()
+    }
+    save_file(noisy, dst / "model.safetensors", metadata={"format": "pt"})
+    return dst
+
+
+@pytest.fixture(scope="module")
+def perturbed_dir(smollm2_dir, tmp_path_factory):
+    return perturb_checkpoint(smollm2_dir, tmp_path_factory.mktemp("perturbed") / "policy")
+
+
+@pytest.fixture(scope="module")
+def engine(smollm2_dir):
+    """One engine for the module (a cold start is the expensive part); each test leaves it
+    serving SmolLM2."""
+    engine = VLLMEngine(GenerationSettings(max_new_tokens=32, device="cpu"))
+    report = engine.load(smollm2_dir)
+    assert report["how"] == "started" and report["check"]["passed"]
+    yield engine
+    engine.stop()
+
+
+def test_prompts_go_through_the_chat_template(engine):
+    tokenizer = engine.llm.get_tokenizer()
+    text, has_special = render_prompt(tokenizer, "Hello there")
+    assert has_special
+    assert text.startswith("<|im_start|>") and text.endswith("<|im_start|>assistant\n")
+    assert "<|im_start|>user\nHello there<|im_end|>" in text
+    assert text == render_prompt(tokenizer, [{"role": "user", "content": "Hello there"}])[0]
+
+
+def test_replies_stop_at_the_end_of_turn_token(engine):
+    rows = engine.sample(["Say hi."], n=4, temperatures=[0.7], seed=0)
+    finished = [s for s in rows[0] if s.finished]
+    assert finished  # <|im_end|> ended these, before max_new_tokens
+    for s in finished:
+        assert s.n_tokens < 32 and "<|im_end|>" not in s.text and "<|im_start|>" not in s.text
+
+
+def test_reload_serves_the_new_weights(engine, smollm2_dir, perturbed_dir):
+    tokenizer = engine.llm.get_tokenizer()
+    tolerance = check_tolerance(engine.settings)
+    sequences = check_sequences(tokenizer)
+    # Before the reload the engine serves SmolLM2: the perturbed checkpoint's check fails.
+    stale = engine.check(str(perturbed_dir))
+    assert not stale.passed and stale.mean_abs > 2 * tolerance
+    try:
+        report = engine.load(perturbed_dir)
+        assert report["how"] == "reloaded" and "fallback" not in report
+        assert report["check"]["passed"] and report["check"]["mean_abs"] <= tolerance
+        served = engine.served_logprobs(sequences)
+        new = compare(served, reference_logprobs(perturbed_dir, sequences), tolerance)
+        old = compare(served, reference_logprobs(smollm2_dir, sequences), tolerance)
+        assert new.passed and not old.passed and new.mean_abs < old.mean_abs / 2
+        assert engine.load(perturbed_dir)["how"] == "kept"  # the same checkpoint again
+    finally:
+        assert engine.load(smollm2_dir)["how"] == "reloaded"
+
+
+def test_a_stale_reload_falls_back_to_a_restart(engine, smollm2_dir, perturbed_dir, caplog):
+    """The field failure (vLLM #9744, TRL #5312): a sync that leaves the old weights in place.
+    Here the reload is skipped outright; the check catches it and the engine restarts."""
+    real_reload = engine._reload
+    engine._reload = lambda path: engine.llm.reset_prefix_cache()
+    caplog.set_level(logging.INFO, logger="prefloop.vllm")
+    try:
+        report = engine.load(perturbed_dir)
+    finally:
+        engine._reload = real_reload
+    assert report["how"] == "restarted"
+    assert report["fallback"]["after"] == "reloaded" and not report["fallback"]["check"]["passed"]
+    assert report["check"]["passed"]
+    assert "does not serve" in caplog.text and "restarting" in caplog.text
+    assert engine.load(smollm2_dir)["how"] == "reloaded"
+
+
+def test_a_lora_policy_is_served_as_an_adapter(engine, smollm2_dir, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"])
+    model = get_peft_model(base, config)
+    for name, weight in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero: an adapter that changes nothing
+            torch.nn.init.normal_(weight, std=0.02)
+    adapter = tmp_path / "adapter"
+    model.save_pretrained(adapter)
+
+    report = engine.load(adapter)  # the engine restarts once, with LoRA enabled
+    assert report["how"] == "restarted" and report["check"]["passed"]
+    assert engine.lora_request is not None and engine.lora_rank == 8
+    sequences = check_sequences(engine.llm.get_tokenizer())
+    served = engine.served_logprobs(sequences)
+    base_check = compare(served, reference_logprobs(smollm2_dir, sequences), 0.12)
+    assert not base_check.passed  # the adapter, not the base model, answers
+    rows = engine.sample(["List three fruits."], n=2, temperatures=[0.7], seed=0)
+    assert len(rows[0]) == 2 and all(s.text for s in rows[0])
+    # the base model again, and the adapter once more: no weights move, no restart
+    assert engine.load(smollm2_dir)["how"] == "switched" and engine.lora_request is None
+    assert engine.load(adapter)["how"] == "adapter"
+    assert engine.load(smollm2_dir)["how"] == "switched"
