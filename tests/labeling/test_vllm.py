@@ -122,17 +122,17 @@ def test_a_lora_policy_is_served_as_an_adapter(engine, smollm2_dir, tmp_path):
     model = get_peft_model(base, config)
     for name, weight in model.named_parameters():
         if "lora_B" in name:  # B starts at zero: an adapter that changes nothing
-            torch.nn.init.normal_(weight, std=0.02)
+            torch.nn.init.normal_(weight, std=0.1)
     adapter = tmp_path / "adapter"
     model.save_pretrained(adapter)
 
     report = engine.load(adapter)  # the engine restarts once, with LoRA enabled
     assert report["how"] == "restarted" and report["check"]["passed"]
     assert engine.lora_request is not None and engine.lora_rank == 8
-    sequences = check_sequences(engine.llm.get_tokenizer())
-    served = engine.served_logprobs(sequences)
-    base_check = compare(served, reference_logprobs(smollm2_dir, sequences), 0.12)
-    assert not base_check.passed  # the adapter, not the base model, answers
+    # the adapter answers, not the base model: its replies' log-probs are not the base's
+    assert not engine._check_by_generation(
+        str(smollm2_dir), check_tolerance(engine.settings)
+    ).passed
     rows = engine.sample(["List three fruits."], n=2, temperatures=[0.7], seed=0)
     assert len(rows[0]) == 2 and all(s.text for s in rows[0])
     # the base model again, and the adapter once more: no weights move, no restart
