@@ -298,10 +298,12 @@ class VLLMSampler:
     backend = "vllm"
 
     def __init__(self, policy_path: str | Path, settings: GenerationSettings):
-        try:
-            from labeling.vllm_engine import VLLMEngine
-        except ImportError as exc:  # pragma: no cover - the message is the point
-            raise RuntimeError(VLLM_MISSING) from exc
+        import importlib.util
+
+        from labeling.vllm_engine import VLLMEngine
+
+        if importlib.util.find_spec("vllm") is None:
+            raise RuntimeError(VLLM_MISSING)
         self.settings = settings
         self.engine = VLLMEngine(settings)
         self.load_report = self.engine.load(policy_path)

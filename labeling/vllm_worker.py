@@ -328,7 +328,13 @@ class Worker:
 
     def _engine(self, settings: GenerationSettings):
         if self.engine is None:
+            import importlib.util
+
+            from labeling.generation import VLLM_MISSING
             from labeling.vllm_engine import VLLMEngine
+
+            if importlib.util.find_spec("vllm") is None:
+                raise RuntimeError(f"{VLLM_MISSING} (the worker runs {sys.executable})")
 
             self.engine = VLLMEngine(settings)
         else:
