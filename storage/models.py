@@ -73,12 +73,16 @@ class PairStrategy(StrEnum):
     uncertain = "uncertain"
     explore = "explore"
     seed = "seed"  # imported preference data (iteration 0)
+    eval = "eval"  # one reply of each of two policy versions on a held-out prompt
 
 
 class Route(StrEnum):
     human = "human"  # the proxy was unsure, or routing is off
     proxy = "proxy"  # labeled by the proxy alone
     audit = "audit"  # the proxy was confident, but humans label it to measure the proxy
+    # An evaluation pair: humans vote between two policy versions, blind. The votes rate the
+    # versions (training/ratings.py) and are never preference data (DPO, the proxy, the export).
+    eval = "eval"
 
 
 class PairStatus(StrEnum):
@@ -214,6 +218,8 @@ class Response(SQLModel, table=True):
 # Pairs waiting for human labels (Route.human, Route.audit), as literal SQL: a partial index is used
 # only for a query whose WHERE repeats its condition with the same literals.
 QUEUED_FOR_HUMANS_SQL = "status = 'queued' AND route IN ('human', 'audit')"
+# Evaluation pairs waiting for votes (Route.eval): a queue of their own, beside the one above.
+QUEUED_FOR_EVAL_SQL = "status = 'queued' AND route = 'eval'"
 
 
 class Pair(SQLModel, table=True):
@@ -246,6 +252,15 @@ sa.Index(
     Pair.__table__.c.overlap,
     sqlite_where=sa.text(QUEUED_FOR_HUMANS_SQL),
     postgresql_where=sa.text(QUEUED_FOR_HUMANS_SQL),
+)
+# The same claim order over the evaluation pairs waiting for votes.
+sa.Index(
+    "ix_pair_eval_claim",
+    Pair.__table__.c.n_labels.desc(),
+    Pair.__table__.c.id,
+    Pair.__table__.c.overlap,
+    sqlite_where=sa.text(QUEUED_FOR_EVAL_SQL),
+    postgresql_where=sa.text(QUEUED_FOR_EVAL_SQL),
 )
 
 

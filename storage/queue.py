@@ -4,9 +4,15 @@ A claim is an `Assignment` row (unique per pair and user) with a lease. A pair c
 its human labels plus its active, unexpired leases are fewer than its overlap; a lease that expires
 gives its slot back (`release_expired` only tidies the rows, the counting never trusts them). A user
 never gets a pair they hold, labeled, skipped or let expire. That rule is written once, as SQL
-expressions (`_claimable`: queued for humans, and `_free_for` the user): the claim on both
+expressions (`_claimable`: waiting in a queue, and `_free_for` the user): the claim on both
 databases, a late submit's check and the "left in the queue" counter are built from them.
 "Label, then claim the next" is `label_and_claim_next`, for the labeling page and the API alike.
+
+Two queues feed one annotator: the preference pairs (routes human and audit) and the evaluation
+pairs (route eval: two policy versions, blind), each walked through its own partial index. A claim
+takes an evaluation pair when they are due, `eval_share` of the user's recent claims (`_eval_due`),
+and otherwise a preference pair; when the queue it prefers has nothing for the user, it takes from
+the other, so neither kind waits while the other is empty.
 
 Atomicity:
 - SQLite: every write transaction is BEGIN IMMEDIATE (storage/db.py), so transactions run one at a
@@ -38,6 +44,7 @@ from sqlmodel import Session, select
 from storage.crud import Conflict, NotFound
 from storage.db import is_sqlite, run_core
 from storage.models import (
+    QUEUED_FOR_EVAL_SQL,
     QUEUED_FOR_HUMANS_SQL,
     Assignment,
     AssignmentStatus,
@@ -102,16 +109,36 @@ _WHEN = _ASSIGNMENT.c.expires_at.type
 
 # Assignment.status == active, as the partial index ix_assignment_live spells it.
 _LIVE = sa.text("assignment.status = 'active'")
-# Pair.status == queued and Pair.route in HUMAN_ROUTES, spelled as the partial index ix_pair_claim
-# spells it (storage/models.py), so that both databases walk that index.
-_QUEUED_FOR_HUMANS = sa.text("pair.status = 'queued' AND pair.route IN ('human', 'audit')")
-assert _QUEUED_FOR_HUMANS.text.replace("pair.", "") == QUEUED_FOR_HUMANS_SQL
+
+
+@dataclass(frozen=True)
+class _Queue:
+    """The pairs waiting in one queue, spelled as its partial index spells them (storage/models.py)
+    so that both databases walk that index, and the SQLite hint naming it: SQLite's planner,
+    without statistics, prefers ix_pair_queue and sorts the whole queue (`_sqlite_from_hint`)."""
+
+    waiting: sa.TextClause
+    hint: str
+
+
+# Preference pairs: Pair.status == queued and Pair.route in HUMAN_ROUTES.
+_PREFERENCES = _Queue(
+    sa.text("pair.status = 'queued' AND pair.route IN ('human', 'audit')"),
+    "INDEXED BY ix_pair_claim",
+)
+# Evaluation pairs: Pair.status == queued and Pair.route == eval.
+_EVALUATION = _Queue(
+    sa.text("pair.status = 'queued' AND pair.route = 'eval'"), "INDEXED BY ix_pair_eval_claim"
+)
+_QUEUES = (_PREFERENCES, _EVALUATION)
+assert _PREFERENCES.waiting.text.replace("pair.", "") == QUEUED_FOR_HUMANS_SQL
+assert _EVALUATION.waiting.text.replace("pair.", "") == QUEUED_FOR_EVAL_SQL
 assert {PairStatus.queued.value} | set(HUMAN_ROUTES) == {"queued", "human", "audit"}
-# The claim order, ix_pair_claim's: pairs that have some labels first (finish them), then oldest.
+assert Route.eval.value == "eval"
+# The claim order, the claim indexes': pairs that have some labels first (finish them), then oldest.
 _CLAIM_ORDER = (_PAIR.c.n_labels.desc(), _PAIR.c.id)
-# SQLite's planner, without statistics, prefers ix_pair_queue and sorts the whole queue: the
-# claim and the queue count name ix_pair_claim (`_sqlite_from_hint`).
-_CLAIM_INDEX = "INDEXED BY ix_pair_claim"
+# How many of a user's latest claims `_eval_due` weighs.
+EVAL_SHARE_WINDOW = 100
 
 # The statements' parameters: the user asking, and the time of the claim.
 _USER_ID = sa.bindparam("user_id")
@@ -150,16 +177,17 @@ def _free_for(user_id, now) -> sa.ColumnElement[bool]:
     return sa.and_(~claimed_before, _has_free_slot(now))
 
 
-def _claimable(user_id, now) -> sa.ColumnElement[bool]:
-    """A pair this user may claim now: queued for humans and free for them. Walked in
+def _claimable(user_id, now, queue: _Queue) -> sa.ColumnElement[bool]:
+    """A pair this user may claim now: waiting in `queue` and free for them. Walked in
     _CLAIM_ORDER, the conditions are checked pair by pair through indexes and the walk stops at
     the first free pair: the cost depends on how many pairs ahead are leased to others or passed
     by this user, not on the queue's size."""
-    return sa.and_(_QUEUED_FOR_HUMANS, _free_for(user_id, now))
+    return sa.and_(queue.waiting, _free_for(user_id, now))
 
 
-# Queued for humans and short of labels: the pairs that may be claimable by someone.
-_QUEUED_SHORT = sa.and_(_QUEUED_FOR_HUMANS, _PAIR.c.n_labels < _PAIR.c.overlap)
+def _short(queue: _Queue) -> sa.ColumnElement[bool]:
+    """Waiting in `queue` and short of labels: the pairs that may be claimable by someone."""
+    return sa.and_(queue.waiting, _PAIR.c.n_labels < _PAIR.c.overlap)
 
 
 @compiles(sa.Table, "sqlite")
@@ -202,12 +230,16 @@ def claim_next_pair(
     session: Session,
     user_id: int,
     lease_seconds: int,
+    eval_share: float = 0.0,
     rng: random.Random | None = None,
     now: datetime | None = None,
 ) -> Claim | None:
     """Claim the next pair for `user_id`, or return the lease they hold already; None: nothing left.
 
-    The A/B order shown is drawn from `rng` and kept on the assignment. `now` is for tests."""
+    `eval_share` (`eval.human_share`): the share of the user's claims that go to evaluation
+    pairs while both queues have pairs for them (0: evaluation pairs only when no preference
+    pair is left; 1: evaluation pairs first). The A/B order shown is drawn from `rng` and kept on
+    the assignment. `now` is for tests."""
     now = now or utcnow()
     if not is_sqlite(session.get_bind()):
         # One claim per user at a time; NO KEY UPDATE leaves foreign-key checks unblocked.
@@ -219,55 +251,108 @@ def claim_next_pair(
 
     swapped = (rng or random).random() < 0.5
     expires_at = now + timedelta(seconds=lease_seconds)
-    if is_sqlite(session.get_bind()):
-        pair_id = _claim_sqlite(session, user_id, now, expires_at, swapped)
-    else:
-        pair_id = _claim_postgres(session, user_id, now, expires_at, swapped)
+    claim = _claim_sqlite if is_sqlite(session.get_bind()) else _claim_postgres
+    pair_id = None
+    for queue in _queue_order(session, user_id, eval_share):
+        pair_id = claim(session, user_id, now, expires_at, swapped, queue)
+        if pair_id is not None:
+            break
     if pair_id is None:
         return None
     return _claim_view(session, pair_id, swapped, now, expires_at)
 
 
-# SQLite: the claim in one statement, INSERT INTO assignment ... SELECT ... RETURNING.
-_CLAIM_SQLITE = (
-    sa.insert(_ASSIGNMENT)
-    .from_select(
-        ["pair_id", "user_id", "status", "swapped", "claimed_at", "expires_at"],
-        sa.select(
-            _PAIR.c.id,
-            _USER_ID,
-            sa.literal_column(f"'{AssignmentStatus.active.value}'"),
-            sa.bindparam("swapped", type_=sa.Boolean()),
-            _NOW,
-            sa.bindparam("expires_at", type_=_WHEN),
-        )
-        .with_hint(_PAIR, _CLAIM_INDEX, "sqlite")
-        .where(_claimable(_USER_ID, _NOW))
-        .order_by(*_CLAIM_ORDER)
-        .limit(1),
-    )
-    .returning(_ASSIGNMENT.c.pair_id)
+_EVAL_WAITING = (
+    sa.select(sa.literal_column("1"))
+    .select_from(_PAIR)
+    .with_hint(_PAIR, _EVALUATION.hint, "sqlite")
+    .where(_EVALUATION.waiting)
+    .limit(1)
 )
+_RECENT = (
+    sa.select(_ASSIGNMENT.c.pair_id)
+    .where(_ASSIGNMENT.c.user_id == _USER_ID)
+    .order_by(_ASSIGNMENT.c.id.desc())
+    .limit(EVAL_SHARE_WINDOW)
+    .subquery("recent")
+)
+# (claims, evaluation claims) among the user's latest EVAL_SHARE_WINDOW
+_RECENT_MIX = sa.select(
+    sa.func.count(),
+    sa.func.coalesce(sa.func.sum(sa.case((_PAIR.c.route == Route.eval.value, 1), else_=0)), 0),
+).select_from(_RECENT.join(_PAIR, _PAIR.c.id == _RECENT.c.pair_id))
+
+
+def _eval_due(claims: int, evaluation: int, share: float) -> bool:
+    """Whether the next claim goes to an evaluation pair: when it keeps evaluation at no more
+    than `share` of the claims counted with it. So share 0.1 gives every tenth claim from the
+    first, and over any EVAL_SHARE_WINDOW claims the count stays within one of the share."""
+    return evaluation + 1 <= share * (claims + 1) + 1e-9
+
+
+def _queue_order(session: Session, user_id: int, eval_share: float) -> tuple[_Queue, ...]:
+    """The queues in the order this claim tries them. With no evaluation pair waiting, the
+    preference queue alone, at the cost of one index probe."""
+    if run_core(session, _EVAL_WAITING).first() is None:
+        return (_PREFERENCES,)
+    claims, evaluation = run_core(session, _RECENT_MIX, {"user_id": user_id}).one()
+    if _eval_due(claims, evaluation, eval_share):
+        return (_EVALUATION, _PREFERENCES)
+    return (_PREFERENCES, _EVALUATION)
+
+
+def _sqlite_claim_statement(queue: _Queue):
+    """SQLite: the claim in one statement, INSERT INTO assignment ... SELECT ... RETURNING."""
+    return (
+        sa.insert(_ASSIGNMENT)
+        .from_select(
+            ["pair_id", "user_id", "status", "swapped", "claimed_at", "expires_at"],
+            sa.select(
+                _PAIR.c.id,
+                _USER_ID,
+                sa.literal_column(f"'{AssignmentStatus.active.value}'"),
+                sa.bindparam("swapped", type_=sa.Boolean()),
+                _NOW,
+                sa.bindparam("expires_at", type_=_WHEN),
+            )
+            .with_hint(_PAIR, queue.hint, "sqlite")
+            .where(_claimable(_USER_ID, _NOW, queue))
+            .order_by(*_CLAIM_ORDER)
+            .limit(1),
+        )
+        .returning(_ASSIGNMENT.c.pair_id)
+    )
+
+
+_CLAIM_SQLITE = {queue: _sqlite_claim_statement(queue) for queue in _QUEUES}
 
 
 def _claim_sqlite(
-    session: Session, user_id: int, now: datetime, expires_at: datetime, swapped: bool
+    session: Session,
+    user_id: int,
+    now: datetime,
+    expires_at: datetime,
+    swapped: bool,
+    queue: _Queue,
 ) -> int | None:
     params = {"user_id": user_id, "swapped": swapped, "now": now, "expires_at": expires_at}
-    return run_core(session, _CLAIM_SQLITE, params).scalar_one_or_none()
+    return run_core(session, _CLAIM_SQLITE[queue], params).scalar_one_or_none()
 
 
 # PostgreSQL: the next claimable pair not tried yet, locked; then its slots counted again.
-_NEXT_CLAIMABLE = (
-    sa.select(_PAIR.c.id)
-    .where(
-        _claimable(_USER_ID, _NOW),
-        _PAIR.c.id.not_in(sa.bindparam("tried", expanding=True)),
+_NEXT_CLAIMABLE = {
+    queue: (
+        sa.select(_PAIR.c.id)
+        .where(
+            _claimable(_USER_ID, _NOW, queue),
+            _PAIR.c.id.not_in(sa.bindparam("tried", expanding=True)),
+        )
+        .order_by(*_CLAIM_ORDER)
+        .limit(1)
+        .with_for_update(skip_locked=True, key_share=True, of=_PAIR)
     )
-    .order_by(*_CLAIM_ORDER)
-    .limit(1)
-    .with_for_update(skip_locked=True, key_share=True, of=_PAIR)
-)
+    for queue in _QUEUES
+}
 _FREE_SLOT = sa.select(_has_free_slot(_NOW)).where(_PAIR.c.id == sa.bindparam("pair_id"))
 
 
@@ -277,12 +362,17 @@ def _free_slot(session: Session, pair_id: int, now: datetime) -> bool:
 
 
 def _claim_postgres(
-    session: Session, user_id: int, now: datetime, expires_at: datetime, swapped: bool
+    session: Session,
+    user_id: int,
+    now: datetime,
+    expires_at: datetime,
+    swapped: bool,
+    queue: _Queue,
 ) -> int | None:
     tried: list[int] = []
     while True:
         params = {"user_id": user_id, "now": now, "tried": tried}
-        pair_id = run_core(session, _NEXT_CLAIMABLE, params).scalar_one_or_none()
+        pair_id = run_core(session, _NEXT_CLAIMABLE[queue], params).scalar_one_or_none()
         if pair_id is None:
             return None
         # Locked: count again with a fresh snapshot (see the module docstring).
@@ -473,13 +563,23 @@ def submit_label(
 
 
 def claim_for_labeling(
-    *, session: Session, user_id: int, labeling: LabelingSettings, now: datetime | None = None
+    *,
+    session: Session,
+    user_id: int,
+    labeling: LabelingSettings,
+    eval_share: float = 0.0,
+    now: datetime | None = None,
 ) -> Claim | None:
-    """`claim_next_pair` under the labeling settings: None while an admin has paused labeling."""
+    """`claim_next_pair` under the labeling settings and `eval.human_share` (`eval_share`): None
+    while an admin has paused labeling."""
     if labeling.paused:
         return None
     return claim_next_pair(
-        session=session, user_id=user_id, lease_seconds=labeling.lease_seconds, now=now
+        session=session,
+        user_id=user_id,
+        lease_seconds=labeling.lease_seconds,
+        eval_share=eval_share,
+        now=now,
     )
 
 
@@ -490,6 +590,7 @@ def label_and_claim_next(
     pair_id: int,
     shown_choice: ShownChoice,
     labeling: LabelingSettings | None,
+    eval_share: float = 0.0,
     seconds: float | None = None,
     reason: str | None = None,
     timed_from_claim: bool = False,
@@ -512,7 +613,10 @@ def label_and_claim_next(
     )
     if labeling is None:
         return label, None
-    return label, claim_for_labeling(session=session, user_id=user_id, labeling=labeling, now=now)
+    claim = claim_for_labeling(
+        session=session, user_id=user_id, labeling=labeling, eval_share=eval_share, now=now
+    )
+    return label, claim
 
 
 _SUBMIT_STATE = (
@@ -608,12 +712,13 @@ def release_expired(*, session: Session, now: datetime | None = None) -> int:
     return _expire(session, now or utcnow())
 
 
-_COUNT_QUEUED_SHORT = (
-    sa.select(sa.func.count())
+_COUNT_QUEUED_SHORT = {
+    queue: sa.select(sa.func.count())
     .select_from(_PAIR)
-    .with_hint(_PAIR, _CLAIM_INDEX, "sqlite")
-    .where(_QUEUED_SHORT)
-)
+    .with_hint(_PAIR, queue.hint, "sqlite")
+    .where(_short(queue))
+    for queue in _QUEUES
+}
 # Of those, the ones this user cannot get (not free for them): found among the pairs they
 # claimed before and those with live leases, a few rows, never by checking every pair.
 _TAKEN = (
@@ -626,7 +731,7 @@ _TAKEN = (
                 sa.select(_ASSIGNMENT.c.pair_id).where(_LIVE, _ASSIGNMENT.c.expires_at > _NOW),
             )
         ),
-        _QUEUED_SHORT,
+        sa.or_(*(_short(queue) for queue in _QUEUES)),
         sa.not_(_free_for(_USER_ID, _NOW)),
     )
 )
@@ -637,9 +742,9 @@ _LABELED_SINCE = sa.select(sa.func.count(_LABEL.c.id)).where(
 
 
 def count_queued_short(*, session: Session) -> int:
-    """Queued human and audit pairs short of their labels: an index-only count over
-    ix_pair_claim, the one part of `queue_stats` whose cost grows with the queue."""
-    return run_core(session, _COUNT_QUEUED_SHORT).scalar_one()
+    """Queued pairs short of their labels, preference and evaluation pairs: index-only counts
+    over the claim indexes, the one part of `queue_stats` whose cost grows with the queue."""
+    return sum(run_core(session, count).scalar_one() for count in _COUNT_QUEUED_SHORT.values())
 
 
 def queue_stats(
@@ -653,9 +758,9 @@ def queue_stats(
     """{labeled_today: this user's labels since 00:00 UTC, queue_left: pairs they could still get
     (the one they hold included)}.
 
-    The pairs free for this user are counted as: queued human pairs short of labels
-    (`count_queued_short`, or `queued_short` when the caller has it from a moment ago), less
-    those this user has claimed before or that live leases fill (both found from the
+    The pairs free for this user are counted as: queued pairs short of labels, preference and
+    evaluation pairs (`count_queued_short`, or `queued_short` when the caller has it from a
+    moment ago), less those this user has claimed before or that live leases fill (both found from the
     assignments, a few rows), never by checking every pair. `holds_pair`: whether the user
     holds a lease, when the caller knows (it has just claimed in this transaction)."""
     now = now or utcnow()

@@ -151,3 +151,37 @@ def test_a_database_of_the_first_release_upgrades_in_place_with_its_data(tmp_pat
         job = c.execute(sa.text("SELECT status, error, error_kind FROM job")).one()
     assert [tuple(row) for row in labels] == [(pairs[0], "a"), (pairs[1], "tie")]
     assert tuple(job) == ("failed", "killed", None)
+
+
+def test_evaluation_pairs_migrate_down_and_up_without_touching_other_rows(engine):
+    """0005 adds the route and strategy 'eval' (SQLite rebuilds the pair table, which labels,
+    leases and suggestions reference); its downgrade removes the evaluation pairs and their
+    votes, and leaves every other row."""
+    from alembic import command
+
+    from storage.db import migrations_config, transaction
+    from storage.models import Choice, Label, LabelSource, PairStrategy, Route
+    from tests.factories import make_pairs, make_user
+
+    with transaction(engine) as session:
+        user = make_user(session)
+        kept = make_pairs(session, 2)
+        gone = make_pairs(session, 1, route=Route.eval, strategy=PairStrategy.eval)
+        for pair in kept + gone:
+            session.add(
+                Label(pair_id=pair.id, user_id=user.id, source=LabelSource.human, choice=Choice.a)
+            )
+
+    def count(table):
+        with engine.connect() as connection:
+            return connection.exec_driver_sql(f'SELECT count(*) FROM "{table}"').scalar_one()
+
+    assert (count("pair"), count("label"), count("response")) == (3, 3, 6)
+    command.downgrade(migrations_config(engine), "0004")
+    assert current_revision(engine) == "0004"
+    assert (count("pair"), count("label"), count("response")) == (2, 2, 4)
+    upgrade(engine)
+    test_migrations_from_empty_match_the_models(engine)
+    with transaction(engine) as session:  # the route is allowed again, the labels still there
+        make_pairs(session, 1, route=Route.eval, strategy=PairStrategy.eval)
+    assert (count("pair"), count("label")) == (3, 2)

@@ -338,3 +338,76 @@ def test_a_submit_is_two_round_trips_on_postgresql(engine):
         stored = session.get(Label, label.id)
     assert (pair.n_labels, pair.status, assignment.status) == (1, PairStatus.done, "submitted")
     assert (stored.user_id, stored.choice) == (u1, label.choice)
+
+
+# evaluation pairs: a queue of their own, mixed in at eval.human_share
+
+
+def _claim_kinds(engine, user_id, n, share):
+    """Claim and label `n` pairs in turn; the route of each ("eval" or "human")."""
+    kinds = []
+    for _ in range(n):
+        c = claim(engine, user_id, eval_share=share)
+        if c is None:
+            break
+        with transaction(engine, readonly=True) as session:
+            kinds.append(str(session.get(Pair, c.pair_id).route))
+        submit(engine, user_id, c.pair_id, "left")
+    return kinds
+
+
+def test_evaluation_pairs_take_their_share_of_claims_and_neither_kind_starves(engine):
+    from storage.models import PairStrategy
+
+    with transaction(engine) as session:
+        ann = make_user(session).id
+        make_pairs(session, 30)
+        make_pairs(session, 30, route=Route.eval, strategy=PairStrategy.eval)
+    kinds = _claim_kinds(engine, ann, 40, share=0.25)
+    # every fourth claim, from the fourth on: exactly the share, never bunched up
+    assert [i for i, kind in enumerate(kinds) if kind == "eval"] == list(range(3, 40, 4))
+    # the 30 preference pairs run out at claim 40: then only evaluation pairs are left, and
+    # they keep coming whatever the share says
+    rest = _claim_kinds(engine, ann, 100, share=0.25)
+    assert Counter(kinds + rest) == {"human": 30, "eval": 30}
+    assert rest == ["eval"] * 20
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_share_zero_waits_for_the_preference_queue_and_one_puts_evaluation_first(engine, share):
+    from storage.models import PairStrategy
+
+    with transaction(engine) as session:
+        ann = make_user(session).id
+        make_pairs(session, 3)
+        make_pairs(session, 2, route=Route.eval, strategy=PairStrategy.eval)
+        make_pairs(session, 1, route=Route.proxy)  # for no one
+    kinds = _claim_kinds(engine, ann, 10, share=share)
+    first, then = ("human", "eval") if share == 0.0 else ("eval", "human")
+    assert kinds == [first] * kinds.count(first) + [then] * kinds.count(then)
+    assert Counter(kinds) == {"human": 3, "eval": 2}
+
+
+def test_the_share_counts_each_annotators_own_claims(engine):
+    from storage.models import PairStrategy
+
+    with transaction(engine) as session:
+        ann, bob = make_user(session).id, make_user(session).id
+        make_pairs(session, 20)
+        make_pairs(session, 20, route=Route.eval, strategy=PairStrategy.eval)
+    assert _claim_kinds(engine, ann, 6, share=0.5) == ["human", "eval"] * 3
+    # bob's first claim is a preference pair, whatever ann did
+    assert _claim_kinds(engine, bob, 2, share=0.5) == ["human", "eval"]
+
+
+def test_the_counter_counts_evaluation_pairs_too(engine):
+    from storage.models import PairStrategy
+
+    with transaction(engine) as session:
+        ann = make_user(session).id
+        make_pairs(session, 2)
+        make_pairs(session, 3, route=Route.eval, strategy=PairStrategy.eval, overlap=2)
+    with transaction(engine, readonly=True) as session:
+        assert queue.count_queued_short(session=session) == 5
+        assert queue.queue_stats(session=session, user_id=ann)["queue_left"] == 5
+    assert len(_claim_kinds(engine, ann, 10, share=0.5)) == 5
