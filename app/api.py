@@ -282,11 +282,15 @@ def next_pair(request: Request, user: CurrentUser) -> NextPairOut:
     them as plain text."""
     rt = get_runtime(request)
     with transaction(rt.engine) as session:
-        labeling = rt.effective_settings(session).labeling
+        settings = rt.effective_settings(session)
+        labeling = settings.labeling
         if labeling.paused:
             raise HTTPException(409, "labeling is paused by an admin")
-        claim = queue.claim_next_pair(
-            session=session, user_id=user.id, lease_seconds=labeling.lease_seconds
+        claim = queue.claim_for_labeling(
+            session=session,
+            user_id=user.id,
+            labeling=labeling,
+            eval_share=settings.eval.human_share,
         )
     return NextPairOut(pair=None if claim is None else _pair_out(claim, labeling))
 
@@ -317,13 +321,15 @@ def label_pair(
     rt = get_runtime(request)
     try:
         with transaction(rt.engine) as session:
-            labeling = rt.effective_settings(session).labeling if next else None
+            settings = rt.effective_settings(session)
+            labeling = settings.labeling if next else None
             label, claim = queue.label_and_claim_next(
                 session=session,
                 user_id=user.id,
                 pair_id=pair_id,
                 shown_choice=body.choice,
                 labeling=labeling,
+                eval_share=settings.eval.human_share,
                 seconds=body.seconds,
                 reason=body.reason,
             )

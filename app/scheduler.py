@@ -6,7 +6,8 @@ APScheduler job, `prefloop.dispatch`, runs every `loop.quota_check_seconds`: it 
 when the labeling iteration reached its human-label quota, then runs the oldest queued job, one at
 a time (a process-wide lock; `queue_training` refuses a second active training job across
 processes). `prefloop.train-interval` and `prefloop.train-cron` queue training on a timer when
-`loop.interval_minutes` / `loop.cron` are set. So a request made by another process (a second
+`loop.interval_minutes` / `loop.cron` are set. The dispatch also runs an admin's request for
+evaluation pairs (a job row too) and the human gate's check (training/human_eval.py). So a request made by another process (a second
 replica, the CLI) is picked up too, and one made just before a crash is still there after it.
 
 One scheduler per database: `start_scheduler` first takes the database's scheduler lock
@@ -149,7 +150,9 @@ def _start(rt: Runtime, lock: SchedulerLock, *, recover: bool) -> SchedulerHandl
 
 
 def dispatch(data_dir: str) -> None:
-    """The scheduler's tick: queue training if the quota is reached; run the oldest queued job."""
+    """The scheduler's tick: decide a deploy waiting for human votes (`eval.gate = "human"`);
+    queue training if the quota is reached; run the oldest queued job."""
+    from training.human_eval import EVAL_PAIRS, check_human_gate, run_eval_pairs_job
     from training.iteration import (
         GENERATE,
         TRAIN,
@@ -167,6 +170,10 @@ def dispatch(data_dir: str) -> None:
         if not handle.lock.check():
             return  # the database is down, or another process holds the lock now
         settings = rt.effective_settings()
+        try:
+            check_human_gate(engine=rt.engine, settings=settings)
+        except Exception:
+            log.exception("human gate check failed")  # the rest of the tick still runs
         if quota_reached(engine=rt.engine) is not None:
             try:
                 queue_training(engine=rt.engine, settings=settings)
@@ -180,6 +187,8 @@ def dispatch(data_dir: str) -> None:
                 log.info("iteration %s: %s", report.iteration_k, report.decision)
             elif job.kind == GENERATE:
                 run_generation(engine=rt.engine, settings=settings, job_id=job.id)
+            elif job.kind == EVAL_PAIRS:
+                run_eval_pairs_job(engine=rt.engine, settings=settings, job_id=job.id)
             break  # one job per tick; the next tick takes the next one
     except Exception:
         log.exception("scheduler dispatch failed")

@@ -1,6 +1,7 @@
 """Simulated annotators: a judge under Bradley–Terry noise, labeling through the real queue.
 
-Annotator `sim-i` claims a pair with `claim_next_pair`, scores the two texts it was shown with the
+Annotator `sim-i` claims a pair with `claim_next_pair` (evaluation pairs mixed in at
+`eval.human_share`, as for people), scores the two texts it was shown with the
 judge (s_left, s_right), picks left with probability σ((s_left − s_right) / B) (B = `noise`;
 B = 0: always the higher score), calls it a tie when the scores are equal, and submits with
 `submit_label`: the same path a person's click takes.
@@ -89,7 +90,11 @@ def simulate_labels(
             continue
         with transaction(engine) as session:
             claim = queue.claim_next_pair(
-                session=session, user_id=user_id, lease_seconds=lease, rng=rng
+                session=session,
+                user_id=user_id,
+                lease_seconds=lease,
+                eval_share=settings.eval.human_share,
+                rng=rng,
             )
         if claim is None:
             idle.add(user_id)

@@ -26,6 +26,7 @@ from storage.models import (
     PolicyStatus,
     Prompt,
     Role,
+    Route,
     Setting,
     Split,
     User,
@@ -332,10 +333,16 @@ def table_counts(*, session: Session) -> dict[str, int]:
 
 
 def label_counts(*, session: Session, iteration_id: int | None = None) -> dict[str, int]:
-    """Labels per source (human, proxy, seed), optionally for one iteration's pairs."""
-    query = select(Label.source, func.count()).group_by(Label.source)
+    """Preference labels per source (human, proxy, seed), optionally for one iteration's pairs;
+    votes on evaluation pairs are not among them (`storage.evaluation.eval_queue_counts`)."""
+    query = (
+        select(Label.source, func.count())
+        .join(Pair, Pair.id == Label.pair_id)
+        .where(Pair.route != Route.eval)
+        .group_by(Label.source)
+    )
     if iteration_id is not None:
-        query = query.join(Pair, Pair.id == Label.pair_id).where(Pair.iteration_id == iteration_id)
+        query = query.where(Pair.iteration_id == iteration_id)
     return {str(source): n for source, n in session.exec(query)}
 
 

@@ -200,7 +200,8 @@ class LabeledPair:
 
 def labeled_pairs(*, session: Session, sources: tuple[LabelSource, ...]) -> list[LabeledPair]:
     """Every label of the given sources with the texts it compared, oldest first (the proxy's
-    selection of sources: `storage.preferences.proxy_labels`)."""
+    selection of sources: `storage.preferences.proxy_labels`). Votes on evaluation pairs are no
+    preference labels and are left out (storage/evaluation.py)."""
     ra, rb = sa.orm.aliased(Response), sa.orm.aliased(Response)
     query = (
         select(
@@ -219,7 +220,7 @@ def labeled_pairs(*, session: Session, sources: tuple[LabelSource, ...]) -> list
         .join(Prompt, Prompt.id == Pair.prompt_id)
         .join(ra, ra.id == Pair.response_a_id)
         .join(rb, rb.id == Pair.response_b_id)
-        .where(Label.source.in_(sources))
+        .where(Label.source.in_(sources), Pair.route != Route.eval)
         .order_by(Label.id)
     )
     return [LabeledPair(*row) for row in session.exec(query)]

@@ -12,6 +12,8 @@ One rule decides a pair, for DPO training and the dataset export alike:
   e.g. one a and one b) gives no row. Those labels stay in the label table.
 - `agreement` is the share of the counted labels that chose the winner (1.0 for a single label).
 - Discarded pairs are left out; queued pairs count with the labels they have so far.
+- Evaluation pairs (route `eval`: two policy versions, see storage/evaluation.py) are never
+  preferences: their votes rate versions, and neither DPO, the export nor the proxy reads them.
 
 Seed pairs (imported preference datasets, `add_seed_preferences`) belong to no iteration: their
 `iteration` is None, so an `iterations` filter leaves them out unless `with_seed` is set (the
@@ -164,6 +166,7 @@ def iter_preferences(
         .outerjoin(Policy, Policy.id == resp_a.policy_id)
         .where(
             Pair.status != PairStatus.discarded,
+            Pair.route != Route.eval,
             sa.exists().where(Label.pair_id == Pair.id, *label_filter),
         )
         .order_by(Pair.id)

@@ -12,20 +12,24 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from storage.models import Choice, Job, Label, LabelSource, Pair, Suggestion, utcnow
+from storage.models import Choice, Job, Label, LabelSource, Pair, Route, Suggestion, utcnow
 
 
 def labels_per_hour(
     *, session: Session, hours: int = 48, now: datetime | None = None
 ) -> list[dict[str, Any]]:
-    """[{hour, source, labels}] for the last `hours` hours (hours without labels are absent)."""
+    """[{hour, source, labels}] for the last `hours` hours (hours without labels are absent);
+    votes on evaluation pairs count as source "eval"."""
     since = (now or utcnow()) - timedelta(hours=hours)
     rows = session.exec(
-        select(Label.created_at, Label.source).where(Label.created_at >= since)
+        select(Label.created_at, Label.source, Pair.route)
+        .join(Pair, Pair.id == Label.pair_id)
+        .where(Label.created_at >= since)
     ).all()
     counts: dict[tuple[datetime, str], int] = defaultdict(int)
-    for created, source in rows:
-        counts[(created.replace(minute=0, second=0, microsecond=0), str(source))] += 1
+    for created, source, route in rows:
+        kind = "eval" if route == Route.eval else str(source)
+        counts[(created.replace(minute=0, second=0, microsecond=0), kind)] += 1
     return [
         {"hour": hour, "source": source, "labels": n}
         for (hour, source), n in sorted(counts.items())
@@ -37,7 +41,11 @@ def human_labels_per_iteration(*, session: Session) -> dict[int, int]:
     query = (
         select(Pair.iteration_id, sa.func.count(Label.id))
         .join(Pair, Pair.id == Label.pair_id)
-        .where(Label.source == LabelSource.human, Pair.iteration_id.is_not(None))
+        .where(
+            Label.source == LabelSource.human,
+            Pair.iteration_id.is_not(None),
+            Pair.route != Route.eval,
+        )
         .group_by(Pair.iteration_id)
     )
     return {iteration_id: n for iteration_id, n in session.exec(query)}
@@ -54,11 +62,11 @@ def _preferred(choice: Choice) -> str:
 def agreement_per_iteration(*, session: Session) -> list[dict[str, Any]]:
     """[{iteration_id, kind, agreement, n}] with kind "human-human" (pairs of humans on the same
     pair choosing the same) and "human-proxy" (a human choosing the side the proxy's P favoured).
-    Ties and both-bad count as their own answer."""
+    Ties and both-bad count as their own answer. Votes on evaluation pairs are left out."""
     labels = session.exec(
         select(Pair.iteration_id, Label.pair_id, Label.choice)
         .join(Pair, Pair.id == Label.pair_id)
-        .where(Label.source == LabelSource.human)
+        .where(Label.source == LabelSource.human, Pair.route != Route.eval)
     ).all()
     suggestions = dict(session.exec(select(Suggestion.pair_id, Suggestion.p_a)).all())
     by_pair: dict[int, list[str]] = defaultdict(list)

@@ -241,10 +241,45 @@ class EvalSettings(Section):
         description="Gold judge (module:callable) for evaluation. Unset: the demo task's judge "
         "when the policy is the embedded demo (policy.init_path unset), else none.",
     )
-    gate: Literal["auto", "judge", "proxy"] = Field(
-        "auto", description="Which win-rate gates a deploy; auto: the judge's when there is one."
+    gate: Literal["auto", "judge", "proxy", "human"] = Field(
+        "auto",
+        description="Which win-rate gates a deploy; auto: the judge's when there is one. human: "
+        "the auto gate deploys, then the human votes confirm the deploy or roll it back "
+        "(human_min_votes, human_threshold).",
     )
     seed: int = 0
+    human_prompts: int = Field(
+        64,
+        ge=0,
+        le=100_000,
+        description="Held-out prompts whose replies are queued as blind evaluation pairs after "
+        "each deploy: the new version against the one it replaced and against pi_0 (0: none). "
+        "At most n_prompts reuses the automatic evaluation's samples.",
+    )
+    human_share: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Share of each annotator's claims that go to evaluation pairs while there "
+        "are some (0: only when no preference pair is left; 1: evaluation pairs first, an "
+        "evaluation round).",
+    )
+    human_min_votes: int = Field(
+        64,
+        ge=1,
+        description="The human gate decides once the new version and the previous one have "
+        "this many votes between them (or every pair between them has its vote).",
+    )
+    human_threshold: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="The human gate keeps a deploy when the lower bound of the 95% interval of "
+        "its human win-rate against the previous version reaches this; else it rolls back.",
+    )
+    bootstrap_samples: int = Field(
+        1000, ge=10, le=100_000, description="Bootstrap resamples of the leaderboard's intervals."
+    )
 
 
 class DatabaseSettings(Section):
@@ -527,5 +562,10 @@ EDITABLE_KEYS: tuple[str, ...] = (
     "dpo.per_device_train_batch_size",
     "dpo.label_smoothing",
     "eval.win_rate_threshold",
+    "eval.gate",
+    "eval.human_prompts",
+    "eval.human_share",
+    "eval.human_min_votes",
+    "eval.human_threshold",
 )
 """The settings an admin may change at run time (the admin view's settings form)."""

@@ -1,8 +1,10 @@
 """The deploy gate, atomic deploys, and rollback.
 
 A candidate is deployed when its held-out win-rate against the policy deployed at evaluation time
-reaches `eval.win_rate_threshold` (by the gold judge when there is one and `eval.gate` is auto,
-else by the proxy); otherwise it is marked rejected and the deployed policy stays. An admin may
+reaches `eval.win_rate_threshold` (by the gold judge when there is one and `eval.gate` is auto or
+human, else by the proxy); otherwise it is marked rejected and the deployed policy stays. Under
+`eval.gate = "human"` the human votes then confirm the deploy or roll it back
+(training/human_eval.py). An admin may
 deploy any complete version, a rejected one with `force`.
 
 The checkpoint is already complete on disk (training renames a finished temporary directory into
@@ -83,7 +85,12 @@ def gate(evaluation: dict[str, Any], settings: EvalSettings) -> GateResult:
     if opponent is None:
         return GateResult(True, None, None, None, threshold)  # nothing deployed to beat
     versus = evaluation.get("vs", {}).get(f"v{opponent}", {})
-    order = {"auto": ("gold", "proxy"), "judge": ("gold",), "proxy": ("proxy",)}[settings.gate]
+    order = {
+        "auto": ("gold", "proxy"),
+        "human": ("gold", "proxy"),  # the automatic part; the human votes decide later
+        "judge": ("gold",),
+        "proxy": ("proxy",),
+    }[settings.gate]
     for judge in order:
         if judge in versus:
             rate = versus[judge]["win_rate"]

@@ -177,6 +177,8 @@ def gate_iteration(
                 "gate": result.as_dict(),
             },
         )
+    if result.passed:
+        _after_deploy(engine, settings, candidate_version, evaluation.get("deployed_version"))
     return IterationReport(
         iteration_k=iteration.k,
         decision=decision.value,
@@ -185,6 +187,18 @@ def gate_iteration(
         train=candidate.metrics.get("train", {}),
         eval=evaluation,
         gate=result.as_dict(),
+    )
+
+
+def _after_deploy(engine, settings: Settings, version: int, previous: int | None) -> None:
+    """The human side of a deploy: blind evaluation pairs against the versions before it, and
+    under `eval.gate = "human"` the deploy waits for their votes (training/human_eval.py)."""
+    from training import human_eval
+
+    if settings.eval.gate == "human" and previous is not None:
+        human_eval.start_human_gate(engine=engine, version=version, opponent=previous)
+    human_eval.queue_after_deploy(
+        engine=engine, settings=settings, version=version, previous=previous
     )
 
 

@@ -148,8 +148,14 @@ def _bind_choice(choose, choice: str):
 def build_annotate(ctx: AppContext) -> gr.Blocks:
     def screen(user: CurrentUser, feedback: str = "") -> Screen:
         with transaction(ctx.rt.engine) as session:
-            labeling = ctx.rt.effective_settings(session).labeling
-            claim = queue.claim_for_labeling(session=session, user_id=user.id, labeling=labeling)
+            settings = ctx.rt.effective_settings(session)
+            labeling = settings.labeling
+            claim = queue.claim_for_labeling(
+                session=session,
+                user_id=user.id,
+                labeling=labeling,
+                eval_share=settings.eval.human_share,
+            )
             return _screen(ctx, session, labeling, user, claim, feedback)
 
     def show(request: gr.Request):
@@ -163,13 +169,15 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
             with transaction(ctx.rt.engine) as session:
                 user = require_user(ctx, request, session=session)
                 pair_id = _pair_id(shown_id)
-                labeling = ctx.rt.effective_settings(session).labeling
+                settings = ctx.rt.effective_settings(session)
+                labeling = settings.labeling
                 label, claim = queue.label_and_claim_next(
                     session=session,
                     user_id=user.id,
                     pair_id=pair_id,
                     shown_choice=choice,
                     labeling=labeling,
+                    eval_share=settings.eval.human_share,
                     reason=_reason(reason),
                     timed_from_claim=True,
                 )
