@@ -466,3 +466,133 @@ def export(
         headers={"X-Prefloop-Rows": str(result.rows)},
         background=BackgroundTask(shutil.rmtree, result.path.parent, ignore_errors=True),
     )
+
+
+# human evaluation (admins)
+
+
+class RatingOut(BaseModel):
+    version: int
+    rating: float = Field(description="Bradley-Terry rating on an Elo-like scale, pi_0 at 1000.")
+    lower: float = Field(description="The 95% bootstrap interval's lower end.")
+    upper: float
+    votes: int
+    win_rate_vs_anchor: float | None = Field(
+        description="Its own head-to-head win-rate against pi_0 (ties half); null if never met."
+    )
+    votes_vs_anchor: int
+
+
+class HeadToHeadOut(BaseModel):
+    a: int
+    b: int
+    votes: int
+    a_wins: int
+    b_wins: int
+    ties: int = Field(description="Ties and both-bad votes (half a win each way).")
+    win_rate: float = Field(description="a's win-rate over b, ties half.")
+    lower: float
+    upper: float
+
+
+class LeaderboardOut(BaseModel):
+    anchor: int | None = Field(description="The version fixed at 1000 (pi_0).")
+    votes: int
+    resamples: int
+    ratings: list[RatingOut] = Field(description="Best first.")
+    head_to_head: list[HeadToHeadOut] = Field(description="Every two versions that met.")
+
+
+class EvalPairsIn(BaseModel):
+    a: int = Field(ge=0, le=MAX_K, description="A policy version.")
+    b: int = Field(ge=0, le=MAX_K, description="The version to compare it with.")
+    prompts: int | None = Field(
+        None, ge=1, le=100_000, description="Held-out prompts (default: eval.human_prompts)."
+    )
+
+
+class JobOut(BaseModel):
+    job_id: int
+
+
+@router.get("/leaderboard", response_model=LeaderboardOut, responses=ERRORS)
+def leaderboard(request: Request, user: CurrentUser) -> LeaderboardOut:
+    """The policy versions rated by the human evaluation votes (admins)."""
+    from training.human_eval import human_leaderboard
+
+    require_admin(user)
+    rt = get_runtime(request)
+    board = human_leaderboard(engine=rt.engine, settings=rt.effective_settings())
+    return LeaderboardOut(
+        anchor=board.anchor,
+        votes=board.votes,
+        resamples=board.resamples,
+        ratings=[RatingOut(**vars(r)) for r in board.ratings],
+        head_to_head=[HeadToHeadOut(**vars(h)) for h in board.head_to_head],
+    )
+
+
+@router.post(
+    "/eval/pairs",
+    response_model=JobOut,
+    status_code=202,
+    responses={
+        **ERRORS,
+        404: {"model": ApiError, "description": "No such policy version."},
+        422: {"model": ApiError, "description": "The same version twice, or a bad field."},
+    },
+)
+def eval_pairs(request: Request, user: CurrentUser, body: EvalPairsIn) -> JobOut:
+    """Queue blind evaluation pairs of two versions (admins): a job the scheduler runs, since a
+    version the evaluation never sampled is sampled first. Audited."""
+    from app.scheduler import request_eval_pairs
+
+    require_admin(user)
+    rt = get_runtime(request)
+    try:
+        job_id = request_eval_pairs(
+            rt, user.id, a_version=body.a, b_version=body.b, n_prompts=body.prompts
+        )
+    except crud.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return JobOut(job_id=job_id)
+
+
+@router.get(
+    "/eval/votes",
+    response_class=FileResponse,
+    responses={
+        **ERRORS,
+        200: {"description": "Every evaluation vote: prompt, both replies, versions, choice."},
+        404: {"model": ApiError, "description": "No evaluation vote yet."},
+    },
+)
+def eval_votes(
+    request: Request, user: CurrentUser, format: Literal["jsonl", "parquet"] = "jsonl"
+) -> FileResponse:
+    """Download the evaluation votes as a dataset file (admins). Audited."""
+    from labeling.export import ExportError
+    from labeling.vote_export import export_votes_file
+
+    require_admin(user)
+    rt = get_runtime(request)
+    try:
+        result = export_votes_file(engine=rt.engine, format=format)
+    except ExportError as exc:
+        raise HTTPException(404, str(exc)) from None
+    with transaction(rt.engine) as session:
+        crud.record_audit(
+            session=session,
+            user_id=user.id,
+            action="eval.export",
+            detail={"via": "api", "format": format, "rows": result.rows},
+        )
+    return FileResponse(
+        result.path,
+        media_type=result.media_type,
+        filename=result.path.name,
+        headers={"X-Prefloop-Rows": str(result.rows)},
+        background=BackgroundTask(shutil.rmtree, result.path.parent, ignore_errors=True),
+    )

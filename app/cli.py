@@ -10,9 +10,9 @@ from typing import Annotated
 
 import typer
 
-from app import cli_data, cli_labeling, cli_serve, cli_training, cli_worker
+from app import cli_data, cli_eval, cli_labeling, cli_serve, cli_training, cli_worker
 from app.cli_common import DataDir, data_dir_flag, fail, runtime
-from storage import crud
+from storage import crud, evaluation
 from storage.db import transaction, upgrade
 from storage.models import Role
 from storage.runtime import Runtime
@@ -407,6 +407,8 @@ def status(
     else:
         typer.echo("iteration: none yet")
     typer.echo("rows: " + ", ".join(f"{k} {v}" for k, v in report["counts"].items()))
+    ev = report["evaluation"]
+    typer.echo(f"evaluation pairs: {ev['queued']} queued, {ev['votes']} votes")
 
 
 def collect_status(rt: Runtime) -> dict:
@@ -418,6 +420,7 @@ def collect_status(rt: Runtime) -> dict:
         return {
             "counts": crud.table_counts(session=session),
             "labels": dict(sorted(crud.label_counts(session=session).items())),
+            "evaluation": evaluation.eval_queue_counts(session=session),
             "deployed_policy": {
                 "version": policy.version,
                 "path": policy.path,
@@ -450,6 +453,11 @@ cli.command("generate")(cli_labeling.generate)
 cli.command("label")(cli_labeling.label)
 cli.command("quality")(cli_labeling.quality)
 cli.command("refit-proxy")(cli_labeling.refit_proxy)
+
+
+cli.command("eval-pairs")(cli_eval.eval_pairs)
+cli.command("leaderboard")(cli_eval.leaderboard)
+cli.command("eval-export")(cli_eval.eval_export)
 
 
 def _demo_alone_means_chat(argv: list[str]) -> list[str]:

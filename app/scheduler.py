@@ -243,3 +243,21 @@ def request_generation(rt: Runtime, user_id: int | None) -> int:
     job = queue_generation(engine=rt.engine, user_id=user_id)
     _wake(rt)
     return job.id
+
+
+def request_eval_pairs(
+    rt: Runtime, user_id: int, *, a_version: int, b_version: int, n_prompts: int | None
+) -> int:
+    """An admin's "queue evaluation pairs": a job the dispatch runs (audited). Returns its id;
+    raises crud.NotFound for an unknown version, ValueError for the same version twice."""
+    from training.human_eval import request_eval_pairs as queue_request
+
+    job = queue_request(
+        engine=rt.engine,
+        a_version=a_version,
+        b_version=b_version,
+        n_prompts=n_prompts,
+        user_id=user_id,
+    )
+    _wake(rt)
+    return job.id

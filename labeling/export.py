@@ -236,7 +236,7 @@ def write_parquet(rows: Iterable[PreferenceRow], path: Path, layout: Layout) -> 
     schema = arrow_schema(layout)
     n = 0
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
-        for group in _chunks(rows, ROWS_PER_GROUP):
+        for group in chunks(rows, ROWS_PER_GROUP):
             writer.write_table(pa.Table.from_pydict(_columns(group, layout), schema=schema))
             n += len(group)
     return n
@@ -265,7 +265,7 @@ def _columns(rows: list[PreferenceRow], layout: Layout) -> dict[str, list]:
     }
 
 
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     chunk: list[Any] = []
     for item in items:
         chunk.append(item)

@@ -61,7 +61,7 @@ def queue_eval_pairs(
     if n < 1:
         raise ValueError(f"prompts: at least 1 (got {n})")
     if a_version == b_version:
-        raise ValueError(f"two different versions, please (got v{a_version} twice)")
+        raise ValueError(f"a, b: two different versions, please (got v{a_version} twice)")
     with transaction(engine, readonly=True) as session:
         a = crud.get_policy(session=session, version=a_version)
         b = crud.get_policy(session=session, version=b_version)
@@ -152,7 +152,7 @@ def request_eval_pairs(
     """An admin's request from the admin view, as a job the scheduler runs (sampling a version
     the evaluation never sampled loads the model: not in a request); audited."""
     if a_version == b_version:
-        raise ValueError(f"two different versions, please (got v{a_version} twice)")
+        raise ValueError(f"a, b: two different versions, please (got v{a_version} twice)")
     if n_prompts is not None and n_prompts < 1:
         raise ValueError(f"prompts: at least 1 (got {n_prompts})")
     with transaction(engine) as session:

@@ -1,4 +1,4 @@
-"""The admin view: tabs for the loop, settings, users, data and plots. Every handler in the tab
+"""The admin view: tabs for the loop, settings, users, data, plots and the human evaluation. Every handler in the tab
 modules checks for an admin itself (`require_user(..., role=Role.admin)`)."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import gradio as gr
 
 from app.ui.admin_data import build_data
+from app.ui.admin_eval import build_eval
 from app.ui.admin_loop import build_loop
 from app.ui.admin_plots import build_plots
 from app.ui.admin_settings import build_settings
@@ -34,6 +35,8 @@ def build_admin(ctx: AppContext) -> gr.Blocks:
                 build_data(ctx)
             with gr.Tab("Plots", id="plots"):
                 loaders.append(build_plots(ctx))
+            with gr.Tab("Evaluation", id="evaluation"):
+                loaders.append(build_eval(ctx))
         blocks.load(show, None, [header], api_name="show", **DIRECT)
         for i, (refresh, outputs) in enumerate(loaders):
             blocks.load(refresh, None, outputs, api_name=f"load_{i}", **DIRECT)

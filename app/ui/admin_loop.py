@@ -80,12 +80,12 @@ def timeline_html(ctx: AppContext) -> str:
     )
 
 
-def _policy_choices(ctx: AppContext) -> list[str]:
+def policy_choices(ctx: AppContext) -> list[str]:
     with transaction(ctx.rt.engine, readonly=True) as session:
         return [f"v{p.version} ({p.status})" for p in crud.list_policies(session=session)]
 
 
-def _version(choice: str | None) -> int:
+def parse_version(choice: str | None) -> int:
     if not choice or not choice.startswith("v"):
         raise ValueError("pick a policy version first")
     return int(choice[1:].split()[0])
@@ -96,7 +96,7 @@ def build_loop(ctx: AppContext):
 
     def refresh(request: gr.Request):
         require_user(ctx, request, role=Role.admin)
-        return timeline_html(ctx), gr.update(choices=_policy_choices(ctx))
+        return timeline_html(ctx), gr.update(choices=policy_choices(ctx))
 
     def tick(request: gr.Request):
         require_user(ctx, request, role=Role.admin)
@@ -109,7 +109,7 @@ def build_loop(ctx: AppContext):
             note = f'<span class="pf-ok">{escape(message)}</span>'
         except (crud.Conflict, crud.NotFound, ValueError, RuntimeError) as exc:
             note = f'<span class="pf-error" role="alert">{escape(exc)}</span>'
-        return note, timeline_html(ctx), gr.update(choices=_policy_choices(ctx))
+        return note, timeline_html(ctx), gr.update(choices=policy_choices(ctx))
 
     timeline = html(elem_id="pf-loop")
     with gr.Row():
@@ -169,13 +169,13 @@ def _run_action(ctx: AppContext, user_id: int, action: str, choice: str | None, 
     if action == "deploy":
         from training.deploy import deploy
 
-        version = _version(choice)
+        version = parse_version(choice)
         deploy(engine=ctx.rt.engine, version=version, user_id=user_id, force=force)
         return f"Policy v{version} deployed."
     if action == "rollback":
         from training.deploy import rollback
 
-        version = _version(choice)
+        version = parse_version(choice)
         rollback(engine=ctx.rt.engine, to_version=version, user_id=user_id)
         return f"Rolled back to policy v{version}."
     raise ValueError(f"unknown action {action!r}")

@@ -52,8 +52,30 @@ def world(engine, tmp_path):
         pairs = make_pairs(session, 3)
         session.add(Label(pair_id=pairs[0].id, source=LabelSource.proxy, choice=Choice.a))
         pair_ids = [p.id for p in pairs]
+        seed_evaluation_vote(session)
     client = TestClient(build_app(engine, tmp_path))
     return client, tokens, pair_ids
+
+
+def seed_evaluation_vote(session) -> None:
+    """v0 and v1, and one evaluation pair between them with a vote (done: nobody's to claim)."""
+    import random
+
+    from storage import evaluation
+    from storage.models import Pair, PairStatus, Split
+    from tests.factories import make_policy, make_prompts
+
+    v0, v1 = make_policy(session, version=0), make_policy(session, version=1, deployed=False)
+    (prompt,) = make_prompts(session, 1, split=Split.eval)
+    slot = evaluation.EvalSlot(prompt, 0, "v0's reply", "v1's reply")
+    evaluation.add_eval_pairs(
+        session=session, a=v0, b=v1, slots=[slot], sampling={}, rng=random.Random(0)
+    )
+    pair = session.exec(select(Pair).order_by(Pair.id.desc())).first()
+    pair.status, pair.n_labels = PairStatus.done, 1
+    voter = make_user(session, name="voter")
+    session.add(pair)
+    session.add(Label(pair_id=pair.id, user_id=voter.id, source=LabelSource.human, choice="a"))
 
 
 def auth(token: str) -> dict[str, str]:
@@ -68,6 +90,9 @@ ROUTES = {
     "status": ("GET", "/api/v1/status", None, False),
     "iterations": ("GET", "/api/v1/iterations", None, True),
     "export": ("GET", "/api/v1/export?format=jsonl", None, True),
+    "leaderboard": ("GET", "/api/v1/leaderboard", None, True),
+    "eval_pairs": ("POST", "/api/v1/eval/pairs", {"a": 1, "b": 0}, True),
+    "eval_votes": ("GET", "/api/v1/eval/votes?format=jsonl", None, True),
 }
 
 
@@ -90,7 +115,7 @@ def test_every_route_authorizes_every_caller(world, route, who):
         "bad token": 401,
         "disabled": 403,
         "annotator": 403 if admin_only else 200,
-        "admin": 200,
+        "admin": 202 if route == "eval_pairs" else 200,
     }[who]
     assert response.status_code == expected, response.text
     if expected == 401:
@@ -123,6 +148,9 @@ def test_the_spec_lists_the_errors_each_route_answers(world):
         ("GET", "/api/v1/status"): [401, 403, 429],
         ("GET", "/api/v1/iterations"): [401, 403, 429],
         ("GET", "/api/v1/export"): [401, 403, 404, 422, 429],
+        ("GET", "/api/v1/leaderboard"): [401, 403, 429],
+        ("POST", "/api/v1/eval/pairs"): [202, 401, 403, 404, 422, 429],
+        ("GET", "/api/v1/eval/votes"): [401, 403, 404, 422, 429],
     }
     paused = paths["/api/v1/pairs/next"]["get"]["responses"]["409"]
     assert "paused" in paused["description"]
@@ -411,3 +439,42 @@ def test_the_web_app_serves_the_api_past_its_login_gate(sqlite_engine, tmp_path)
         anonymous = client.get("/api/v1/status")
         assert anonymous.status_code == 401 and "API token" in anonymous.json()["detail"]
         assert "/api/v1/pairs/next" in client.get("/api/v1/openapi.json").json()["paths"]
+
+
+def test_the_leaderboard_the_votes_and_a_request_for_evaluation_pairs(world, engine):
+    from storage.models import Audit, Job
+
+    client, tokens, _ = world
+    admin = auth(tokens["admin"])
+    board = client.get("/api/v1/leaderboard", headers=admin).json()
+    assert (board["anchor"], board["votes"], board["resamples"]) == (0, 1, 1000)
+    versions = {r["version"]: r for r in board["ratings"]}
+    assert versions[0]["rating"] == 1000.0 and versions[0]["win_rate_vs_anchor"] is None
+    (h,) = board["head_to_head"]
+    assert (h["a"], h["b"], h["votes"], h["a_wins"] + h["b_wins"]) == (0, 1, 1, 1)
+
+    votes = client.get("/api/v1/eval/votes?format=jsonl", headers=admin)
+    assert votes.status_code == 200 and votes.headers["x-prefloop-rows"] == "1"
+    assert "attachment" in votes.headers["content-disposition"]
+    (row,) = [json.loads(line) for line in votes.text.splitlines()]
+    assert {row["version_a"], row["version_b"]} == {0, 1} and row["annotator"] == "voter"
+    assert row["winner"] == row["version_a"] and row["choice"] == "a"
+    assert {row["response_a"], row["response_b"]} == {"v0's reply", "v1's reply"}
+    parquet = client.get("/api/v1/eval/votes?format=parquet", headers=admin)
+    assert parquet.status_code == 200 and parquet.content[:4] == b"PAR1"
+    assert client.get("/api/v1/eval/votes?format=hf", headers=admin).status_code == 422
+
+    queued = client.post("/api/v1/eval/pairs", json={"a": 1, "b": 0, "prompts": 5}, headers=admin)
+    assert queued.status_code == 202
+    same = client.post("/api/v1/eval/pairs", json={"a": 1, "b": 1}, headers=admin)
+    assert same.status_code == 422 and "two different versions" in same.json()["detail"]
+    unknown = client.post("/api/v1/eval/pairs", json={"a": 1, "b": 7}, headers=admin)
+    assert unknown.status_code == 404 and "no policy version 7" in unknown.json()["detail"]
+    bad = client.post("/api/v1/eval/pairs", json={"a": 1, "b": 0, "prompts": 0}, headers=admin)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "prompts"]
+    with transaction(engine, readonly=True) as session:
+        job = session.get(Job, queued.json()["job_id"])
+        actions = [a.action for a in session.exec(select(Audit))]
+    assert job.kind == "eval_pairs" and job.status == "queued"
+    assert job.params == {"a": 1, "b": 0, "prompts": 5, "requested_by": job.params["requested_by"]}
+    assert actions.count("eval.export") == 2 and actions.count("eval.request") == 1

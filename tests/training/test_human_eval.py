@@ -30,36 +30,28 @@ def _checkpoint(root: Path, version: int) -> str:
     return str(path)
 
 
-@pytest.fixture
-def rt(tmp_path, database):
-    """v0 (retired) and v1 (deployed) with checkpoints, 12 held-out prompts."""
-    rt = open_runtime(
-        tmp_path / "data",
-        eval={
-            "n_prompts": 6,
-            "samples_per_prompt": 2,
-            "human_min_votes": 8,
-            "bootstrap_samples": 200,
-        },
-    )
+def two_versions(data_dir: Path, **eval_settings):
+    """A runtime with v0 (retired) and v1 (deployed), checkpoints that pass for complete, 12
+    held-out prompts and 3 train prompts."""
+    rt = open_runtime(data_dir, eval=eval_settings)
     upgrade(rt.engine)
+    root = data_dir.parent / "checkpoints"
     with transaction(rt.engine) as session:
         crud.create_policy(
-            session=session, version=0, path=_checkpoint(tmp_path, 0), status=PolicyStatus.retired
+            session=session, version=0, path=_checkpoint(root, 0), status=PolicyStatus.retired
         )
         crud.create_policy(
-            session=session, version=1, path=_checkpoint(tmp_path, 1), status=PolicyStatus.deployed
+            session=session, version=1, path=_checkpoint(root, 1), status=PolicyStatus.deployed
         )
         make_prompts(session, 12, split=Split.eval)
         make_prompts(session, 3)  # train prompts: never evaluated on
-    yield rt
-    rt.engine.dispose()
+    return rt
 
 
-@pytest.fixture
-def fake_sampler(monkeypatch):
-    """labeling.generation.generate, counting its calls: version N answers "vN: <prompt> #i",
-    except that every version gives the same reply to the first held-out prompt."""
+def fake_generate(monkeypatch) -> list[tuple[str, int]]:
+    """Replace labeling.generation.generate; returns the list of its calls (version, prompts).
+    Version N answers "vN: <prompt> #i", except that every version gives the same reply to the
+    first held-out prompt."""
     calls = []
 
     def generate(path, prompts, *, temperature, n, seed, max_new_tokens, settings):
@@ -72,6 +64,24 @@ def fake_sampler(monkeypatch):
 
     monkeypatch.setattr("labeling.generation.generate", generate)
     return calls
+
+
+@pytest.fixture
+def rt(tmp_path, database):
+    rt = two_versions(
+        tmp_path / "data",
+        n_prompts=6,
+        samples_per_prompt=2,
+        human_min_votes=8,
+        bootstrap_samples=200,
+    )
+    yield rt
+    rt.engine.dispose()
+
+
+@pytest.fixture
+def fake_sampler(monkeypatch):
+    return fake_generate(monkeypatch)
 
 
 def test_evaluation_pairs_are_blind_cached_and_added_only_once(rt, fake_sampler):
