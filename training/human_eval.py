@@ -297,7 +297,10 @@ def human_gate_decision(
 
 def check_human_gate(*, engine, settings: Settings) -> HumanGateDecision | None:
     """The scheduler's tick: decide the deployed version's pending human gate once its votes are
-    in; confirm it or roll back to the version it replaced (audited). None when nothing waits."""
+    in; confirm it or roll back to the version it replaced (audited). None when nothing waits, or
+    when `eval.gate` is no longer "human" (an admin turned it off: a waiting deploy stays)."""
+    if settings.eval.gate != "human":
+        return None
     with transaction(engine, readonly=True) as session:
         deployed = crud.deployed_policy(session=session)
     state = (deployed.metrics.get(HUMAN_GATE) or {}) if deployed else {}

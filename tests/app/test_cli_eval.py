@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from app.cli import cli
 from app.ui.admin_eval import build_eval, leaderboard_svg
 from app.ui.guard import AppContext
+from storage import crud
 from storage.db import transaction
 from storage.models import Audit, Job, Role
 from tests.app.live_server import seed_users
@@ -143,3 +144,36 @@ def test_the_plot_puts_each_interval_around_its_rating():
         widths.append(x2 - x1)
     assert widths[2] == 0 and min(widths[:2]) > 10  # pi_0 is fixed, the others are not
     assert leaderboard_svg(leaderboard([])) == ""
+
+
+def test_the_scheduler_tick_runs_a_requested_job_and_decides_the_human_gate(tmp_path, monkeypatch):
+    import time
+
+    from app.scheduler import request_eval_pairs, start_scheduler
+    from storage.models import JobStatus
+    from training.human_eval import start_human_gate
+
+    calls = fake_generate(monkeypatch)
+    rt = two_versions(tmp_path / "data", gate="human", human_min_votes=5)
+    rt.settings.loop.quota_check_seconds = 0.2
+    _eval_pairs(rt, {0: "best", 1: "worst"}, n=5)
+    start_human_gate(engine=rt.engine, version=1, opponent=0)
+    _vote(rt)
+    job_id = request_eval_pairs(rt, None, a_version=1, b_version=0, n_prompts=2)
+    handle = start_scheduler(rt)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with transaction(rt.engine, readonly=True) as session:
+                job = session.get(Job, job_id)
+                deployed = crud.deployed_policy(session=session)
+            if job.status in (JobStatus.succeeded, JobStatus.failed) and deployed.version == 0:
+                break
+            time.sleep(0.1)
+    finally:
+        handle.shutdown()
+        rt.engine.dispose()
+    assert job.status == JobStatus.succeeded and job.result["a"] == 1, job.error
+    assert sum(job.result[k] for k in ("added", "identical", "present")) == 2
+    assert len(calls) == 2  # each version sampled once
+    assert deployed.version == 0  # the votes preferred v0: rolled back on a tick

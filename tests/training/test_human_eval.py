@@ -70,6 +70,7 @@ def fake_generate(monkeypatch) -> list[tuple[str, int]]:
 def rt(tmp_path, database):
     rt = two_versions(
         tmp_path / "data",
+        gate="human",
         n_prompts=6,
         samples_per_prompt=2,
         human_min_votes=8,
@@ -205,6 +206,10 @@ def test_the_human_gate_confirms_a_deploy_the_votes_prefer(rt):
     _eval_pairs(rt, {0: "worst", 1: "best"})
     _pending(rt)
     _vote(rt)
+    auto = rt.settings.model_copy(
+        update={"eval": rt.settings.eval.model_copy(update={"gate": "auto"})}
+    )
+    assert check_human_gate(engine=rt.engine, settings=auto) is None  # turned off: it waits
     decided = check_human_gate(engine=rt.engine, settings=rt.settings)
     assert decided.decision == "confirmed" and decided.lower >= 0.5
     with transaction(rt.engine, readonly=True) as session:
