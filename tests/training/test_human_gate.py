@@ -46,10 +46,20 @@ def test_the_human_gate_rolls_back_a_worse_candidate_the_automatic_gate_let_thro
     assert 24 <= queued == opponents <= 32
     assert check_human_gate(engine=rt.engine, settings=rt.settings).decision == "pending"
 
-    votes = simulate_labels(
-        engine=rt.engine, settings=rt.settings, annotators=3, noise=0.5, judge=gold_judge
+    # an evaluation round: evaluation pairs first (the iteration's own pairs are queued too)
+    round_ = rt.settings.model_copy(
+        update={"eval": rt.settings.eval.model_copy(update={"human_share": 1.0})}
     )
-    assert votes == queued
+    votes = simulate_labels(
+        engine=rt.engine,
+        settings=round_,
+        annotators=3,
+        noise=0.5,
+        judge=gold_judge,
+        max_labels=queued,
+    )
+    with transaction(rt.engine, readonly=True) as session:
+        assert votes == queued == evaluation.eval_queue_counts(session=session)["votes"]
     board = human_leaderboard(engine=rt.engine, settings=rt.settings)
     assert [r.version for r in board.ratings] == [0, 1]  # the worse version ranks below
 
