@@ -9,7 +9,8 @@ every vote finite, by Newton's method. Ratings are shown on an Elo-like scale,
 version with votes), fixed at 0: π_0 is always 1000 and every other rating reads as odds against it.
 
 Intervals come from a bootstrap over votes (resampling votes with replacement, as the arena
-does). The fit only needs, per pair of versions, how many votes went each way, so a resample is
+does); a head-to-head win-rate's is the wider of the bootstrap's and the Wilson score interval,
+since a bootstrap of a few votes that all went one way has no width. The fit only needs, per pair of versions, how many votes went each way, so a resample is
 drawn directly as multinomial counts over the (pair, outcome) cells, and all resamples are
 fitted at once: Newton steps on a (resamples, versions) array, one batched linear solve per step.
 1,000 resamples of 5,000 votes over 10 versions take milliseconds (benchmarks/bench_leaderboard.py).
@@ -121,6 +122,17 @@ def wins_and_games(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return counts[..., I_WINS] + 0.5 * counts[..., TIES], counts.sum(axis=-1)
 
 
+def wilson_interval(
+    wins: np.ndarray, games: np.ndarray, z: float = 1.959964
+) -> tuple[np.ndarray, np.ndarray]:
+    """The Wilson score interval of wins / games (ties as half wins), elementwise."""
+    n = np.maximum(games, 1e-12)
+    p = wins / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+
+
 def bootstrap_counts(counts: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
     """`resamples` bootstrap resamples of the votes, as counts: (B, P, 3). Resampling N votes
     with replacement is a multinomial draw of N over the (pair, outcome) cells with the
@@ -144,7 +156,8 @@ class Rating:
 
 @dataclass(frozen=True)
 class HeadToHead:
-    """Versions a < b that met: a's win-rate over b (ties half) with the bootstrap's interval."""
+    """Versions a < b that met: a's win-rate over b (ties half) with its 95% interval (the wider
+    of the bootstrap's and the Wilson score interval)."""
 
     a: int
     b: int
@@ -227,6 +240,10 @@ def leaderboard(
     with np.errstate(invalid="ignore", divide="ignore"):
         boot_rate = boot_wins / boot_games  # (B, P); NaN where a resample drew no vote
     rate_low, rate_high = np.nanpercentile(boot_rate, [tail, 100 - tail], axis=0)
+    # A resample of a few votes that all went one way goes that way too: the bootstrap's interval
+    # has no width there. The Wilson score interval does; the wider of the two is kept.
+    wilson_low, wilson_high = wilson_interval(wins, games)
+    rate_low, rate_high = np.minimum(rate_low, wilson_low), np.maximum(rate_high, wilson_high)
 
     pairs = []
     for p in range(len(data.i)):

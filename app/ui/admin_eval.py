@@ -41,12 +41,17 @@ def leaderboard_html(board: Leaderboard, counts: dict[str, int], gate: dict | No
         return head + '<p id="pf-leaderboard">No evaluation votes yet.</p>'
     rows = ""
     for rank, r in enumerate(board.ratings, 1):
-        versus = "" if r.win_rate_vs_anchor is None else f"{r.win_rate_vs_anchor:.3f}"
+        if r.version == board.anchor:
+            versus = "–"
+        elif r.win_rate_vs_anchor is None:
+            versus = "never met (0)"
+        else:
+            versus = f"{r.win_rate_vs_anchor:.3f} ({r.votes_vs_anchor})"
         rows += (
             f'<tr data-version="{r.version}"><td>{rank}</td><td>v{r.version}</td>'
             f"<td>{escape(status.get(r.version) or '')}</td><td>{r.rating:.1f}</td>"
             f"<td>{r.lower:.0f} – {r.upper:.0f}</td><td>{r.votes}</td>"
-            f"<td>{versus} ({r.votes_vs_anchor})</td></tr>"
+            f"<td>{versus}</td></tr>"
         )
     return (
         head
@@ -183,7 +188,13 @@ def build_eval(ctx: AppContext):
     with gr.Row():
         version_a = gr.Dropdown([], label="Version A", elem_id="pf-eval-a")
         version_b = gr.Dropdown([], label="Version B", elem_id="pf-eval-b")
-        prompts = gr.Number(None, label="Prompts (empty: eval.human_prompts)", precision=0)
+        prompts = gr.Number(
+            ctx.rt.settings.eval.human_prompts or 64,
+            label="Held-out prompts",
+            precision=0,
+            minimum=1,
+            elem_id="pf-eval-prompts",
+        )
         queue_button = gr.Button("Queue evaluation pairs", elem_id="pf-eval-queue")
     queue_result = html(elem_id="pf-eval-result")
     with gr.Row():

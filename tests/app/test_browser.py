@@ -550,3 +550,68 @@ def test_annotator_labels_in_the_browser_on_postgres(tmp_path, page, monkeypatch
                 picked_a = (left.strip() == text_a.strip()) == (side == "left")
                 assert label.choice == ("a" if picked_a else "b")
             assert int(page.inner_text("#pf-today")) == 2
+
+
+def test_annotators_vote_blind_and_the_admin_sees_the_leaderboard(tmp_path, page, browser):
+    """An evaluation pair on the labeling page names no version; the vote lands as a vote of
+    its version; the admin view's Evaluation tab shows the leaderboard's table and plot."""
+    import random
+
+    from storage import evaluation
+    from storage.models import PolicyStatus, Split
+
+    with live_server(tmp_path, workers=1) as server:
+        seed_users(server.rt, {"ann": Role.annotator, "boss": Role.admin})
+        with transaction(server.rt.engine) as session:
+            v0 = crud.create_policy(
+                session=session, version=0, path="/m/0", status=PolicyStatus.retired
+            )
+            v1 = crud.create_policy(
+                session=session, version=1, path="/m/1", status=PolicyStatus.deployed
+            )
+            crud.add_prompts(
+                session=session,
+                prompts=[crud.PromptIn(text=f"Held out {i}?", split=Split.eval) for i in range(6)],
+            )
+            prompts = [pid for pid, _ in evaluation.eval_prompts(session=session, limit=6)]
+            slots = [
+                evaluation.EvalSlot(pid, 0, f"A plain answer {pid}.", f"A fine answer {pid}.")
+                for pid in prompts
+            ]
+            evaluation.add_eval_pairs(
+                session=session, a=v0, b=v1, slots=slots, sampling={}, rng=random.Random(2)
+            )
+        login(page, server, "ann")
+        for i in range(6):
+            left, right = shown_texts(page)
+            assert "answer" in left and "answer" in right
+            body = page.inner_text("body")
+            assert "v0" not in body and "v1" not in body and "version" not in body.lower()
+            wanted = "fine" if i < 4 else "plain"  # v1's reply 4 times, v0's twice
+            button = "#pf-left" if wanted in left else "#pf-right"
+            if i < 5:
+                act_and_wait(page, lambda button=button: page.click(button))
+            else:  # the last one: the queue is empty after it
+                page.click(button)
+        page.wait_for_selector("#pf-message")
+        with transaction(server.rt.engine, readonly=True) as session:
+            counts = evaluation.vote_counts(session=session)
+        wins = {0: 0, 1: 0}
+        for c in counts:
+            wins[c.version_a if c.choice == "a" else c.version_b] += c.n
+        assert wins == {0: 2, 1: 4}
+
+        admin = browser.new_context(viewport={"width": 1280, "height": 900})
+        admin_page = admin.new_page()
+        admin_page.set_default_timeout(TIMEOUT_MS)
+        login(admin_page, server, "boss", path="/admin/")
+        admin_page.get_by_role("tab", name="Evaluation").click()
+        admin_page.wait_for_selector("#pf-leaderboard tr[data-version='1']")
+        rows = admin_page.locator("#pf-leaderboard tr[data-version]")
+        assert [rows.nth(i).get_attribute("data-version") for i in range(2)] == ["1", "0"]
+        assert "votes: 6" in admin_page.inner_text("#pf-eval-status")
+        plot = admin_page.locator("#pf-leaderboard-plot")
+        assert plot.is_visible() and plot.locator("line.pf-interval").count() == 2
+        assert plot.bounding_box()["height"] > 50
+        shot(admin_page, "admin_evaluation")
+        admin.close()

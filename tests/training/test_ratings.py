@@ -117,3 +117,19 @@ def test_the_leaderboard_is_the_same_for_the_same_seed():
     votes = synthetic_votes([0.0, 0.3, 0.6], 200, seed=7)
     assert ratings.leaderboard(votes, seed=3) == ratings.leaderboard(votes, seed=3)
     assert ratings.leaderboard(votes, seed=3) != ratings.leaderboard(votes, seed=4)
+
+
+def test_a_head_to_head_of_a_few_one_sided_votes_keeps_a_wide_interval():
+    """Every resample of 3 wins is 3 wins: the bootstrap alone would say [1, 1]. The Wilson
+    score interval (3 of 3: 0.44 to 1) is kept instead, so 3 votes never look certain."""
+    h = ratings.leaderboard([(1, 0, "a", 3)]).head_to_head_of(1, 0)
+    assert (h.win_rate, h.upper) == (1.0, 1.0) and h.lower == pytest.approx(0.4385, abs=1e-4)
+    low, high = ratings.wilson_interval(np.array([50.0]), np.array([100.0]))
+    assert (low[0], high[0]) == (pytest.approx(0.4038, abs=1e-4), pytest.approx(0.5962, abs=1e-4))
+    # with many votes the bootstrap's and Wilson's intervals are about the same
+    board = ratings.leaderboard(synthetic_votes([0.0, 0.4], 2000, seed=9))
+    (big,) = board.head_to_head
+    wilson = ratings.wilson_interval(
+        np.array([big.a_wins + big.ties / 2]), np.array([float(big.votes)])
+    )
+    assert abs((big.upper - big.lower) - (wilson[1][0] - wilson[0][0])) < 0.01
