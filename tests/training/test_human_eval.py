@@ -54,7 +54,7 @@ def fake_generate(monkeypatch) -> list[tuple[str, int]]:
     first held-out prompt."""
     calls = []
 
-    def generate(path, prompts, *, temperature, n, seed, max_new_tokens, settings):
+    def generate(path, prompts, *, n, **sampling):
         calls.append((Path(path).name, len(prompts)))
         first = prompts[0]
         return [
