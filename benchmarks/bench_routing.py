@@ -7,16 +7,17 @@ per arm:
 - all-human: routing off, the 64 pairs of each round labeled by people (`loop.human_quota` 64);
 - routing at a human budget of 50% and 25% of that (32 and 16 pairs per round): the proxy labels
   the pairs it is sure of, audits and the pairs it is least sure of go to people;
-- routing at 25% with the looser uncertainty bar of earlier releases (`routing.max_uncertainty`
-  0.1; the default is 0.05).
+- routing at 25% with the recheck (`routing.recheck = true`): before training, the proxy's
+  labels that the proxy refit on the iteration's human labels no longer backs are withdrawn.
 
 Simulated annotators are the gold judge under Bradley-Terry noise (the loop's default). After
 the third iteration the deployed policy plays pi_0 on the 100 held-out prompts, 4 samples each
 (400 slots, more than the gate's 100, so that the arms' difference is not the evaluation's noise).
 
 Reported per arm (the mean over the seeds and its spread, min..max): the gold win-rate against
-pi_0, human labels spent, proxy labels and their accuracy against the gold judge, and the
-proxy's calibration error (ECE, 10 bins) over every suggestion it made. The baseline of each ratio
+pi_0, human labels spent, proxy labels trained on and their accuracy against the gold judge,
+the proxy labels the recheck withdrew and how many of those were right, and the proxy's
+calibration error (ECE, 10 bins) over every suggestion it made. The baseline of each ratio
 is the all-human arm of the same run. Headline:
 
     routing: <share> of human labels -> <ratio> of the all-human win-rate
@@ -40,7 +41,7 @@ ARMS: dict[str, tuple[int | None, dict]] = {
     "all-human": (None, {}),
     "routing 50%": (32, {}),
     "routing 25%": (16, {}),
-    "25%, u 0.1": (16, {"max_uncertainty": 0.1}),  # the uncertainty bar before 0.05
+    "25%, recheck": (16, {"recheck": "true"}),  # withdraw what the refit proxy no longer backs
 }
 FINAL_EVAL_SAMPLES = 4
 
@@ -118,7 +119,16 @@ def _label_figures(rt) -> dict:
     from labeling.demo_task import gold_judge
     from labeling.quality import calibration_error
     from storage.db import transaction
-    from storage.models import Choice, Label, LabelSource, Pair, Prompt, Response, Suggestion
+    from storage.models import (
+        Choice,
+        Label,
+        LabelSource,
+        Pair,
+        PairStatus,
+        Prompt,
+        Response,
+        Suggestion,
+    )
 
     with transaction(rt.engine, readonly=True) as session:
         texts = {r.id: r.text for r in session.exec(select(Response))}
@@ -135,18 +145,26 @@ def _label_figures(rt) -> dict:
         return None if a == b else a > b
 
     proxy = [lab for lab in labels if lab.source == LabelSource.proxy]
-    judged = [
-        (lab.choice == Choice.a) == wins
-        for lab in proxy
-        if lab.choice in (Choice.a, Choice.b) and (wins := gold_a_wins(lab.pair_id)) is not None
-    ]
+
+    def right(labels: list[Label]) -> list[bool]:
+        return [
+            (lab.choice == Choice.a) == wins
+            for lab in labels
+            if lab.choice in (Choice.a, Choice.b) and (wins := gold_a_wins(lab.pair_id)) is not None
+        ]
+
+    withdrawn = [lab for lab in proxy if pairs[lab.pair_id].status == PairStatus.discarded]
+    judged = right([lab for lab in proxy if pairs[lab.pair_id].status != PairStatus.discarded])
+    withdrawn_right = right(withdrawn)
     calibration = [
         (s.p_a, float(wins)) for s in suggestions if (wins := gold_a_wins(s.pair_id)) is not None
     ]
     return {
         "human_labels": sum(lab.source == LabelSource.human for lab in labels),
-        "proxy_labels": len(proxy),
+        "proxy_labels": len(proxy) - len(withdrawn),
         "proxy_accuracy": sum(judged) / len(judged) if judged else None,
+        "withdrawn": len(withdrawn),
+        "withdrawn_right": sum(withdrawn_right) / len(withdrawn_right) if withdrawn_right else None,
         "ece": calibration_error([p for p, _ in calibration], [y for _, y in calibration]),
     }
 
@@ -179,15 +197,19 @@ def main(quick: bool = False) -> None:
     base_win = statistics.fmean(r["win_rate"] for r in base)
     base_humans = statistics.fmean(r["human_labels"] for r in base)
     print(f"\nrouting benchmark, {len(seeds)} seed(s), {ITERATIONS} iterations, mean (min..max)")
-    print(f"{'arm':<13} {'win vs pi_0':<22} {'human':<22} {'proxy':<22} {'proxy acc':<22} ece")
+    columns = {
+        "win vs pi_0": "win_rate",
+        "human": "human_labels",
+        "proxy (trained)": "proxy_labels",
+        "proxy right": "proxy_accuracy",
+        "withdrawn": "withdrawn",
+        "withdrawn right": "withdrawn_right",
+        "ece": "ece",
+    }
+    print(f"{'arm':<16} " + " ".join(f"{title:<22}" for title in columns))
     for name, runs in results.items():
-        print(
-            f"{name:<13} {_mean_spread([r['win_rate'] for r in runs]):<22} "
-            f"{_mean_spread([r['human_labels'] for r in runs]):<22} "
-            f"{_mean_spread([r['proxy_labels'] for r in runs]):<22} "
-            f"{_mean_spread([r['proxy_accuracy'] for r in runs]):<22} "
-            f"{_mean_spread([r['ece'] for r in runs])}"
-        )
+        cells = [_mean_spread([r[key] for r in runs]) for key in columns.values()]
+        print(f"{name:<16} " + " ".join(f"{cell:<22}" for cell in cells))
     for name, runs in results.items():
         if name == "all-human":
             continue

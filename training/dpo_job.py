@@ -145,6 +145,12 @@ def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
     if main_rank and settings.generation.backend == "vllm":
         release_generation_worker(data_dir)
 
+    from accelerate import PartialState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        # The main process may have withdrawn proxy labels (refit_proxy): every process reads
+        # the preferences after it, so that all train on the same pairs.
+        PartialState().wait_for_everyone()
     rows = load_preferences(
         engine=engine,
         iterations=params.get("iterations"),
@@ -177,8 +183,6 @@ def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
             output_dir=tmp,
             callbacks=[_progress_callback(engine, job_id)],
         )
-        from accelerate import PartialState
-
         state = PartialState()  # the trainer's: its processes and their process group
         # Every process has finished writing into tmp (DeepSpeed saves from all of them) before
         # the main process renames it.
@@ -255,10 +259,13 @@ def evaluate_job(*, engine, settings, job_id: int, candidate_version: int) -> di
     )
 
 
-def refit_proxy(*, engine, settings, job_id: int) -> None:
-    """Refit the proxy from all human labels (a new proxy version) before training. The proxy
-    only advises, so a failed refit is recorded on the job and the training goes on."""
+def refit_proxy(*, engine, settings, job_id: int, iteration_id: int | None = None) -> None:
+    """Refit the proxy from all human labels (a new proxy version) before training, then (with
+    routing on and `routing.recheck`) withdraw the iteration's proxy labels the new version no
+    longer backs (labeling.routing.recheck_proxy_labels). The proxy only advises, so a failed
+    refit is recorded on the job and the training goes on."""
     from labeling.proxy import refit_proxy as refit
+    from labeling.routing import recheck_proxy_labels
 
     with transaction(engine) as session:
         jobs.heartbeat(session=session, job_id=job_id, result={"phase": "proxy"})
@@ -269,6 +276,11 @@ def refit_proxy(*, engine, settings, job_id: int) -> None:
             if version is None
             else {"version": version.version, "n_labels": version.n_labels}
         )
+        routing = settings.routing
+        if version is not None and routing.enabled and routing.recheck and iteration_id:
+            outcome["recheck"] = recheck_proxy_labels(
+                engine=engine, settings=settings, iteration_id=iteration_id
+            )
     except Exception as exc:
         log.exception("job %s: proxy refit failed", job_id)
         outcome = {"error": f"{type(exc).__name__}: {exc}"}
@@ -306,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = job_settings(job.params, args.data_dir, url)
         previous = job.params.get("previous_result", {})
         if main_rank and job.params.get("refit_proxy") and "proxy" not in previous:
-            refit_proxy(engine=engine, settings=settings, job_id=args.job_id)
+            refit_proxy(
+                engine=engine, settings=settings, job_id=args.job_id, iteration_id=job.iteration_id
+            )
         # A retry whose first attempt got as far as registering its candidate only evaluates.
         done_version = previous.get("candidate_version")
         if done_version is None:
