@@ -201,22 +201,37 @@ def _sqlite_from_hint(table, compiler, **kw) -> str:
 
 # The hot path's statements are built once, with bound parameters: building a SQLAlchemy statement
 # costs more than SQLite running it.
-_HELD_LEASE = (
-    sa.select(
-        _ASSIGNMENT.c.pair_id,
-        _ASSIGNMENT.c.swapped,
-        _ASSIGNMENT.c.claimed_at,
-        _ASSIGNMENT.c.expires_at,
+def _held_lease_query(user_id, now) -> sa.Select:
+    return (
+        sa.select(
+            _ASSIGNMENT.c.pair_id,
+            _ASSIGNMENT.c.swapped,
+            _ASSIGNMENT.c.claimed_at,
+            _ASSIGNMENT.c.expires_at,
+        )
+        .join(_PAIR, _PAIR.c.id == _ASSIGNMENT.c.pair_id)
+        .where(
+            _ASSIGNMENT.c.user_id == user_id,
+            _LIVE,
+            _ASSIGNMENT.c.expires_at > now,
+            _PAIR.c.status == PairStatus.queued.value,
+        )
+        .order_by(_ASSIGNMENT.c.claimed_at.desc(), _ASSIGNMENT.c.id.desc())
+        .limit(1)
     )
-    .join(_PAIR, _PAIR.c.id == _ASSIGNMENT.c.pair_id)
-    .where(
-        _ASSIGNMENT.c.user_id == _USER_ID,
-        _LIVE,
-        _ASSIGNMENT.c.expires_at > _NOW,
-        _PAIR.c.status == PairStatus.queued.value,
-    )
-    .order_by(_ASSIGNMENT.c.claimed_at.desc(), _ASSIGNMENT.c.id.desc())
-    .limit(1)
+
+
+_HELD_LEASE = _held_lease_query(_USER_ID, _NOW)
+# PostgreSQL: the user's lapsed leases marked expired (tidying: the counts never trust the
+# status) in the same statement that reads the live one, a data-modifying CTE. Its parameters
+# are named apart from the columns (x_*): SQLAlchemy would read one named like a column of the
+# updated table as one more column to set.
+_X_USER, _X_NOW = sa.bindparam("x_user", type_=sa.Integer()), sa.bindparam("x_now", type_=_WHEN)
+_HELD_LEASE_EXPIRING_POSTGRES = _held_lease_query(_X_USER, _X_NOW).add_cte(
+    sa.update(_ASSIGNMENT)
+    .where(_LIVE, _ASSIGNMENT.c.expires_at <= _X_NOW, _ASSIGNMENT.c.user_id == _X_USER)
+    .values(status=AssignmentStatus.expired.value)
+    .cte("expired")
 )
 
 
@@ -241,25 +256,32 @@ def claim_next_pair(
     pair is left; 1: evaluation pairs first). The A/B order shown is drawn from `rng` and kept on
     the assignment. `now` is for tests."""
     now = now or utcnow()
-    if not is_sqlite(session.get_bind()):
-        # One claim per user at a time; NO KEY UPDATE leaves foreign-key checks unblocked.
+    if is_sqlite(session.get_bind()):
+        held = _held_lease(session, user_id, now)
+        if held is None:
+            _expire(session, now, user_id=user_id)
+    else:
+        # One claim per user at a time; NO KEY UPDATE leaves foreign-key checks unblocked. The
+        # lease is read after the lock, in a statement of its own: a fresh snapshot, which sees
+        # the claim of a double click's first request.
         session.exec(select(User.id).where(User.id == user_id).with_for_update(key_share=True))
-    held = _held_lease(session, user_id, now)
+        params = {"x_user": user_id, "x_now": now}
+        held = run_core(session, _HELD_LEASE_EXPIRING_POSTGRES, params).first()
     if held is not None:
         return _claim_view(session, *held)
-    _expire(session, now, user_id=user_id)
 
     swapped = (rng or random).random() < 0.5
     expires_at = now + timedelta(seconds=lease_seconds)
-    claim = _claim_sqlite if is_sqlite(session.get_bind()) else _claim_postgres
-    pair_id = None
     for queue in _queue_order(session, user_id, eval_share):
-        pair_id = claim(session, user_id, now, expires_at, swapped, queue)
-        if pair_id is not None:
-            break
-    if pair_id is None:
-        return None
-    return _claim_view(session, pair_id, swapped, now, expires_at)
+        if is_sqlite(session.get_bind()):
+            pair_id = _claim_sqlite(session, user_id, now, expires_at, swapped, queue)
+            if pair_id is not None:
+                return _claim_view(session, pair_id, swapped, now, expires_at)
+        else:
+            claimed = _claim_postgres(session, user_id, now, expires_at, swapped, queue)
+            if claimed is not None:
+                return _as_claim(claimed[1], claimed[0], swapped, now, expires_at)
+    return None
 
 
 _EVAL_WAITING = (
@@ -368,28 +390,27 @@ def _claim_postgres(
     expires_at: datetime,
     swapped: bool,
     queue: _Queue,
-) -> int | None:
+) -> tuple[int, sa.Row] | None:
+    """(pair id, the pair as shown) of a new claim on the first free pair of `queue`."""
     tried: list[int] = []
     while True:
         params = {"user_id": user_id, "now": now, "tried": tried}
         pair_id = run_core(session, _NEXT_CLAIMABLE[queue], params).scalar_one_or_none()
         if pair_id is None:
             return None
-        # Locked: count again with a fresh snapshot (see the module docstring).
-        if _free_slot(session, pair_id, now):
-            break
+        # Locked: its slots counted again with a fresh snapshot (see the module docstring), and
+        # if one is free, the claim inserted and the pair read for showing, in one statement.
+        claimed = {
+            "c_pair": pair_id,
+            "c_user": user_id,
+            "c_swapped": swapped,
+            "c_now": now,
+            "c_expires": expires_at,
+        }
+        row = run_core(session, _CLAIM_AND_VIEW_POSTGRES, claimed).first()
+        if row is not None:
+            return pair_id, row
         tried.append(pair_id)
-    session.add(
-        Assignment(
-            pair_id=pair_id,
-            user_id=user_id,
-            swapped=swapped,
-            claimed_at=now,
-            expires_at=expires_at,
-        )
-    )
-    session.flush()
-    return pair_id
 
 
 _RESPONSE_A = aliased(Response)
@@ -404,24 +425,56 @@ _LATEST_SUGGESTION = (
     .limit(1)
     .scalar_subquery()
 )
-_CLAIM_VIEW = (
-    select(
-        Prompt.text,
-        Prompt.messages,
-        _RESPONSE_A.text,
-        _RESPONSE_B.text,
-        _RESPONSE_A.sampling,
-        _RESPONSE_B.sampling,
-        Suggestion.p_a,
-        Suggestion.uncertainty,
-        Suggestion.agent,
+_VIEW_COLUMNS = (
+    Prompt.text,
+    Prompt.messages,
+    _RESPONSE_A.text,
+    _RESPONSE_B.text,
+    _RESPONSE_A.sampling,
+    _RESPONSE_B.sampling,
+    Suggestion.p_a,
+    Suggestion.uncertainty,
+    Suggestion.agent,
+)
+
+
+def _with_view_joins(query):
+    """`query` (selecting _VIEW_COLUMNS with Pair in its FROM) joined to what a claim shows."""
+    return (
+        query.join(Prompt, Prompt.id == Pair.prompt_id)
+        .join(_RESPONSE_A, _RESPONSE_A.id == Pair.response_a_id)
+        .join(_RESPONSE_B, _RESPONSE_B.id == Pair.response_b_id)
+        .outerjoin(Suggestion, Suggestion.id == _LATEST_SUGGESTION)
     )
-    .select_from(Pair)
-    .join(Prompt, Prompt.id == Pair.prompt_id)
-    .join(_RESPONSE_A, _RESPONSE_A.id == Pair.response_a_id)
-    .join(_RESPONSE_B, _RESPONSE_B.id == Pair.response_b_id)
-    .outerjoin(Suggestion, Suggestion.id == _LATEST_SUGGESTION)
-    .where(Pair.id == sa.bindparam("pair_id"))
+
+
+_CLAIM_VIEW = _with_view_joins(select(*_VIEW_COLUMNS).select_from(Pair)).where(
+    Pair.id == sa.bindparam("pair_id")
+)
+# PostgreSQL: the claim of a locked pair if it still has a free slot, and the pair as the user
+# sees it, in one statement (a data-modifying CTE). Parameters are named apart from every column
+# (c_*): SQLAlchemy would read one named like an assignment column as a value to insert.
+_CLAIMED = (
+    sa.insert(_ASSIGNMENT)
+    .from_select(
+        ["pair_id", "user_id", "status", "swapped", "claimed_at", "expires_at"],
+        sa.select(
+            _PAIR.c.id,
+            sa.bindparam("c_user", type_=sa.Integer()),
+            sa.literal_column(f"'{AssignmentStatus.active.value}'"),
+            sa.bindparam("c_swapped", type_=sa.Boolean()),
+            sa.bindparam("c_now", type_=_WHEN),
+            sa.bindparam("c_expires", type_=_WHEN),
+        ).where(
+            _PAIR.c.id == sa.bindparam("c_pair", type_=sa.Integer()),
+            _has_free_slot(sa.bindparam("c_now", type_=_WHEN)),
+        ),
+    )
+    .returning(_ASSIGNMENT.c.pair_id)
+    .cte("claimed")
+)
+_CLAIM_AND_VIEW_POSTGRES = _with_view_joins(
+    select(*_VIEW_COLUMNS).select_from(_CLAIMED).join(Pair, Pair.id == _CLAIMED.c.pair_id)
 )
 
 
@@ -430,6 +483,13 @@ def _claim_view(
 ) -> Claim:
     """The pair as this user sees it, read in one query (the newest suggestion included)."""
     row = run_core(session, _CLAIM_VIEW, {"pair_id": pair_id}).one()
+    return _as_claim(row, pair_id, swapped, claimed_at, expires_at)
+
+
+def _as_claim(
+    row: sa.Row, pair_id: int, swapped: bool, claimed_at: datetime, expires_at: datetime
+) -> Claim:
+    """A Claim from a row of _VIEW_COLUMNS."""
     prompt, messages, text_a, text_b, sampling_a, sampling_b, p_a, uncertainty, agent = row
     shown = None if agent is None else _as_shown(p_a, uncertainty, agent, swapped)
     left, right = (text_b, text_a) if swapped else (text_a, text_b)

@@ -411,3 +411,19 @@ def test_the_counter_counts_evaluation_pairs_too(engine):
         assert queue.count_queued_short(session=session) == 5
         assert queue.queue_stats(session=session, user_id=ann)["queue_left"] == 5
     assert len(_claim_kinds(engine, ann, 10, share=0.5)) == 5
+
+
+def test_a_claim_is_five_round_trips_on_postgresql(engine):
+    """A claim on PostgreSQL: the user's lock, the held lease (lapsed ones tidied in the same
+    statement), the probe for evaluation pairs, the next free pair locked, and the claim with
+    the pair as shown. SQLite runs its own plan (one INSERT ... SELECT)."""
+    (u1, _), pair_ids = _setup(engine)
+    statements = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    shown = claim(engine, u1)
+    work = [s for s in statements if not s.startswith("BEGIN")]
+    if engine.dialect.name == "postgresql":
+        assert len(work) == 5, work
+        assert not any("SET user_id" in s or "SET pair_id" in s for s in work), work
+    assert shown.pair_id in pair_ids and shown.left.startswith("reply")
+    assert claim(engine, u1) == shown  # the held lease comes back
