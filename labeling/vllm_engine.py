@@ -56,7 +56,13 @@ ADAPTER_CONFIG = "adapter_config.json"
 CHECK_TOKENS = 24  # tokens an adapter's check has the engine generate per conversation
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
 # Settings that shape the engine itself: a change restarts it. The rest apply per request.
-ENGINE_FIELDS = ("device", "dtype", "tensor_parallel_size", "gpu_memory_utilization")
+ENGINE_FIELDS = (
+    "device",
+    "dtype",
+    "tensor_parallel_size",
+    "gpu_memory_utilization",
+    "vllm_reproducible",
+)
 # config.json keys that may differ between two checkpoints of one architecture.
 CONFIG_NOISE = ("_name_or_path", "_model_name_or_path", "transformers_version", "dtype")
 
@@ -249,10 +255,16 @@ class VLLMEngine:
     # The engine's life.
 
     def _start(self, model: str, lora_rank: int | None) -> None:
-        from vllm import LLM
+        from vllm import LLM, envs
         from vllm.platforms import current_platform
 
         settings = self.settings
+        # A scheduler in a process of its own starts stepping as the first request of a call
+        # reaches it, so which requests share a batch, and so the bfloat16 numerics of each,
+        # depend on timing: in this process, a call's requests are all queued first. (An
+        # engine started in this process froze vLLM's environment: thawed for the new one.)
+        envs.disable_envs_cache()
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if settings.vllm_reproducible else "1"
         kwargs: dict[str, Any] = {
             "model": model,
             "dtype": engine_dtype(settings),

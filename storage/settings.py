@@ -91,6 +91,14 @@ class GenerationSettings(Section):
         "Unset: 0.12 for a bfloat16 engine, 0.01 for float32 (measured on SmolLM2: 0.06 to "
         "0.08, and 0.00001). 0 turns the check off.",
     )
+    vllm_reproducible: bool = Field(
+        True,
+        description="vLLM only: run the engine's scheduler in the worker's own process, so that "
+        "a call's requests are all queued before its first step and the same prompts and seed "
+        "give the same samples (vLLM's VLLM_ENABLE_V1_MULTIPROCESSING=0). false: the scheduler "
+        "in a process of its own, overlapping with the model (faster on a GPU), and samples "
+        "that vary with the timing of the requests.",
+    )
     vllm_release: Literal["auto", "sleep", "stop", "keep"] = Field(
         "auto",
         description="vLLM only: what the generation worker does with its memory while a DPO "
