@@ -34,6 +34,7 @@ from app.auth import hash_token
 from app.throttle import SignInThrottle, client_address, sign_in_failed
 from storage import crud, queue
 from storage.db import transaction
+from storage.gold import GoldRule
 from storage.models import Role, Split, User
 from storage.runtime import Runtime
 from storage.settings import LabelingSettings
@@ -435,18 +436,27 @@ def export(
         Query(description="Count only these users (repeatable)."),
     ] = None,
     split: Split | None = None,
+    include_flagged: Annotated[
+        bool,
+        Query(
+            description="Count the labels of annotators flagged by their gold accuracy too "
+            "(left out by default while labeling.gold_filter is on)."
+        ),
+    ] = False,
 ) -> FileResponse:
     """Download the decided preferences as a dataset file for TRL's DPOTrainer (admins)."""
     from labeling.export import MEDIA_TYPES, ExportError, ExportFilters, export_file
 
     require_admin(user)
     rt = get_runtime(request)
+    labeling = rt.effective_settings().labeling
     filters = ExportFilters(
         iterations=iteration or None,
         sources=tuple(source) if source else ("human", "proxy", "seed"),
         min_agreement=min_agreement,
         annotators=annotator or None,
         split=split,
+        gold=None if include_flagged else GoldRule.filtering(labeling),
     )
     try:
         result = export_file(engine=rt.engine, format=format, layout=layout, filters=filters)
@@ -596,3 +606,163 @@ def eval_votes(
         headers={"X-Prefloop-Rows": str(result.rows)},
         background=BackgroundTask(shutil.rmtree, result.path.parent, ignore_errors=True),
     )
+
+
+# gold pairs (admins)
+
+
+class GoldPairIn(BaseModel):
+    prompt: str = Field(min_length=1, max_length=100_000)
+    a: str = Field(min_length=1, max_length=100_000)
+    b: str = Field(min_length=1, max_length=100_000)
+    answer: Literal["a", "b", "tie", "both_bad"] = Field(description="The known answer.")
+
+    @field_validator("prompt", "a", "b")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+
+class GoldImportIn(BaseModel):
+    pairs: list[GoldPairIn] = Field(min_length=1, max_length=10_000)
+
+
+class GoldImportOut(BaseModel):
+    added: int
+    skipped: int = Field(description="Already stored (same prompt and responses), or repeated.")
+
+
+class GoldMarkIn(BaseModel):
+    answer: Literal["a", "b", "tie", "both_bad"] = Field(
+        description="The pair's answer, about its stored a and b (not a shown order)."
+    )
+
+
+class GoldStandingOut(BaseModel):
+    name: str
+    gold_seen: int
+    gold_correct: int
+    gold_accuracy: float | None
+    counted_since: str | None = Field(description="When an admin last lifted the flag.")
+    counted_seen: int = Field(description="Gold labels since then: these may flag.")
+    counted_correct: int
+    flagged: bool = Field(description="Stays until an admin lifts it.")
+    flagged_at: int | None = Field(description="The counted gold label that flagged them.")
+    left_out: bool = Field(description="Flagged while labeling.gold_filter is on.")
+
+
+@router.post(
+    "/gold",
+    response_model=GoldImportOut,
+    responses={**ERRORS, 422: {"model": ApiError, "description": "A bad field (named)."}},
+)
+def gold_import(request: Request, user: CurrentUser, body: GoldImportIn) -> GoldImportOut:
+    """Import gold pairs (admins): shown to every annotator once, at labeling.gold_rate; never
+    preference data. Audited."""
+    from labeling.gold import import_gold
+    from storage.crud import PromptIn
+    from storage.gold import GoldIn
+    from storage.models import Choice
+
+    require_admin(user)
+    rt = get_runtime(request)
+    for n, item in enumerate(body.pairs):
+        if item.a == item.b:
+            raise HTTPException(422, f"pairs[{n}].b: the same text as a")
+    items = [
+        GoldIn(prompt=PromptIn(text=p.prompt, source="api"), a=p.a, b=p.b, answer=Choice(p.answer))
+        for p in body.pairs
+    ]
+    added, skipped = import_gold(engine=rt.engine, items=items, user_id=user.id, via="api")
+    return GoldImportOut(added=added, skipped=skipped)
+
+
+@router.post(
+    "/pairs/{pair_id}/gold",
+    status_code=204,
+    responses={
+        **ERRORS,
+        404: {"model": ApiError, "description": "No such pair."},
+        409: {"model": ApiError, "description": "Gold already, an evaluation pair, or withdrawn."},
+    },
+)
+def gold_mark(
+    request: Request,
+    user: CurrentUser,
+    body: GoldMarkIn,
+    pair_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+) -> Response:
+    """Mark a pair as gold with its answer (admins). Audited."""
+    from labeling.gold import mark
+
+    require_admin(user)
+    rt = get_runtime(request)
+    try:
+        mark(engine=rt.engine, pair_id=pair_id, answer=body.answer, user_id=user.id, via="api")
+    except crud.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except crud.Conflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    return Response(status_code=204)
+
+
+@router.delete(
+    "/pairs/{pair_id}/gold",
+    status_code=204,
+    responses={**ERRORS, 404: {"model": ApiError, "description": "No such gold pair."}},
+)
+def gold_unmark(
+    request: Request, user: CurrentUser, pair_id: Annotated[int, Path(ge=1, le=MAX_ID)]
+) -> Response:
+    """Undo a gold pair (admins): a marked pair is ordinary again, an imported one withdrawn.
+    Audited."""
+    from labeling.gold import unmark
+
+    require_admin(user)
+    rt = get_runtime(request)
+    try:
+        unmark(engine=rt.engine, pair_id=pair_id, user_id=user.id, via="api")
+    except crud.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    return Response(status_code=204)
+
+
+@router.get("/gold/annotators", response_model=list[GoldStandingOut], responses=ERRORS)
+def gold_annotators(request: Request, user: CurrentUser) -> list[GoldStandingOut]:
+    """Each annotator's gold accuracy and count, and whether they are flagged (admins)."""
+    from labeling.gold import standing, standing_record
+
+    require_admin(user)
+    rt = get_runtime(request)
+    labeling = rt.effective_settings().labeling
+    return [
+        GoldStandingOut(**standing_record(s, labeling))
+        for s in standing(engine=rt.engine, labeling=labeling)
+    ]
+
+
+@router.post(
+    "/gold/annotators/{name}/lift",
+    status_code=204,
+    responses={**ERRORS, 404: {"model": ApiError, "description": "No such user."}},
+)
+def gold_lift(
+    request: Request,
+    user: CurrentUser,
+    name: Annotated[str, Path(min_length=1, max_length=64, pattern=r"^[^\x00\s]+$")],
+) -> Response:
+    """Lift an annotator's flag (admins): their labels count again, and their gold accuracy
+    counts afresh from now. Audited."""
+    from labeling.gold import lift
+
+    require_admin(user)
+    rt = get_runtime(request)
+    try:
+        lift(engine=rt.engine, name=name, user_id=user.id, via="api")
+    except crud.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    return Response(status_code=204)

@@ -10,9 +10,9 @@ from typing import Annotated
 
 import typer
 
-from app import cli_data, cli_eval, cli_labeling, cli_serve, cli_training, cli_worker
+from app import cli_data, cli_eval, cli_gold, cli_labeling, cli_serve, cli_training, cli_worker
 from app.cli_common import DataDir, data_dir_flag, fail, runtime
-from storage import crud, evaluation
+from storage import crud, evaluation, gold
 from storage.db import transaction, upgrade
 from storage.models import Role
 from storage.runtime import Runtime
@@ -31,6 +31,7 @@ cli.add_typer(db_cli, name="db")
 cli.add_typer(users_cli, name="users")
 cli.add_typer(prompts_cli, name="prompts")
 cli.add_typer(cli_worker.worker_cli, name="worker")
+cli.add_typer(cli_gold.gold_cli, name="gold")
 
 
 DEMOS = ("chat", "support")
@@ -409,6 +410,7 @@ def status(
     typer.echo("rows: " + ", ".join(f"{k} {v}" for k, v in report["counts"].items()))
     ev = report["evaluation"]
     typer.echo(f"evaluation pairs: {ev['queued']} queued, {ev['votes']} votes")
+    typer.echo(f"gold pairs: {report['gold']['pairs']}, {report['gold']['labels']} gold labels")
 
 
 def collect_status(rt: Runtime) -> dict:
@@ -421,6 +423,7 @@ def collect_status(rt: Runtime) -> dict:
             "counts": crud.table_counts(session=session),
             "labels": dict(sorted(crud.label_counts(session=session).items())),
             "evaluation": evaluation.eval_queue_counts(session=session),
+            "gold": gold.gold_counts(session=session),
             "deployed_policy": {
                 "version": policy.version,
                 "path": policy.path,

@@ -34,6 +34,31 @@ BothBadBelow = Annotated[
 ]
 
 
+# Simulated annotators who answer at random on a share of their pairs (`--careless 3=0.5`).
+Careless = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--careless",
+        help="K=SHARE: simulated annotator sim-K answers A or B at random on SHARE of its pairs "
+        "(repeatable), e.g. 3=0.5.",
+    ),
+]
+
+
+def parse_careless(values: list[str] | None) -> dict[int, float]:
+    """`--careless` values as {annotator number: share}, or fail naming the bad one."""
+    careless: dict[int, float] = {}
+    for value in values or []:
+        number, _, share = value.partition("=")
+        try:
+            careless[int(number)] = float(share)
+        except ValueError:
+            raise fail(f"--careless {value!r}: expected K=SHARE, e.g. 3=0.5") from None
+        if careless[int(number)] != careless[int(number)] or not 0 <= careless[int(number)] <= 1:
+            raise fail(f"--careless {value!r}: SHARE is within [0, 1]")
+    return careless
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     return typer.Exit(code)

@@ -11,6 +11,7 @@ import typer
 from app.cli_common import DataDir, fail, runtime
 from storage import crud
 from storage.db import transaction
+from storage.gold import GoldRule
 from storage.models import Split
 from storage.settings import DEFAULT_DATA_DIR
 
@@ -106,7 +107,8 @@ def _refit_after_import(rt) -> None:
 
     version = refit_proxy(engine=rt.engine, settings=rt.settings)
     if version is None:
-        n = len(human_comparisons(engine=rt.engine))
+        gold = GoldRule.filtering(rt.settings.labeling)
+        n = len(human_comparisons(engine=rt.engine, gold=gold))
         typer.echo(f"proxy: not refit, {n} comparisons (it needs {MIN_LABELS})")
     else:
         typer.echo(f"proxy v{version.version}: fitted on {version.n_labels} labels")
@@ -134,6 +136,14 @@ def export(
         typer.Option("--annotator", help="Count only this user's labels (repeatable)."),
     ] = None,
     split: Annotated[Split | None, typer.Option(help="Only prompts of this split.")] = None,
+    include_flagged: Annotated[
+        bool,
+        typer.Option(
+            "--include-flagged",
+            help="Count the labels of annotators flagged by their gold accuracy too (left out "
+            "by default while labeling.gold_filter is on).",
+        ),
+    ] = False,
     push_to_hub: Annotated[
         str | None, typer.Option("--push-to-hub", help="Then push to this Hub dataset repo.")
     ] = None,
@@ -160,14 +170,15 @@ def export(
     unknown = set(sources) - set(SOURCES)
     if unknown:
         raise fail(f"--source {sorted(unknown)}: expected human, proxy, seed or all")
+    rt = runtime(data_dir)
     filters = ExportFilters(
         iterations=iteration or None,
         sources=sources,
         min_agreement=min_agreement,
         annotators=annotator or None,
         split=split,
+        gold=None if include_flagged else GoldRule.filtering(rt.effective_settings().labeling),
     )
-    rt = runtime(data_dir)
     try:
         result = export_preferences(
             engine=rt.engine, out=out, format=format, layout=layout, filters=filters

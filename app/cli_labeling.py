@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli_common import BothBadBelow, DataDir, fail, runtime
+from app.cli_common import BothBadBelow, Careless, DataDir, fail, parse_careless, runtime
 from storage import crud
 from storage.settings import DEFAULT_DATA_DIR
 
@@ -66,6 +66,7 @@ def label(
     max_labels: Annotated[int | None, typer.Option(help="Stop after this many labels.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the simulated annotators.")] = 0,
     both_bad_below: BothBadBelow = None,
+    careless: Careless = None,
 ) -> None:
     """Label queued pairs. People label in the browser (`prefloop serve`); --simulate runs
     simulated annotators through the same queue."""
@@ -73,6 +74,7 @@ def label(
 
     if not simulate:
         raise fail("people label in the browser (`prefloop serve`); use --simulate here")
+    shares = parse_careless(careless)
     rt = runtime(data_dir)
     try:
         n = simulate_labels(
@@ -84,6 +86,7 @@ def label(
             max_labels=max_labels,
             seed=seed,
             both_bad_below=both_bad_below,
+            careless=shares,
         )
     except ValueError as exc:
         raise fail(str(exc)) from None

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from app.cli_common import BothBadBelow, DataDir, fail, runtime
+from app.cli_common import BothBadBelow, Careless, DataDir, fail, parse_careless, runtime
 from app.cli_worker import stop_generation_worker
 from storage import crud, jobs
 from storage.db import transaction
@@ -119,6 +119,7 @@ def loop(
     ] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the simulated annotators.")] = 0,
     both_bad_below: BothBadBelow = None,
+    careless: Careless = None,
     timeout: Annotated[float, typer.Option(help="Give up on an iteration after seconds.")] = 1800,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per iteration.")] = False,
     data_dir: DataDir = DEFAULT_DATA_DIR,
@@ -129,6 +130,7 @@ def loop(
 
     if not simulate:
         raise fail("only --simulate is supported: real annotators label through `prefloop serve`")
+    shares = parse_careless(careless)
     rt = runtime(data_dir, loop={"auto_continue": True})
     # the data directory's judge (a demo's, or [eval] judge) unless one is given
     spec = judge or rt.settings.eval.judge or DEFAULT_JUDGE
@@ -144,6 +146,7 @@ def loop(
             noise=noise,
             seed=seed,
             both_bad_below=both_bad_below,
+            careless=shares,
             timeout=timeout,
         ):
             typer.echo(json.dumps(line, default=str) if as_json else _describe_loop(line))
@@ -200,10 +203,12 @@ def run_loop(
     noise: float = 0.5,
     seed: int = 0,
     both_bad_below: float | None = None,
+    careless: dict[int, float] | None = None,
     timeout: float = 1800,
 ):
-    """Yield one report per iteration: the loop through the scheduler, labels simulated. A
-    failed iteration's report is the last: nothing generates a round after it."""
+    """Yield one report per iteration: the loop through the scheduler, labels simulated
+    (`careless`: see `labeling.simulate`). A failed iteration's report is the last: nothing
+    generates a round after it."""
     from app.scheduler import request_generation, start_scheduler
     from labeling.judges import load_judge
 
@@ -231,7 +236,14 @@ def run_loop(
             if labeling.state == IterationState.failed:
                 raise LoopError(f"iteration {labeling.k} failed: {labeling.error}")
             _simulate_until_quota(
-                rt, labeling, judge_fn, annotators, noise, seed + labeling.k, both_bad_below
+                rt,
+                labeling,
+                judge_fn,
+                annotators,
+                noise,
+                seed + labeling.k,
+                both_bad_below,
+                careless,
             )
             quota_at = time.monotonic()
             handle.wake()
@@ -255,11 +267,18 @@ def run_loop(
 
 
 def _simulate_until_quota(
-    rt: Runtime, labeling: Iteration, judge, annotators: int, noise: float, seed: int, both_bad
+    rt: Runtime,
+    labeling: Iteration,
+    judge,
+    annotators: int,
+    noise: float,
+    seed: int,
+    both_bad,
+    careless: dict[int, float] | None = None,
 ) -> None:
     """Simulated annotators label until the iteration has its quota of human labels: their votes
-    on evaluation pairs (mixed in at eval.human_share) count toward no quota, so a round may
-    need more labels than the quota."""
+    on evaluation pairs (mixed in at eval.human_share) and their labels on gold pairs (at
+    labeling.gold_rate) count toward no quota, so a round may need more labels than the quota."""
     from labeling import simulate
     from training.iteration import human_labels, quota_reached
 
@@ -274,6 +293,7 @@ def _simulate_until_quota(
             max_labels=max(1, missing),
             seed=seed + 7919 * turn,
             both_bad_below=both_bad,
+            careless=careless,
         )
         if done == 0 or quota_reached(engine=rt.engine) is not None:
             return

@@ -375,6 +375,29 @@ def seed_preferences(
     raise ValueError(f"only {len(rows)} of {n} seed preferences with a gold gap >= {min_gap}")
 
 
+def gold_pairs(n: int = 64, seed: int = 0, min_gap: float = 3.0) -> list[tuple[str, str, str, str]]:
+    """n (prompt, a, b, answer) gold pairs for the support demo: two corpus-quality replies to a
+    train prompt whose gold scores differ by at least `min_gap` (a clear answer, as a labeling
+    lead picks gold items), `answer` the better one's side ("a" or "b", drawn). Built as
+    ``seed_preferences`` builds its rows, from a random stream of their own."""
+    train = [text for text, split in demo_prompts(seed) if split == "train"]
+    rng = random.Random(f"prefloop-demo-gold-{seed}")
+    rows: list[tuple[str, str, str, str]] = []
+    for prompt in rng.sample(train, len(train)):
+        better, worse = _reply(prompt, rng, "random"), _reply(prompt, rng, "random")
+        gap = gold_judge(prompt, better) - gold_judge(prompt, worse)
+        if abs(gap) < min_gap:
+            continue
+        if gap < 0:
+            better, worse = worse, better
+        rows.append(
+            (prompt, better, worse, "a") if rng.random() < 0.5 else (prompt, worse, better, "b")
+        )
+        if len(rows) == n:
+            return rows
+    raise ValueError(f"only {len(rows)} of {n} gold pairs with a gold gap >= {min_gap}")
+
+
 def _has_any(text: str, keys: tuple[str, ...]) -> bool:
     return any(key in text for key in keys)
 

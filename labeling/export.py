@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from storage.db import transaction
+from storage.gold import GoldRule
 from storage.models import Split
 from storage.preferences import ALL_SOURCES, PreferenceRow, iter_preferences
 
@@ -65,6 +66,9 @@ class ExportFilters:
     min_agreement: float = 0.0
     annotators: list[str] | None = None  # only these users' labels count
     split: Split | None = None  # the prompt's split
+    # The annotators this rule flags (gold accuracy) do not count: `GoldRule.filtering` of the
+    # labeling settings; None: everyone counts.
+    gold: GoldRule | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_agreement <= 1.0:
@@ -77,6 +81,7 @@ class ExportFilters:
             "min_agreement": self.min_agreement,
             "annotators": self.annotators,
             "split": None if self.split is None else str(self.split),
+            "gold_filter": None if self.gold is None else self.gold.as_dict(),
         }
 
 
@@ -165,6 +170,7 @@ def export_preferences(
                 min_agreement=filters.min_agreement,
                 annotators=filters.annotators,
                 split=filters.split,
+                gold=filters.gold,
                 batch_size=batch_size,
             )
             if format == ExportFormat.jsonl:

@@ -1,4 +1,5 @@
-"""Reading prompt and seed-preference files: every row is checked before anything is stored.
+"""Reading prompt, seed-preference and gold-pair files: every row is checked before anything is
+stored.
 
 Formats: JSONL (`.jsonl`, `.json`; a `.json` file may also be one JSON array of objects), CSV
 (`.csv`), Parquet (`.parquet`), and a Hugging Face dataset directory saved with `save_to_disk` (a
@@ -24,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from storage.crud import PromptIn, prompt_hash
-from storage.models import Split
+from storage.gold import GoldIn
+from storage.models import Choice, Split
 from storage.preferences import SeedPreferenceIn
 
 MAX_PROMPT_CHARS = 100_000
@@ -557,4 +559,49 @@ def read_preferences(
     records = [_preference(row, where, line, fields) for line, row in rows]
     if not records:
         raise ImportFileError(path, None, None, "empty file: no preferences")
+    return records
+
+
+GOLD_ANSWERS = {"a": Choice.a, "b": Choice.b, "tie": Choice.tie, "both_bad": Choice.both_bad}
+
+
+def _gold(row: dict[str, Any], where: _Where, line: int, fields: tuple[str, ...]) -> GoldIn:
+    prompt_field, a_field, b_field, answer_field = fields
+    for name in (prompt_field, a_field, b_field, answer_field):
+        if _blank(row.get(name)):
+            raise where.error(line, name, f"missing (the row has {_filled(row)})")
+    split = _split(row, where, line) or Split.train
+    prompt = _given_prompt(row[prompt_field], where, line, prompt_field, where.path.name, split)
+    a, a_context = _completion(row[a_field], where, line, a_field)
+    b, b_context = _completion(row[b_field], where, line, b_field)
+    _check_context(a_context, prompt, where, line, (a_field, prompt_field))
+    _check_context(b_context, prompt, where, line, (b_field, prompt_field))
+    if a == b:
+        raise where.error(line, b_field, f"the same text as {a_field!r}")
+    answer = row[answer_field]
+    key = answer.strip().lower().replace(" ", "_") if isinstance(answer, str) else None
+    if key not in GOLD_ANSWERS:
+        raise where.error(
+            line, answer_field, f"expected one of {', '.join(GOLD_ANSWERS)} (got {answer!r})"
+        )
+    return GoldIn(prompt=prompt, a=a, b=b, answer=GOLD_ANSWERS[key])
+
+
+def read_gold(
+    path: Path | str,
+    *,
+    prompt_field: str = "prompt",
+    a_field: str = "a",
+    b_field: str = "b",
+    answer_field: str = "answer",
+) -> list[GoldIn]:
+    """Parse a gold pair file (prompt / a / b / answer), or raise ImportFileError. `answer` is
+    a, b, tie or both_bad (the better response, as a labeler would answer); the prompt is text or
+    chat messages, and a and b are text or one assistant message each, as in a preference file."""
+    path = Path(path)
+    fields = (prompt_field, a_field, b_field, answer_field)
+    where, rows = _rows(path, required=[(prompt_field,), (a_field,), (b_field,), (answer_field,)])
+    records = [_gold(row, where, line, fields) for line, row in rows]
+    if not records:
+        raise ImportFileError(path, None, None, "empty file: no gold pairs")
     return records

@@ -40,6 +40,7 @@ from sqlalchemy.engine import Engine
 
 from storage import pairs, preferences
 from storage.db import transaction
+from storage.gold import GoldRule
 from storage.models import Choice, ProxyVersion
 from storage.settings import ProxySettings, Settings
 
@@ -499,14 +500,15 @@ def load_proxy(
     return proxy
 
 
-def human_comparisons(*, engine: Engine) -> list[Comparison]:
+def human_comparisons(*, engine: Engine, gold: GoldRule | None = None) -> list[Comparison]:
     """Every human (and imported seed) label as a comparison: `preferences.proxy_labels`, the
     labels themselves rather than the decided pairs that DPO training and the export read.
     Each label is one comparison (several annotators of a pair give several, a split vote both
     directions); a tie is P = 0.5; both_bad says nothing about the order and is left out; proxy
-    labels never count, so the proxy never learns from itself (`preferences.PROXY_SOURCES`)."""
+    labels never count, so the proxy never learns from itself (`preferences.PROXY_SOURCES`); nor
+    do those of the annotators `gold` flags (`GoldRule.filtering`)."""
     with transaction(engine, readonly=True) as session:
-        rows = preferences.proxy_labels(session=session)
+        rows = preferences.proxy_labels(session=session, gold=gold)
     return [
         Comparison(row.prompt, row.a, row.b, TARGETS[row.choice])
         for row in rows
@@ -521,7 +523,7 @@ def refit_proxy(*, engine: Engine, settings: Settings, seed: int = 0) -> ProxyVe
     kind does not learn from labels or there are fewer than MIN_LABELS comparisons."""
     if settings.proxy.kind != "embedded":
         return None
-    comparisons = human_comparisons(engine=engine)
+    comparisons = human_comparisons(engine=engine, gold=GoldRule.filtering(settings.labeling))
     if len(comparisons) < MIN_LABELS:
         return None
     proxy = fit_embedded(comparisons, settings.proxy, seed=seed)

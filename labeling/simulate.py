@@ -9,6 +9,11 @@ B = 0: always the higher score), calls it a tie when the scores are equal, and s
 A judge is any `(prompt, response) -> float` on a scale of its own (a log-probability, a penalty,
 a reward), so by default only the difference of two scores matters and no pair is both-bad;
 `both_bad_below`, in the judge's units, labels a pair both-bad when both scores are below it.
+
+A careless annotator (`careless`: {i: share}) answers at random on that share of its pairs, any of
+the four answers (A, B, tie, both bad) as a careless click would be, and like the others the rest
+of the time: what gold pairs are there to catch. Gold
+pairs come at `labeling.gold_rate` as for people.
 """
 
 from __future__ import annotations
@@ -69,15 +74,23 @@ def simulate_labels(
     max_labels: int | None = None,
     seed: int = 0,
     both_bad_below: float | None = None,
+    careless: dict[int, float] | None = None,
 ) -> int:
     """Label queued pairs with `annotators` simulated users until the queue is empty for all of
     them or `max_labels` are in; returns the number of labels submitted. `judge`: a scoring
     function or its `module:callable` name (default: settings.proxy.judge). `both_bad_below`:
-    label both-bad when both scores are below it (default None: never)."""
+    label both-bad when both scores are below it (default None: never). `careless`: {i: share}
+    makes sim-i answer at random on that share of its pairs."""
     from labeling.judges import load_judge
 
     score = judge if callable(judge) else load_judge(judge or settings.proxy.judge)
     users = ensure_annotators(engine=engine, count=annotators)
+    careless = careless or {}
+    if unknown := sorted(set(careless) - set(range(1, annotators + 1))):
+        raise ValueError(f"careless: no annotator sim-{unknown[0]} among sim-1..sim-{annotators}")
+    if bad := [share for share in careless.values() if not 0.0 <= share <= 1.0]:
+        raise ValueError(f"careless: a share is within [0, 1] (got {bad[0]})")
+    random_share = {users[i - 1]: share for i, share in careless.items()}
     rng = random.Random(seed)
     lease = settings.labeling.lease_seconds
     submitted = 0
@@ -94,6 +107,7 @@ def simulate_labels(
                 user_id=user_id,
                 lease_seconds=lease,
                 eval_share=settings.eval.human_share,
+                gold_rate=settings.labeling.gold_rate,
                 rng=rng,
             )
         if claim is None:
@@ -106,6 +120,11 @@ def simulate_labels(
             rng=rng,
             both_bad_below=both_bad_below,
         )
+        share = random_share.get(user_id, 0.0)
+        if (
+            share and rng.random() < share
+        ):  # no draw otherwise: the others' labels stay as they were
+            choice = rng.choice(queue.SHOWN_CHOICES)
         with transaction(engine) as session:
             queue.submit_label(
                 session=session,

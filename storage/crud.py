@@ -17,6 +17,7 @@ from sqlmodel import Session, SQLModel, func, select
 
 from storage.db import run_core
 from storage.models import (
+    NOT_PREFERENCE_ROUTES,
     Audit,
     Iteration,
     IterationState,
@@ -26,7 +27,6 @@ from storage.models import (
     PolicyStatus,
     Prompt,
     Role,
-    Route,
     Setting,
     Split,
     User,
@@ -334,11 +334,12 @@ def table_counts(*, session: Session) -> dict[str, int]:
 
 def label_counts(*, session: Session, iteration_id: int | None = None) -> dict[str, int]:
     """Preference labels per source (human, proxy, seed), optionally for one iteration's pairs;
-    votes on evaluation pairs are not among them (`storage.evaluation.eval_queue_counts`)."""
+    votes on evaluation pairs (`storage.evaluation.eval_queue_counts`) and labels on gold pairs
+    (`storage.gold.gold_counts`) are not among them."""
     query = (
         select(Label.source, func.count())
         .join(Pair, Pair.id == Label.pair_id)
-        .where(Pair.route != Route.eval)
+        .where(Pair.route.not_in(NOT_PREFERENCE_ROUTES))
         .group_by(Label.source)
     )
     if iteration_id is not None:

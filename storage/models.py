@@ -74,6 +74,7 @@ class PairStrategy(StrEnum):
     explore = "explore"
     seed = "seed"  # imported preference data (iteration 0)
     eval = "eval"  # one reply of each of two policy versions on a held-out prompt
+    gold = "gold"  # imported with its known answer (`prefloop gold import`)
 
 
 class Route(StrEnum):
@@ -83,6 +84,14 @@ class Route(StrEnum):
     # An evaluation pair: humans vote between two policy versions, blind. The votes rate the
     # versions (training/ratings.py) and are never preference data (DPO, the proxy, the export).
     eval = "eval"
+    # A gold pair: its answer is known (the `gold` table); every annotator may get it once, and
+    # their labels on it measure them (storage/gold.py). Never preference data either.
+    gold = "gold"
+
+
+# The routes whose labels are no preference data: DPO, the proxy's refit, the export, the
+# quality figures, the quota and the label counts leave them out.
+NOT_PREFERENCE_ROUTES = (Route.eval, Route.gold)
 
 
 class PairStatus(StrEnum):
@@ -133,6 +142,9 @@ class User(SQLModel, table=True):
     password_hash: str | None = Field(default=None, max_length=255)
     token_hash: str | None = Field(default=None, max_length=128, unique=True)
     active: bool = Field(default=True)
+    # Gold accuracy that may flag this annotator counts from here (an admin lifted the flag);
+    # None: from the first gold label.
+    gold_since: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
 
@@ -220,6 +232,10 @@ class Response(SQLModel, table=True):
 QUEUED_FOR_HUMANS_SQL = "status = 'queued' AND route IN ('human', 'audit')"
 # Evaluation pairs waiting for votes (Route.eval): a queue of their own, beside the one above.
 QUEUED_FOR_EVAL_SQL = "status = 'queued' AND route = 'eval'"
+# Gold pairs (Route.gold): a third queue. They stay queued: every annotator may get each once.
+QUEUED_GOLD_SQL = "status = 'queued' AND route = 'gold'"
+# A gold pair's overlap: no cap on its labels, so it is never done (`queue._count_label`).
+GOLD_OVERLAP = 1_000_000
 
 
 class Pair(SQLModel, table=True):
@@ -253,7 +269,7 @@ sa.Index(
     sqlite_where=sa.text(QUEUED_FOR_HUMANS_SQL),
     postgresql_where=sa.text(QUEUED_FOR_HUMANS_SQL),
 )
-# The same claim order over the evaluation pairs waiting for votes.
+# The same claim order over the evaluation pairs waiting for votes, and over the gold pairs.
 sa.Index(
     "ix_pair_eval_claim",
     Pair.__table__.c.n_labels.desc(),
@@ -262,6 +278,34 @@ sa.Index(
     sqlite_where=sa.text(QUEUED_FOR_EVAL_SQL),
     postgresql_where=sa.text(QUEUED_FOR_EVAL_SQL),
 )
+sa.Index(
+    "ix_pair_gold_claim",
+    Pair.__table__.c.n_labels.desc(),
+    Pair.__table__.c.id,
+    Pair.__table__.c.overlap,
+    sqlite_where=sa.text(QUEUED_GOLD_SQL),
+    postgresql_where=sa.text(QUEUED_GOLD_SQL),
+)
+
+
+class GoldSource(StrEnum):
+    imported = "imported"  # `prefloop gold import`, POST /gold
+    marked = "marked"  # a pair an admin marked as gold
+
+
+class Gold(SQLModel, table=True):
+    """A gold pair's known answer. Labels made on the pair since it became gold (`created_at`)
+    are checked against it: each annotator's gold accuracy (storage/gold.py)."""
+
+    pair_id: int = Field(foreign_key="pair.id", primary_key=True)
+    answer: Choice = enum_column(Choice)
+    source: GoldSource = enum_column(GoldSource, default=GoldSource.imported)
+    # A marked pair's route, status and overlap before, put back when the mark is removed.
+    former_route: Route | None = enum_column(Route, default=None)
+    former_status: PairStatus | None = enum_column(PairStatus, default=None)
+    former_overlap: int | None = None
+    created_by: int | None = Field(default=None, foreign_key="user.id")
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class Suggestion(SQLModel, table=True):

@@ -3,6 +3,7 @@ proxy versions, and the label views that refits and quality metrics read."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, func, select
 
 from storage.models import (
+    NOT_PREFERENCE_ROUTES,
     Choice,
     Label,
     LabelSource,
@@ -240,10 +242,16 @@ class LabeledPair:
     b: str
 
 
-def labeled_pairs(*, session: Session, sources: tuple[LabelSource, ...]) -> list[LabeledPair]:
+def labeled_pairs(
+    *,
+    session: Session,
+    sources: tuple[LabelSource, ...],
+    leave_out: Collection[int] = (),
+) -> list[LabeledPair]:
     """Every label of the given sources with the texts it compared, oldest first (the proxy's
-    selection of sources: `storage.preferences.proxy_labels`). Votes on evaluation pairs are no
-    preference labels and are left out (storage/evaluation.py)."""
+    selection of sources: `storage.preferences.proxy_labels`), but those of the users in
+    `leave_out`. Votes on evaluation pairs and labels on gold pairs are no preference labels and
+    are left out (storage/evaluation.py, storage/gold.py)."""
     ra, rb = sa.orm.aliased(Response), sa.orm.aliased(Response)
     query = (
         select(
@@ -262,9 +270,13 @@ def labeled_pairs(*, session: Session, sources: tuple[LabelSource, ...]) -> list
         .join(Prompt, Prompt.id == Pair.prompt_id)
         .join(ra, ra.id == Pair.response_a_id)
         .join(rb, rb.id == Pair.response_b_id)
-        .where(Label.source.in_(sources), Pair.route != Route.eval)
+        .where(Label.source.in_(sources), Pair.route.not_in(NOT_PREFERENCE_ROUTES))
         .order_by(Label.id)
     )
+    if leave_out:
+        query = query.where(
+            sa.or_(Label.user_id.is_(None), Label.user_id.not_in(sorted(leave_out)))
+        )
     return [LabeledPair(*row) for row in session.exec(query)]
 
 

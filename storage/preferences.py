@@ -14,6 +14,9 @@ One rule decides a pair, for DPO training and the dataset export alike:
 - Discarded pairs are left out; queued pairs count with the labels they have so far.
 - Evaluation pairs (route `eval`: two policy versions, see storage/evaluation.py) are never
   preferences: their votes rate versions, and neither DPO, the export nor the proxy reads them.
+  Nor are gold pairs (route `gold`, storage/gold.py): their labels measure the annotators.
+- With `gold` given (`GoldRule.filtering`: `labeling.gold_filter` on), the human labels of the
+  annotators it flags (gold accuracy too low) do not count, as if they had not labeled.
 
 Seed pairs (imported preference datasets, `add_seed_preferences`) belong to no iteration: their
 `iteration` is None, so an `iterations` filter leaves them out unless `with_seed` is set (the
@@ -32,7 +35,8 @@ fit learns from each comparison a person made, so for the proxy
   never learns from its own labels (on an audited pair its human labels count, as above), and a
   pair's human and seed labels both count (no precedence between the two);
 - there are no iteration, annotator or split filters, and the labels on discarded pairs count too
-  (a withdrawn pair's labels still compare two texts).
+  (a withdrawn pair's labels still compare two texts); the flagged annotators' labels are left
+  out as above (`gold`).
 
 `iter_preferences` streams with keyset pagination (``pair.id > last ORDER BY pair.id LIMIT n``)
 over plain column rows, so memory stays flat however many pairs there are, on SQLite and
@@ -53,7 +57,9 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session
 
 from storage.crud import PromptIn, add_prompts, prompt_hash
+from storage.gold import GoldRule, flagged_annotators
 from storage.models import (
+    NOT_PREFERENCE_ROUTES,
     Choice,
     Iteration,
     Label,
@@ -127,10 +133,12 @@ def iter_preferences(
     annotators: list[str] | None = None,
     split: Split | str | None = None,
     with_seed: bool = False,
+    gold: GoldRule | None = None,
     batch_size: int = 1000,
 ) -> Iterator[PreferenceRow]:
     """Stream the decided pairs in pair-id order, `batch_size` pairs per query. With
-    `iterations` given, `with_seed` keeps the seed pairs (no iteration) too."""
+    `iterations` given, `with_seed` keeps the seed pairs (no iteration) too; with `gold`, the
+    labels of the annotators it flags do not count."""
     sources = [LabelSource(s) for s in sources]
     if not sources:
         raise ValueError("sources: select at least one of human, proxy, seed")
@@ -146,6 +154,7 @@ def iter_preferences(
             Label.source == LabelSource.human,
             Label.user_id.in_(sa.select(User.id).where(User.name.in_(annotators))),
         ]
+    label_filter += _not_flagged(session, gold)
 
     resp_a, resp_b = aliased(Response), aliased(Response)
     pairs_query = (
@@ -166,7 +175,7 @@ def iter_preferences(
         .outerjoin(Policy, Policy.id == resp_a.policy_id)
         .where(
             Pair.status != PairStatus.discarded,
-            Pair.route != Route.eval,
+            Pair.route.not_in(NOT_PREFERENCE_ROUTES),
             sa.exists().where(Label.pair_id == Pair.id, *label_filter),
         )
         .order_by(Pair.id)
@@ -216,6 +225,14 @@ def iter_preferences(
             )
         if len(batch) < batch_size:
             return
+
+
+def _not_flagged(session: Session, gold: GoldRule | None) -> list:
+    """The label condition that leaves out the flagged annotators' labels (none: no condition)."""
+    flagged = flagged_annotators(session=session, rule=gold)
+    if not flagged:
+        return []
+    return [sa.or_(Label.user_id.is_(None), Label.user_id.not_in(sorted(flagged)))]
 
 
 def _messages(value: Any) -> list[dict[str, str]] | None:
@@ -268,11 +285,15 @@ def _latest_suggestions(connection: sa.Connection, first_id: int, last_id: int) 
     return {pair_id: p_a for pair_id, p_a in connection.execute(query).all()}
 
 
-def proxy_labels(*, session: Session) -> list[LabeledPair]:
+def proxy_labels(*, session: Session, gold: GoldRule | None = None) -> list[LabeledPair]:
     """The labels the proxy's refit learns from, one comparison each, oldest first: every label
     of `PROXY_SOURCES` with the texts it compared (how this differs from a decided pair: see the
-    module notes)."""
-    return labeled_pairs(session=session, sources=PROXY_SOURCES)
+    module notes), but those of the annotators `gold` flags."""
+    return labeled_pairs(
+        session=session,
+        sources=PROXY_SOURCES,
+        leave_out=flagged_annotators(session=session, rule=gold),
+    )
 
 
 # seed data

@@ -8,11 +8,16 @@ expressions (`_claimable`: waiting in a queue, and `_free_for` the user): the cl
 databases, a late submit's check and the "left in the queue" counter are built from them.
 "Label, then claim the next" is `label_and_claim_next`, for the labeling page and the API alike.
 
-Two queues feed one annotator: the preference pairs (routes human and audit) and the evaluation
-pairs (route eval: two policy versions, blind), each walked through its own partial index. A claim
-takes an evaluation pair when they are due, `eval_share` of the user's recent claims (`_eval_due`),
-and otherwise a preference pair; when the queue it prefers has nothing for the user, it takes from
-the other, so neither kind waits while the other is empty.
+Three queues feed one annotator: the preference pairs (routes human and audit), the evaluation
+pairs (route eval: two policy versions, blind) and the gold pairs (route gold: a known answer, see
+storage/gold.py), each walked through its own partial index. A claim takes an evaluation pair when
+they are due, `eval_share` of the user's recent claims (`_due`), and otherwise a preference pair;
+when the queue it prefers has nothing for the user, it takes from the other, so neither kind waits
+while the other is empty. Gold pairs are mixed in the same way at `gold_rate` and tried first when
+due, but never taken for want of other work: when none is due and the other two queues are empty
+for the user, the claim finds nothing (and gold pairs are no part of the "left in the queue"
+count). At `gold_rate` 1 every claim is due a gold pair: a qualification round. A gold pair never runs out of slots (`GOLD_OVERLAP`), and like every pair it
+is never shown twice to the same user.
 
 Atomicity:
 - SQLite: every write transaction is BEGIN IMMEDIATE (storage/db.py), so transactions run one at a
@@ -46,6 +51,7 @@ from storage.db import is_sqlite, run_core
 from storage.models import (
     QUEUED_FOR_EVAL_SQL,
     QUEUED_FOR_HUMANS_SQL,
+    QUEUED_GOLD_SQL,
     Assignment,
     AssignmentStatus,
     Choice,
@@ -130,14 +136,21 @@ _PREFERENCES = _Queue(
 _EVALUATION = _Queue(
     sa.text("pair.status = 'queued' AND pair.route = 'eval'"), "INDEXED BY ix_pair_eval_claim"
 )
-_QUEUES = (_PREFERENCES, _EVALUATION)
+# Gold pairs: Pair.status == queued and Pair.route == gold.
+_GOLD = _Queue(
+    sa.text("pair.status = 'queued' AND pair.route = 'gold'"), "INDEXED BY ix_pair_gold_claim"
+)
+# The queues whose pairs count as work left ("Left in the queue"): gold pairs are no work.
+_COUNTED = (_PREFERENCES, _EVALUATION)
+_QUEUES = (*_COUNTED, _GOLD)
 assert _PREFERENCES.waiting.text.replace("pair.", "") == QUEUED_FOR_HUMANS_SQL
 assert _EVALUATION.waiting.text.replace("pair.", "") == QUEUED_FOR_EVAL_SQL
+assert _GOLD.waiting.text.replace("pair.", "") == QUEUED_GOLD_SQL
 assert {PairStatus.queued.value} | set(HUMAN_ROUTES) == {"queued", "human", "audit"}
-assert Route.eval.value == "eval"
+assert (Route.eval.value, Route.gold.value) == ("eval", "gold")
 # The claim order, the claim indexes': pairs that have some labels first (finish them), then oldest.
 _CLAIM_ORDER = (_PAIR.c.n_labels.desc(), _PAIR.c.id)
-# How many of a user's latest claims `_eval_due` weighs.
+# How many of a user's latest claims `_due` weighs.
 EVAL_SHARE_WINDOW = 100
 
 # The statements' parameters: the user asking, and the time of the claim.
@@ -246,6 +259,7 @@ def claim_next_pair(
     user_id: int,
     lease_seconds: int,
     eval_share: float = 0.0,
+    gold_rate: float = 0.0,
     rng: random.Random | None = None,
     now: datetime | None = None,
 ) -> Claim | None:
@@ -253,8 +267,9 @@ def claim_next_pair(
 
     `eval_share` (`eval.human_share`): the share of the user's claims that go to evaluation
     pairs while both queues have pairs for them (0: evaluation pairs only when no preference
-    pair is left; 1: evaluation pairs first). The A/B order shown is drawn from `rng` and kept on
-    the assignment. `now` is for tests."""
+    pair is left; 1: evaluation pairs first). `gold_rate` (`labeling.gold_rate`): the share that
+    go to gold pairs the user has not had, while there is other work for them. The A/B order
+    shown is drawn from `rng` and kept on the assignment. `now` is for tests."""
     now = now or utcnow()
     if is_sqlite(session.get_bind()):
         held = _held_lease(session, user_id, now)
@@ -272,7 +287,7 @@ def claim_next_pair(
 
     swapped = (rng or random).random() < 0.5
     expires_at = now + timedelta(seconds=lease_seconds)
-    for queue in _queue_order(session, user_id, eval_share):
+    for queue in _queue_order(session, user_id, eval_share, gold_rate):
         if is_sqlite(session.get_bind()):
             pair_id = _claim_sqlite(session, user_id, now, expires_at, swapped, queue)
             if pair_id is not None:
@@ -284,13 +299,19 @@ def claim_next_pair(
     return None
 
 
-_EVAL_WAITING = (
-    sa.select(sa.literal_column("1"))
-    .select_from(_PAIR)
-    .with_hint(_PAIR, _EVALUATION.hint, "sqlite")
-    .where(_EVALUATION.waiting)
-    .limit(1)
-)
+def _waiting(queue: _Queue) -> sa.Select:
+    """Whether any pair waits in `queue`: one index probe."""
+    return (
+        sa.select(sa.literal_column("1"))
+        .select_from(_PAIR)
+        .with_hint(_PAIR, queue.hint, "sqlite")
+        .where(queue.waiting)
+        .limit(1)
+    )
+
+
+# Whether evaluation pairs and gold pairs wait: two index probes in one statement.
+_WAITING = sa.select(_waiting(_EVALUATION).exists(), _waiting(_GOLD).exists())
 _RECENT = (
     sa.select(_ASSIGNMENT.c.pair_id)
     .where(_ASSIGNMENT.c.user_id == _USER_ID)
@@ -298,29 +319,43 @@ _RECENT = (
     .limit(EVAL_SHARE_WINDOW)
     .subquery("recent")
 )
-# (claims, evaluation claims) among the user's latest EVAL_SHARE_WINDOW
-_RECENT_MIX = sa.select(
-    sa.func.count(),
-    sa.func.coalesce(sa.func.sum(sa.case((_PAIR.c.route == Route.eval.value, 1), else_=0)), 0),
-).select_from(_RECENT.join(_PAIR, _PAIR.c.id == _RECENT.c.pair_id))
 
 
-def _eval_due(claims: int, evaluation: int, share: float) -> bool:
-    """Whether the next claim goes to an evaluation pair: when it keeps evaluation at no more
-    than `share` of the claims counted with it. So share 0.1 gives every tenth claim from the
-    first, and over any EVAL_SHARE_WINDOW claims the count stays within one of the share."""
-    return evaluation + 1 <= share * (claims + 1) + 1e-9
+def _of_route(route: Route) -> sa.ColumnElement[int]:
+    return sa.func.coalesce(sa.func.sum(sa.case((_PAIR.c.route == route.value, 1), else_=0)), 0)
 
 
-def _queue_order(session: Session, user_id: int, eval_share: float) -> tuple[_Queue, ...]:
-    """The queues in the order this claim tries them. With no evaluation pair waiting, the
-    preference queue alone, at the cost of one index probe."""
-    if run_core(session, _EVAL_WAITING).first() is None:
+# (claims, evaluation claims, gold claims) among the user's latest EVAL_SHARE_WINDOW
+_RECENT_MIX = sa.select(sa.func.count(), _of_route(Route.eval), _of_route(Route.gold)).select_from(
+    _RECENT.join(_PAIR, _PAIR.c.id == _RECENT.c.pair_id)
+)
+
+
+def _due(claims: int, of_kind: int, share: float) -> bool:
+    """Whether the next claim goes to a pair of a mixed-in kind (evaluation, gold): when it keeps
+    that kind at no more than `share` of the claims counted with it. So share 0.1 gives every
+    tenth claim from the tenth, and over any EVAL_SHARE_WINDOW claims the count stays within one
+    of the share."""
+    return of_kind + 1 <= share * (claims + 1) + 1e-9
+
+
+def _queue_order(
+    session: Session, user_id: int, eval_share: float, gold_rate: float = 0.0
+) -> tuple[_Queue, ...]:
+    """The queues in the order this claim tries them. With no evaluation or gold pair waiting,
+    the preference queue alone, at the cost of one statement of two index probes."""
+    evaluation, gold = run_core(session, _WAITING).one()
+    gold = gold and gold_rate > 0
+    if not (evaluation or gold):
         return (_PREFERENCES,)
-    claims, evaluation = run_core(session, _RECENT_MIX, {"user_id": user_id}).one()
-    if _eval_due(claims, evaluation, eval_share):
-        return (_EVALUATION, _PREFERENCES)
-    return (_PREFERENCES, _EVALUATION)
+    claims, of_eval, of_gold = run_core(session, _RECENT_MIX, {"user_id": user_id}).one()
+    order = (_PREFERENCES,)
+    if evaluation:
+        eval_first = _due(claims, of_eval, eval_share)
+        order = (_EVALUATION, _PREFERENCES) if eval_first else (_PREFERENCES, _EVALUATION)
+    if gold and _due(claims, of_gold, gold_rate):
+        order = (_GOLD, *order)
+    return order
 
 
 def _sqlite_claim_statement(queue: _Queue):
@@ -630,8 +665,8 @@ def claim_for_labeling(
     eval_share: float = 0.0,
     now: datetime | None = None,
 ) -> Claim | None:
-    """`claim_next_pair` under the labeling settings and `eval.human_share` (`eval_share`): None
-    while an admin has paused labeling."""
+    """`claim_next_pair` under the labeling settings (`gold_rate` among them) and
+    `eval.human_share` (`eval_share`): None while an admin has paused labeling."""
     if labeling.paused:
         return None
     return claim_next_pair(
@@ -639,6 +674,7 @@ def claim_for_labeling(
         user_id=user_id,
         lease_seconds=labeling.lease_seconds,
         eval_share=eval_share,
+        gold_rate=labeling.gold_rate,
         now=now,
     )
 
@@ -777,7 +813,7 @@ _COUNT_QUEUED_SHORT = {
     .select_from(_PAIR)
     .with_hint(_PAIR, queue.hint, "sqlite")
     .where(_short(queue))
-    for queue in _QUEUES
+    for queue in _COUNTED
 }
 # Of those, the ones this user cannot get (not free for them): found among the pairs they
 # claimed before and those with live leases, a few rows, never by checking every pair.
@@ -791,7 +827,7 @@ _TAKEN = (
                 sa.select(_ASSIGNMENT.c.pair_id).where(_LIVE, _ASSIGNMENT.c.expires_at > _NOW),
             )
         ),
-        sa.or_(*(_short(queue) for queue in _QUEUES)),
+        sa.or_(*(_short(queue) for queue in _COUNTED)),
         sa.not_(_free_for(_USER_ID, _NOW)),
     )
 )

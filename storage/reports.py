@@ -12,14 +12,23 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from storage.models import Choice, Job, Label, LabelSource, Pair, Route, Suggestion, utcnow
+from storage.models import (
+    NOT_PREFERENCE_ROUTES,
+    Choice,
+    Job,
+    Label,
+    LabelSource,
+    Pair,
+    Suggestion,
+    utcnow,
+)
 
 
 def labels_per_hour(
     *, session: Session, hours: int = 48, now: datetime | None = None
 ) -> list[dict[str, Any]]:
     """[{hour, source, labels}] for the last `hours` hours (hours without labels are absent);
-    votes on evaluation pairs count as source "eval"."""
+    votes on evaluation pairs count as source "eval", labels on gold pairs as "gold"."""
     since = (now or utcnow()) - timedelta(hours=hours)
     rows = session.exec(
         select(Label.created_at, Label.source, Pair.route)
@@ -28,7 +37,7 @@ def labels_per_hour(
     ).all()
     counts: dict[tuple[datetime, str], int] = defaultdict(int)
     for created, source, route in rows:
-        kind = "eval" if route == Route.eval else str(source)
+        kind = str(route) if route in NOT_PREFERENCE_ROUTES else str(source)
         counts[(created.replace(minute=0, second=0, microsecond=0), kind)] += 1
     return [
         {"hour": hour, "source": source, "labels": n}
@@ -44,7 +53,7 @@ def human_labels_per_iteration(*, session: Session) -> dict[int, int]:
         .where(
             Label.source == LabelSource.human,
             Pair.iteration_id.is_not(None),
-            Pair.route != Route.eval,
+            Pair.route.not_in(NOT_PREFERENCE_ROUTES),
         )
         .group_by(Pair.iteration_id)
     )
@@ -62,11 +71,12 @@ def _preferred(choice: Choice) -> str:
 def agreement_per_iteration(*, session: Session) -> list[dict[str, Any]]:
     """[{iteration_id, kind, agreement, n}] with kind "human-human" (pairs of humans on the same
     pair choosing the same) and "human-proxy" (a human choosing the side the proxy's P favoured).
-    Ties and both-bad count as their own answer. Votes on evaluation pairs are left out."""
+    Ties and both-bad count as their own answer. Votes on evaluation pairs and labels on gold
+    pairs are left out."""
     labels = session.exec(
         select(Pair.iteration_id, Label.pair_id, Label.choice)
         .join(Pair, Pair.id == Label.pair_id)
-        .where(Label.source == LabelSource.human, Pair.route != Route.eval)
+        .where(Label.source == LabelSource.human, Pair.route.not_in(NOT_PREFERENCE_ROUTES))
     ).all()
     suggestions = dict(session.exec(select(Suggestion.pair_id, Suggestion.p_a)).all())
     by_pair: dict[int, list[str]] = defaultdict(list)

@@ -175,6 +175,29 @@ class LabelingSettings(Section):
     lease_seconds: int = Field(600, ge=10, description="A claimed pair returns to the queue.")
     suggestion_mode: Literal["shown", "after_vote", "off"] = "after_vote"
     paused: bool = False
+    gold_rate: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="Share of each annotator's claims that go to gold pairs (known answers, "
+        "`prefloop gold import`) they have not had, while there is other work for them.",
+    )
+    min_gold_accuracy: float = Field(
+        0.8,
+        ge=0.0,
+        le=1.0,
+        description="An annotator whose gold accuracy is below this (after min_gold_seen gold "
+        "pairs) is flagged: with gold_filter on, their labels are left out of DPO, the "
+        "proxy's refit and the export until an admin lifts the flag.",
+    )
+    min_gold_seen: int = Field(
+        10, ge=1, description="Gold pairs an annotator labels before their accuracy may flag them."
+    )
+    gold_filter: bool = Field(
+        True,
+        description="Leave flagged annotators' labels out of DPO data, the proxy's refit and the "
+        "export (off: flag them only).",
+    )
 
 
 class LoopSettings(Section):
@@ -564,6 +587,10 @@ EDITABLE_KEYS: tuple[str, ...] = (
     "labeling.overlap",
     "labeling.suggestion_mode",
     "labeling.paused",
+    "labeling.gold_rate",
+    "labeling.min_gold_accuracy",
+    "labeling.min_gold_seen",
+    "labeling.gold_filter",
     "loop.human_quota",
     "loop.interval_minutes",
     "loop.data_scope",

@@ -115,11 +115,17 @@ def preference_records(rows: Iterable[Any], *, chat: bool) -> list[dict[str, Any
     return records
 
 
-def load_preferences(*, engine, iterations: list[int] | None, with_seed: bool = False) -> list[Any]:
+def load_preferences(
+    *, engine, iterations: list[int] | None, with_seed: bool = False, gold: Any = None
+) -> list[Any]:
+    """The decided pairs DPO trains on (`storage.preferences.iter_preferences`); `gold`: a
+    `storage.gold.GoldRule` whose flagged annotators' labels do not count."""
     from storage.preferences import iter_preferences
 
     with transaction(engine, readonly=True) as session:
-        rows = iter_preferences(session=session, iterations=iterations, with_seed=with_seed)
+        rows = iter_preferences(
+            session=session, iterations=iterations, with_seed=with_seed, gold=gold
+        )
         return list(rows)
 
 

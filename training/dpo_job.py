@@ -44,6 +44,7 @@ from typing import Any
 
 from storage import crud, jobs
 from storage.db import make_engine, transaction
+from storage.gold import GoldRule
 from storage.models import IterationState, JobStatus, Policy, PolicyStatus
 from storage.settings import Settings, load_settings
 from training.dpo import load_preferences, preference_records, train
@@ -155,6 +156,7 @@ def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
         engine=engine,
         iterations=params.get("iterations"),
         with_seed=bool(params.get("with_seed")),
+        gold=GoldRule.filtering(settings.labeling),
     )
     if not rows:
         raise RuntimeError(f"no preferences to train on (iterations {params.get('iterations')})")

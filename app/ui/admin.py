@@ -1,10 +1,12 @@
-"""The admin view: tabs for the loop, settings, users, data, plots and the human evaluation. Every handler in the tab
+"""The admin view: tabs for the loop, settings, users, data, plots, the human evaluation and the
+annotators (gold accuracy, gold pairs). Every handler in the tab
 modules checks for an admin itself (`require_user(..., role=Role.admin)`)."""
 
 from __future__ import annotations
 
 import gradio as gr
 
+from app.ui.admin_annotators import build_annotators
 from app.ui.admin_data import build_data
 from app.ui.admin_eval import build_eval
 from app.ui.admin_loop import build_loop
@@ -37,6 +39,8 @@ def build_admin(ctx: AppContext) -> gr.Blocks:
                 loaders.append(build_plots(ctx))
             with gr.Tab("Evaluation", id="evaluation"):
                 loaders.append(build_eval(ctx))
+            with gr.Tab("Annotators", id="annotators"):
+                loaders.append(build_annotators(ctx))
         blocks.load(show, None, [header], api_name="show", **DIRECT)
         for i, (refresh, outputs) in enumerate(loaders):
             blocks.load(refresh, None, outputs, api_name=f"load_{i}", **DIRECT)

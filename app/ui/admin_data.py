@@ -1,6 +1,6 @@
 """Admin view, data: prompt upload (JSONL, JSON, CSV or Parquet, all or nothing, errors with the
 line or row) and the preference export download, with the CLI's filters (sources, iterations,
-min agreement, annotators, split)."""
+min agreement, annotators, split, whether annotators flagged by their gold accuracy count)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from app.ui.guard import AppContext, require_user
 from app.ui.render import escape
 from storage import crud
 from storage.db import transaction
+from storage.gold import GoldRule
 from storage.models import Role, Split
 from storage.preferences import ALL_SOURCES
 
@@ -72,6 +73,7 @@ def read_export_filters(
     min_agreement: Any,
     annotators: Any,
     split: Any,
+    include_flagged: Any = False,
 ) -> ExportFilters:
     """The export panel's inputs as ExportFilters, or ValueError naming the field. Everything is
     checked here: a Gradio event can be called with any values, whatever the page allows."""
@@ -97,6 +99,10 @@ def read_export_filters(
     names = _items(annotators, "Annotators")
     if split not in SPLITS:
         raise ValueError(f"Split: expected one of {', '.join(SPLITS)}, got {split!r}")
+    if include_flagged is not None and not isinstance(include_flagged, bool):
+        raise ValueError(
+            f"Include flagged annotators: expected true or false, got {include_flagged!r}"
+        )
     with transaction(ctx.rt.engine, readonly=True) as session:
         known_ks = {iteration.k for iteration in crud.list_iterations(session=session)}
         known_names = {user.name for user in crud.list_users(session=session)}
@@ -110,6 +116,7 @@ def read_export_filters(
         min_agreement=float(min_agreement),
         annotators=names or None,
         split=None if split == "all" else Split(split),
+        gold=None if include_flagged else GoldRule.filtering(ctx.rt.effective_settings().labeling),
     )
 
 
@@ -130,6 +137,7 @@ def build_data(ctx: AppContext):
         min_agreement: float | None,
         annotators: str,
         split: str,
+        include_flagged: bool,
         request: gr.Request,
     ):
         admin = require_user(ctx, request, role=Role.admin)
@@ -143,6 +151,7 @@ def build_data(ctx: AppContext):
                 min_agreement=min_agreement,
                 annotators=annotators,
                 split=split,
+                include_flagged=include_flagged,
             )
             result = export_file(engine=ctx.rt.engine, format=fmt, layout=layout, filters=filters)
         except ValueError as exc:  # ExportError too: nothing to export
@@ -189,6 +198,11 @@ def build_data(ctx: AppContext):
                     0.0, minimum=0.0, maximum=1.0, step=0.05, label="Min agreement"
                 )
                 split = gr.Dropdown(list(SPLITS), value="all", label="Split (of the prompts)")
+            include_flagged = gr.Checkbox(
+                False,
+                label="Include annotators flagged by their gold accuracy",
+                elem_id="pf-export-flagged",
+            )
             export_button = gr.Button("Export", elem_id="pf-export")
             export_result = html(elem_id="pf-export-result")
             download = gr.File(label="Download", interactive=False, elem_id="pf-download")
@@ -197,7 +211,7 @@ def build_data(ctx: AppContext):
     )
     export_button.click(
         export,
-        [fmt, layout, sources, iterations, min_agreement, annotators, split],
+        [fmt, layout, sources, iterations, min_agreement, annotators, split, include_flagged],
         [export_result, download],
         api_name="export",
         **DIRECT,

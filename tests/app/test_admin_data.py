@@ -53,16 +53,20 @@ def test_the_filters_reach_the_download(ctx, export):
     as_boss = _as_user(ctx, users["boss"])
     everything = ["human", "proxy", "seed"]
 
-    message, path = export("jsonl", "standard", everything, " 1 ", 0.9, "", "all", as_boss)
+    message, path = export("jsonl", "standard", everything, " 1 ", 0.9, "", "all", False, as_boss)
     assert "1 preference pairs exported" in message
     assert [r["pair_id"] for r in _exported(path)] == [ids["p2"]]
-    message, path = export("jsonl", "standard", ["human"], "", 0, "alice, ", "train", as_boss)
+    message, path = export(
+        "jsonl", "standard", ["human"], "", 0, "alice, ", "train", False, as_boss
+    )
     rows = _exported(path)
     assert [(r["pair_id"], r["annotators"]) for r in rows] == [
         (ids["p0"], ["alice"]),
         (ids["p3"], ["alice"]),
     ]
-    message, path = export("jsonl", "standard", ["proxy"], "0,1", None, None, "eval", as_boss)
+    message, path = export(
+        "jsonl", "standard", ["proxy"], "0,1", None, None, "eval", False, as_boss
+    )
     assert path is None and "nothing to export" in message
     audits = _export_audits(ctx)
     assert [(a["iterations"], a["min_agreement"], a["split"]) for a in audits] == [
@@ -87,6 +91,7 @@ def test_the_filters_reach_the_download(ctx, export):
         ({"split": "test"}, "Split"),
         ({"sources": []}, "Sources: pick at least one"),
         ({"sources": ["human", "crowd"]}, "Sources: expected some of"),
+        ({"include_flagged": "yes"}, "Include flagged annotators"),
     ],
 )
 def test_a_bad_filter_is_refused_naming_its_field(ctx, export, change, field):
@@ -98,6 +103,7 @@ def test_a_bad_filter_is_refused_naming_its_field(ctx, export, change, field):
         "min_agreement": 0.0,
         "annotators": "",
         "split": "all",
+        "include_flagged": False,
     }
     inputs.update(change)
     message, path = export(
@@ -108,6 +114,7 @@ def test_a_bad_filter_is_refused_naming_its_field(ctx, export, change, field):
         inputs["min_agreement"],
         inputs["annotators"],
         inputs["split"],
+        inputs["include_flagged"],
         _as_user(ctx, users["boss"]),
     )
     assert path is None and 'class="pf-error"' in message
@@ -119,7 +126,9 @@ def test_an_annotator_is_refused(ctx, export):
     seed_for_filters(ctx.rt.engine)
     users = seed_users(ctx.rt, {"ann": Role.annotator})
     with pytest.raises(Refused, match="Admins only"):
-        export("jsonl", "standard", ["human"], "", 0.0, "", "all", _as_user(ctx, users["ann"]))
+        export(
+            "jsonl", "standard", ["human"], "", 0.0, "", "all", False, _as_user(ctx, users["ann"])
+        )
     assert _export_audits(ctx) == []
 
 

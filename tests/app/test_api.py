@@ -15,7 +15,7 @@ from sqlmodel import select
 from app import api
 from app.auth import generate_token, hash_token
 from app.throttle import SignInThrottle
-from storage import crud
+from storage import crud, gold
 from storage.db import transaction
 from storage.models import Choice, Label, LabelSource, Role
 from storage.runtime import Runtime
@@ -53,6 +53,10 @@ def world(engine, tmp_path):
         session.add(Label(pair_id=pairs[0].id, source=LabelSource.proxy, choice=Choice.a))
         pair_ids = [p.id for p in pairs]
         seed_evaluation_vote(session)
+        gold.add_gold_pairs(
+            session=session,
+            items=[gold.GoldIn(crud.PromptIn("a gold prompt"), "good", "bad", Choice.a)],
+        )
     client = TestClient(build_app(engine, tmp_path))
     return client, tokens, pair_ids
 
@@ -93,12 +97,29 @@ ROUTES = {
     "leaderboard": ("GET", "/api/v1/leaderboard", None, True),
     "eval_pairs": ("POST", "/api/v1/eval/pairs", {"a": 1, "b": 0}, True),
     "eval_votes": ("GET", "/api/v1/eval/votes?format=jsonl", None, True),
+    "gold_import": (
+        "POST",
+        "/api/v1/gold",
+        {"pairs": [{"prompt": "p", "a": "x", "b": "y", "answer": "b"}]},
+        True,
+    ),
+    "gold_mark": ("POST", "/api/v1/pairs/{pair}/gold", {"answer": "a"}, True),
+    "gold_unmark": ("DELETE", "/api/v1/pairs/{gold}/gold", None, True),
+    "gold_annotators": ("GET", "/api/v1/gold/annotators", None, True),
+    "gold_lift": ("POST", "/api/v1/gold/annotators/{name}/lift", None, True),
 }
+# What an admin gets where it is not 200.
+ADMIN_STATUS = {"eval_pairs": 202, "gold_mark": 204, "gold_unmark": 204, "gold_lift": 204}
+
+
+def gold_pair_id(engine) -> int:
+    with transaction(engine, readonly=True) as session:
+        return max(gold.gold_answers(session=session))
 
 
 @pytest.mark.parametrize("route", list(ROUTES))
 @pytest.mark.parametrize("who", ["anonymous", "bad token", "disabled", "annotator", "admin"])
-def test_every_route_authorizes_every_caller(world, route, who):
+def test_every_route_authorizes_every_caller(world, engine, route, who):
     client, tokens, pair_ids = world
     method, path, body, admin_only = ROUTES[route]
     if who == "anonymous":
@@ -108,14 +129,14 @@ def test_every_route_authorizes_every_caller(world, route, who):
     if route in ("label", "skip") and who in ("annotator", "admin"):
         claimed = client.get("/api/v1/pairs/next", headers=headers).json()["pair"]
         path = path.format(pair=claimed["pair_id"])
-    path = path.format(pair=pair_ids[0])
+    path = path.format(pair=pair_ids[0], gold=gold_pair_id(engine), name="ann")
     response = client.request(method, path, json=body, headers=headers)
     expected = {
         "anonymous": 401,
         "bad token": 401,
         "disabled": 403,
         "annotator": 403 if admin_only else 200,
-        "admin": 202 if route == "eval_pairs" else 200,
+        "admin": ADMIN_STATUS.get(route, 200),
     }[who]
     assert response.status_code == expected, response.text
     if expected == 401:
@@ -128,7 +149,10 @@ def test_the_spec_is_public_and_lists_every_route(world):
     client, _, _ = world
     spec = client.get("/api/v1/openapi.json").json()
     assert sorted(spec["paths"]) == sorted(
-        path.split("?")[0].replace("{pair}", "{pair_id}") for _, path, _, _ in ROUTES.values()
+        {
+            path.split("?")[0].replace("{pair}", "{pair_id}").replace("{gold}", "{pair_id}")
+            for _, path, _, _ in ROUTES.values()
+        }
     )
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
@@ -151,6 +175,11 @@ def test_the_spec_lists_the_errors_each_route_answers(world):
         ("GET", "/api/v1/leaderboard"): [401, 403, 429],
         ("POST", "/api/v1/eval/pairs"): [202, 401, 403, 404, 422, 429],
         ("GET", "/api/v1/eval/votes"): [401, 403, 404, 422, 429],
+        ("POST", "/api/v1/gold"): [401, 403, 422, 429],
+        ("POST", "/api/v1/pairs/{pair_id}/gold"): [204, 401, 403, 404, 409, 422, 429],
+        ("DELETE", "/api/v1/pairs/{pair_id}/gold"): [204, 401, 403, 404, 422, 429],
+        ("GET", "/api/v1/gold/annotators"): [401, 403, 429],
+        ("POST", "/api/v1/gold/annotators/{name}/lift"): [204, 401, 403, 404, 422, 429],
     }
     paused = paths["/api/v1/pairs/next"]["get"]["responses"]["409"]
     assert "paused" in paused["description"]
@@ -414,6 +443,7 @@ def test_schemathesis_finds_no_server_error(engine, tmp_path, mode):
         session.add(Label(pair_id=pairs[0].id, source=LabelSource.proxy, choice=Choice.b))
     schema = schemathesis.openapi.from_asgi("/openapi.json", build_app(engine, tmp_path))
     operations = [result.ok() for result in schema.get_all_operations()]
+    # one operation per route (two routes share a path)
     assert len(operations) == len(ROUTES)
     for operation in operations:
 
@@ -478,3 +508,70 @@ def test_the_leaderboard_the_votes_and_a_request_for_evaluation_pairs(world, eng
     assert job.kind == "eval_pairs" and job.status == "queued"
     assert job.params == {"a": 1, "b": 0, "prompts": 5, "requested_by": job.params["requested_by"]}
     assert actions.count("eval.export") == 2 and actions.count("eval.request") == 1
+
+
+def test_gold_pairs_through_the_api_imported_marked_measured_lifted_and_audited(world, engine):
+    from storage.models import Audit, Pair, Response, Route
+
+    client, tokens, pair_ids = world
+    admin, ann = auth(tokens["admin"]), auth(tokens["annotator"])
+    rows = [
+        {"prompt": f"question {i}", "a": f"good {i}", "b": f"bad {i}", "answer": "a"}
+        for i in range(3)
+    ]
+    imported = client.post("/api/v1/gold", json={"pairs": rows + rows[:1]}, headers=admin)
+    assert imported.json() == {"added": 3, "skipped": 1}
+    same = client.post(
+        "/api/v1/gold",
+        json={"pairs": [{"prompt": "p", "a": "x", "b": "x", "answer": "a"}]},
+        headers=admin,
+    )
+    assert same.status_code == 422 and "pairs[0].b" in same.json()["detail"]
+    bad = client.post(
+        "/api/v1/gold",
+        json={"pairs": [{"prompt": "p", "a": "x", "b": "y", "answer": "left"}]},
+        headers=admin,
+    )
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == [
+        "body",
+        "pairs",
+        0,
+        "answer",
+    ]
+    marked = client.post(f"/api/v1/pairs/{pair_ids[1]}/gold", json={"answer": "b"}, headers=admin)
+    assert marked.status_code == 204
+    again = client.post(f"/api/v1/pairs/{pair_ids[1]}/gold", json={"answer": "b"}, headers=admin)
+    assert again.status_code == 409 and "gold pair already" in again.json()["detail"]
+    missing = client.post("/api/v1/pairs/999999/gold", json={"answer": "a"}, headers=admin)
+    assert missing.status_code == 404
+
+    # ann labels two gold pairs the wrong way (a qualification round: gold_rate 1)
+    with transaction(engine) as session:
+        crud.set_overrides(session=session, values={"labeling.gold_rate": 1.0}, user_id=None)
+    for _ in range(2):
+        pair = client.get("/api/v1/pairs/next", headers=ann).json()["pair"]
+        with transaction(engine, readonly=True) as session:
+            stored = session.get(Pair, pair["pair_id"])
+            assert stored.route == Route.gold
+            answer = gold.gold_answers(session=session)[pair["pair_id"]]
+            text_a = session.get(Response, stored.response_a_id).text
+        a_side = "left" if pair["left"] == text_a else "right"
+        wrong = {"left": "right", "right": "left"}[a_side] if answer == "a" else a_side
+        client.post(f"/api/v1/pairs/{pair['pair_id']}/label", json={"choice": wrong}, headers=ann)
+    standing = client.get("/api/v1/gold/annotators", headers=admin).json()
+    (row,) = standing
+    assert (row["name"], row["gold_seen"], row["gold_correct"], row["flagged"]) == (
+        "ann",
+        2,
+        0,
+        False,  # min_gold_seen is 10
+    )
+    assert client.post("/api/v1/gold/annotators/nobody/lift", headers=admin).status_code == 404
+    assert client.post("/api/v1/gold/annotators/ann/lift", headers=admin).status_code == 204
+    assert client.delete(f"/api/v1/pairs/{pair_ids[1]}/gold", headers=admin).status_code == 204
+    assert client.delete(f"/api/v1/pairs/{pair_ids[1]}/gold", headers=admin).status_code == 404
+    with transaction(engine, readonly=True) as session:
+        actions = [a.action for a in session.exec(select(Audit)) if a.action.startswith("gold.")]
+        since = session.exec(select(crud.User).where(crud.User.name == "ann")).one().gold_since
+    assert actions == ["gold.import", "gold.mark", "gold.lift", "gold.remove"]
+    assert since is not None

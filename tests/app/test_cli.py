@@ -245,7 +245,14 @@ def test_status_json_is_the_same_text_whatever_the_hash_seed(data_dir):
     ]
     assert outputs[0] == outputs[1]
     report = json.loads(outputs[0])
-    assert list(report) == ["counts", "labels", "evaluation", "deployed_policy", "iteration"]
+    assert list(report) == [
+        "counts",
+        "labels",
+        "evaluation",
+        "gold",
+        "deployed_policy",
+        "iteration",
+    ]
     assert report["evaluation"] == {"queued": 0, "votes": 0}
     assert list(report["iteration"]) == ["k", "state", "error"]
     assert list(report["deployed_policy"]) == ["version", "path", "status"]

@@ -371,3 +371,45 @@ def test_bad_seed_rows_name_the_field(tmp_path, row, message):
     with pytest.raises(ImportFileError) as info:
         read_preferences(path)
     assert f"p.jsonl, line 2, {message}" in str(info.value)
+
+
+def test_gold_pairs_from_jsonl_and_csv_with_their_answers(tmp_path):
+    from labeling.importing import read_gold
+    from storage.models import Choice
+
+    rows = [
+        {"prompt": "hi?", "a": "hello", "b": "go away", "answer": "a"},
+        {"prompt": CHAT, "a": [assistant("sure")], "b": "no", "answer": "Both bad"},
+    ]
+    items = read_gold(write_jsonl(tmp_path / "g.jsonl", rows))
+    assert [(i.prompt.text, i.a, i.b, i.answer) for i in items] == [
+        ("hi?", "hello", "go away", Choice.a),
+        ("hi?", "sure", "no", Choice.both_bad),
+    ]
+    assert items[1].prompt.messages == CHAT
+    csv_rows = [["q", "first", "second", "gold"], ["x?", "1", "2", "B"]]
+    (item,) = read_gold(
+        write_csv(tmp_path / "g.csv", csv_rows),
+        prompt_field="q",
+        a_field="first",
+        b_field="second",
+        answer_field="gold",
+    )
+    assert (item.a, item.b, item.answer) == ("1", "2", Choice.b)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"prompt": "p", "a": "x", "b": "y"}, "line 2, field 'answer': missing"),
+        ({"prompt": "p", "a": "x", "b": "y", "answer": "left"}, "field 'answer': expected one of"),
+        ({"prompt": "p", "a": "x", "b": "x", "answer": "a"}, "field 'b': the same text as 'a'"),
+        ({"prompt": "", "a": "x", "b": "y", "answer": "a"}, "field 'prompt': missing"),
+    ],
+)
+def test_bad_gold_rows_name_the_line_and_field(tmp_path, row, message):
+    from labeling.importing import ImportFileError, read_gold
+
+    good = {"prompt": "p", "a": "x", "b": "y", "answer": "a"}
+    with pytest.raises(ImportFileError, match=message):
+        read_gold(write_jsonl(tmp_path / "g.jsonl", [good, row]))

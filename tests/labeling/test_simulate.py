@@ -58,3 +58,51 @@ def test_both_bad_below_a_threshold_in_the_judges_units(engine, tmp_path):
         both_bad_below=0.0,
     )
     assert _labels(engine) == [Choice.both_bad] * 4
+
+
+def test_a_careless_annotator_answers_at_random_and_gold_pairs_catch_it(engine, tmp_path):
+    """Three annotators with a judge that is always right (noise 0); sim-3 answers at random on
+    every pair (careless 1.0). Gold pairs come at gold_rate 1 (a qualification round): the two
+    careful ones get every one right, sim-3 about a quarter, and only sim-3 is flagged."""
+    from storage import gold
+    from storage.crud import PromptIn
+    from storage.gold import GoldIn, GoldRule
+
+    with transaction(engine) as session:
+        make_pairs(session, 30)
+        gold.add_gold_pairs(
+            session=session,
+            items=[GoldIn(PromptIn(f"gold {i}"), "good reply", "bad", Choice.a) for i in range(12)],
+        )
+    settings = load_settings(tmp_path)
+    settings.labeling.gold_rate = 1.0
+
+    def length_judge(prompt: str, response: str) -> float:
+        return float(len(response))
+
+    with_random = simulate_labels(
+        engine=engine,
+        settings=settings,
+        annotators=3,
+        noise=0,
+        judge=length_judge,
+        max_labels=36,
+        careless={3: 1.0},
+        seed=1,
+    )
+    assert with_random == 36
+    with transaction(engine, readonly=True) as session:
+        standing = {s.name: s for s in gold.gold_standing(session=session, rule=GoldRule(0.8, 10))}
+    assert {name: s.seen for name, s in standing.items()} == {"sim-1": 12, "sim-2": 12, "sim-3": 12}
+    assert standing["sim-1"].correct == standing["sim-2"].correct == 12
+    assert standing["sim-3"].correct <= 6  # 12 coin flips over four answers: about 3
+    assert [name for name, s in standing.items() if s.flagged] == ["sim-3"]
+
+
+def test_careless_names_an_annotator_that_exists(engine, tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="no annotator sim-4"):
+        simulate_labels(
+            engine=engine, settings=load_settings(tmp_path), annotators=3, careless={4: 0.5}
+        )

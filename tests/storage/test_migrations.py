@@ -185,3 +185,44 @@ def test_evaluation_pairs_migrate_down_and_up_without_touching_other_rows(engine
     with transaction(engine) as session:  # the route is allowed again, the labels still there
         make_pairs(session, 1, route=Route.eval, strategy=PairStrategy.eval)
     assert (count("pair"), count("label")) == (3, 2)
+
+
+def test_gold_pairs_migrate_down_and_up_with_marked_pairs_put_back(engine):
+    """0006 adds the gold route, table and user.gold_since; its downgrade gives a marked pair
+    its route, status and overlap back, removes the imported gold pairs with their labels, and
+    leaves every other row."""
+    from alembic import command
+
+    from storage import gold
+    from storage.crud import PromptIn
+    from storage.db import migrations_config, transaction
+    from storage.models import Choice, Label, LabelSource
+    from tests.factories import make_pairs, make_user
+
+    with transaction(engine) as session:
+        user = make_user(session)
+        kept, marked = make_pairs(session, 2, overlap=3)
+        gold.add_gold_pairs(
+            session=session, items=[gold.GoldIn(PromptIn("gold?"), "yes", "no", Choice.a)]
+        )
+        gold.mark_gold(session=session, pair_id=marked.id, answer="b", user_id=user.id)
+        for pair_id in (kept.id, marked.id, max(gold.gold_answers(session=session))):
+            session.add(
+                Label(pair_id=pair_id, user_id=user.id, source=LabelSource.human, choice=Choice.a)
+            )
+
+    def rows(query):
+        with engine.connect() as connection:
+            return [tuple(row) for row in connection.exec_driver_sql(query)]
+
+    assert rows("SELECT count(*) FROM pair") == [(3,)]
+    command.downgrade(migrations_config(engine), "0005")
+    assert current_revision(engine) == "0005"
+    assert rows("SELECT id, route, status, overlap FROM pair ORDER BY id") == [
+        (kept.id, "human", "queued", 3),
+        (marked.id, "human", "queued", 3),
+    ]
+    assert rows("SELECT count(*) FROM label") == [(2,)]
+    assert rows("SELECT count(*) FROM response") == [(4,)]
+    upgrade(engine)
+    test_migrations_from_empty_match_the_models(engine)

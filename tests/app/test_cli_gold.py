@@ -1,0 +1,70 @@
+"""prefloop gold import / mark / unmark / status / lift, against a real data directory."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sqlmodel import select
+
+from storage import gold, queue
+from storage.db import transaction
+from storage.models import Audit, Pair, Route
+from storage.runtime import open_runtime
+from tests.app.test_cli import run, status
+from tests.factories import make_pairs, make_user
+from tests.labeling.test_importing import write_jsonl
+
+
+@pytest.fixture
+def data_dir(tmp_path, monkeypatch, database):
+    monkeypatch.delenv("PREFLOOP_ADMIN_PASSWORD", raising=False)
+    path = tmp_path / "data"
+    run("init", "--data-dir", str(path))
+    return str(path)
+
+
+def test_gold_import_mark_status_lift_unmark_all_audited(data_dir, tmp_path):
+    rows = [{"prompt": f"q{i}", "a": f"good {i}", "b": f"bad {i}", "answer": "a"} for i in range(3)]
+    path = write_jsonl(tmp_path / "gold.jsonl", rows + rows[:1])
+    out = run("gold", "import", str(path), "--data-dir", data_dir).output
+    assert "3 gold pairs added, 1 duplicates skipped" in out
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"prompt": "q", "a": "x", "b": "y", "answer": "?"}])
+    failed = run("gold", "import", str(bad), "--data-dir", data_dir, ok=False)
+    assert failed.exit_code == 1 and "line 1, field 'answer'" in failed.output
+
+    engine = open_runtime(data_dir).engine
+    with transaction(engine) as session:
+        ann = make_user(session, name="ann").id
+        pair_id = make_pairs(session, 1)[0].id
+    run("gold", "mark", str(pair_id), "--answer", "b", "--data-dir", data_dir)
+    again = run("gold", "mark", str(pair_id), "--answer", "b", "--data-dir", data_dir, ok=False)
+    assert "gold pair already" in again.output
+    wrong = run("gold", "mark", str(pair_id), "--answer", "left", "--data-dir", data_dir, ok=False)
+    assert "--answer 'left'" in wrong.output
+
+    with transaction(engine) as session:  # ann gets one gold pair wrong
+        claim = queue.claim_next_pair(session=session, user_id=ann, lease_seconds=60, gold_rate=1)
+        answer = gold.gold_answers(session=session)[claim.pair_id]
+        a_left = not claim.swapped
+        choice = "right" if (answer == "a") == a_left else "left"
+        queue.submit_label(session=session, user_id=ann, pair_id=claim.pair_id, shown_choice=choice)
+    report = json.loads(run("gold", "status", "--json", "--data-dir", data_dir).output)
+    assert report["gold_pairs"] == 4 and report["gold_labels"] == 1
+    (row,) = report["annotators"]
+    assert (row["name"], row["gold_seen"], row["gold_correct"], row["flagged"]) == (
+        "ann",
+        1,
+        0,
+        False,
+    )
+    text = run("gold", "status", "--data-dir", data_dir).output
+    assert "4 gold pairs, 1 gold labels" in text and "ann" in text
+    assert status(data_dir)["gold"] == {"pairs": 4, "labels": 1}
+    assert "no user 'bob'" in run("gold", "lift", "bob", "--data-dir", data_dir, ok=False).output
+    run("gold", "lift", "ann", "--data-dir", data_dir)
+    run("gold", "unmark", str(pair_id), "--data-dir", data_dir)
+    with transaction(engine, readonly=True) as session:
+        assert session.get(Pair, pair_id).route == Route.human
+        actions = [a.action for a in session.exec(select(Audit)) if a.action.startswith("gold.")]
+    assert actions == ["gold.import", "gold.mark", "gold.lift", "gold.remove"]
