@@ -766,3 +766,107 @@ def gold_lift(
     except crud.NotFound as exc:
         raise HTTPException(404, str(exc)) from None
     return Response(status_code=204)
+
+
+# disagreement review (admins)
+
+
+class ReviewLabelOut(BaseModel):
+    annotator: str | None = Field(description="Null for a proxy or seed label.")
+    source: str = Field(description="human, proxy, seed, or review (an admin's decision).")
+    choice: str = Field(description="About the pair's stored a and b.")
+    reason: str | None
+    seconds: float | None
+    created_at: datetime
+
+
+class ReviewPairOut(BaseModel):
+    pair_id: int
+    route: str
+    status: str
+    iteration_id: int | None
+    prompt: str
+    prompt_messages: list[dict[str, str]] | None
+    a: str
+    b: str
+    gold_answer: str | None
+    labels: list[ReviewLabelOut]
+
+
+class DisagreementsOut(BaseModel):
+    total: int = Field(description="Pairs whose human labels disagree (settled ones left out).")
+    pairs: list[ReviewPairOut] = Field(description="The oldest first, from `offset`.")
+
+
+class DecisionIn(BaseModel):
+    choice: Literal["a", "b", "tie", "both_bad"] = Field(
+        description="About the pair's stored a and b (not a shown order)."
+    )
+    note: str | None = Field(None, max_length=2000, description="Why (kept with the decision).")
+
+    @field_validator("note")
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+
+@router.get("/review/disagreements", response_model=DisagreementsOut, responses=ERRORS)
+def review_disagreements(
+    request: Request,
+    user: CurrentUser,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    offset: Annotated[int, Query(ge=0, le=MAX_ID)] = 0,
+    include_settled: bool = False,
+) -> DisagreementsOut:
+    """The pairs whose human labels disagree, with both texts, every label and its reason
+    (admins)."""
+    from labeling.review import detail_record, disputed
+
+    require_admin(user)
+    rt = get_runtime(request)
+    total, pairs = disputed(
+        engine=rt.engine, limit=limit, offset=offset, include_settled=include_settled
+    )
+    return DisagreementsOut(total=total, pairs=[ReviewPairOut(**detail_record(p)) for p in pairs])
+
+
+@router.post(
+    "/pairs/{pair_id}/decision",
+    status_code=204,
+    responses={
+        **ERRORS,
+        404: {"model": ApiError, "description": "No such pair."},
+        409: {
+            "model": ApiError,
+            "description": "An evaluation or gold pair, withdrawn, or one you labeled yourself.",
+        },
+    },
+)
+def review_decision(
+    request: Request,
+    user: CurrentUser,
+    body: DecisionIn,
+    pair_id: Annotated[int, Path(ge=1, le=MAX_ID)],
+) -> Response:
+    """Settle a pair (admins): your choice decides it for DPO training and the export, whatever
+    its labels say; a new decision replaces the last. Audited."""
+    from labeling.review import settle
+
+    require_admin(user)
+    rt = get_runtime(request)
+    try:
+        settle(
+            engine=rt.engine,
+            pair_id=pair_id,
+            choice=body.choice,
+            user_id=user.id,
+            via="api",
+            note=body.note,
+        )
+    except crud.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except crud.Conflict as exc:
+        raise HTTPException(409, str(exc)) from None
+    return Response(status_code=204)

@@ -10,7 +10,16 @@ from typing import Annotated
 
 import typer
 
-from app import cli_data, cli_eval, cli_gold, cli_labeling, cli_serve, cli_training, cli_worker
+from app import (
+    cli_data,
+    cli_eval,
+    cli_gold,
+    cli_labeling,
+    cli_review,
+    cli_serve,
+    cli_training,
+    cli_worker,
+)
 from app.cli_common import DataDir, data_dir_flag, fail, runtime
 from storage import crud, evaluation, gold
 from storage.db import transaction, upgrade
@@ -32,6 +41,7 @@ cli.add_typer(users_cli, name="users")
 cli.add_typer(prompts_cli, name="prompts")
 cli.add_typer(cli_worker.worker_cli, name="worker")
 cli.add_typer(cli_gold.gold_cli, name="gold")
+cli.add_typer(cli_review.review_cli, name="review")
 
 
 DEMOS = ("chat", "support")

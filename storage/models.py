@@ -104,6 +104,9 @@ class LabelSource(StrEnum):
     human = "human"
     proxy = "proxy"
     seed = "seed"  # imported preference datasets
+    # An admin's decision on a pair whose labels disagree (storage/review.py): it alone decides
+    # the pair for training and export. Its user is the admin.
+    review = "review"
 
 
 class Choice(StrEnum):

@@ -5,6 +5,8 @@ One rule decides a pair, for DPO training and the dataset export alike:
 - Only labels from the selected `sources` count. When a pair has labels from several of them, the
   most trusted source decides alone: human, then seed, then proxy (an audited pair's human
   labels overrule the proxy's). `source` in the row names it.
+- An admin's decision on a pair whose labels disagree (source `review`, storage/review.py)
+  counts with the human labels and decides over them: `source` is then "review".
 - With `annotators` given, only those users' human labels count (proxy and seed labels have no
   annotator, so such rows need a human label by one of them).
 - The choice with a strict plurality among the counted labels (a, b, tie, both_bad) decides:
@@ -77,8 +79,8 @@ from storage.models import (
 )
 from storage.pairs import LabeledPair, labeled_pairs
 
-# Which source decides a pair that has labels from several.
-SOURCE_PRECEDENCE = (LabelSource.human, LabelSource.seed, LabelSource.proxy)
+# Which source decides a pair that has labels from several (a review only when human is selected).
+SOURCE_PRECEDENCE = (LabelSource.review, LabelSource.human, LabelSource.seed, LabelSource.proxy)
 # The sources whose labels the proxy fits on: every one but its own.
 PROXY_SOURCES = tuple(source for source in SOURCE_PRECEDENCE if source != LabelSource.proxy)
 _PRECEDENCE = tuple(source.value for source in SOURCE_PRECEDENCE)
@@ -148,6 +150,8 @@ def iter_preferences(
         return  # only human labels have annotators
     split = Split(split) if split is not None else None
 
+    if LabelSource.human in sources:
+        sources.append(LabelSource.review)
     label_filter = [Label.source.in_(sources)]
     if annotators is not None:
         label_filter = [

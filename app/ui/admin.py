@@ -1,5 +1,5 @@
 """The admin view: tabs for the loop, settings, users, data, plots, the human evaluation and the
-annotators (gold accuracy, gold pairs). Every handler in the tab
+annotators (gold accuracy, gold pairs), and the review of disagreements. Every handler in the tab
 modules checks for an admin itself (`require_user(..., role=Role.admin)`)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from app.ui.admin_data import build_data
 from app.ui.admin_eval import build_eval
 from app.ui.admin_loop import build_loop
 from app.ui.admin_plots import build_plots
+from app.ui.admin_review import build_review
 from app.ui.admin_settings import build_settings
 from app.ui.admin_users import build_users
 from app.ui.common import DIRECT, header_html, html
@@ -41,6 +42,8 @@ def build_admin(ctx: AppContext) -> gr.Blocks:
                 loaders.append(build_eval(ctx))
             with gr.Tab("Annotators", id="annotators"):
                 loaders.append(build_annotators(ctx))
+            with gr.Tab("Review", id="review"):
+                loaders.append(build_review(ctx))
         blocks.load(show, None, [header], api_name="show", **DIRECT)
         for i, (refresh, outputs) in enumerate(loaders):
             blocks.load(refresh, None, outputs, api_name=f"load_{i}", **DIRECT)

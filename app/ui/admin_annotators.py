@@ -9,9 +9,10 @@ from typing import Any
 
 import gradio as gr
 
+from app.ui.admin_review import pair_html, pair_id_of
 from app.ui.common import DIRECT, html
 from app.ui.guard import AppContext, require_user
-from app.ui.render import escape, prompt_html, response_html
+from app.ui.render import escape
 from labeling import gold as gold_actions
 from storage import crud, review
 from storage.db import transaction
@@ -67,35 +68,6 @@ def gold_html(ctx: AppContext) -> str:
     )
 
 
-def pair_html(detail: review.PairDetail) -> str:
-    """A pair as an admin reviews it: the texts (safe Markdown), its labels with reasons."""
-    gold = f" · gold answer <b>{escape(detail.gold_answer)}</b>" if detail.gold_answer else ""
-    labels = "".join(
-        f"<tr><td>{escape(lab.annotator or lab.source)}</td><td>{escape(lab.choice)}</td>"
-        f"<td>{escape(lab.reason or '')}</td></tr>"
-        for lab in detail.labels
-    )
-    return (
-        f'<div class="pf-review" data-pair="{detail.pair_id}">'
-        f"<p>Pair {detail.pair_id} · {escape(detail.route)} · {escape(detail.status)}{gold}</p>"
-        f"{prompt_html(detail.prompt, detail.messages)}"
-        '<div class="pf-sides">'
-        f"{response_html('a', detail.a, cut=False, elem_id=f'pf-review-a-{detail.pair_id}')}"
-        f"{response_html('b', detail.b, cut=False, elem_id=f'pf-review-b-{detail.pair_id}')}"
-        "</div>"
-        '<table class="pf-timeline"><tr><th>by</th><th>choice</th><th>reason</th></tr>'
-        f"{labels or '<tr><td colspan=3>No labels.</td></tr>'}</table></div>"
-    )
-
-
-def _pair_id(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != int(value):
-        raise ValueError(f"Pair id: expected a whole number, got {value!r}")
-    if not 1 <= int(value) <= 2**31 - 1:
-        raise ValueError(f"Pair id: expected a pair id (1 or more), got {value!r}")
-    return int(value)
-
-
 def build_annotators(ctx: AppContext):
     """Components and events of the annotators tab; returns (refresh function, its outputs)."""
 
@@ -118,7 +90,7 @@ def build_annotators(ctx: AppContext):
         require_user(ctx, request, role=Role.admin)
         try:
             with transaction(ctx.rt.engine, readonly=True) as session:
-                detail = review.pair_detail(session=session, pair_id=_pair_id(pair_id))
+                detail = review.pair_detail(session=session, pair_id=pair_id_of(pair_id))
         except (ValueError, crud.NotFound) as exc:
             return _error(str(exc))
         return pair_html(detail)
@@ -126,7 +98,7 @@ def build_annotators(ctx: AppContext):
     def mark(pair_id: Any, answer: Any, request: gr.Request):
         admin = require_user(ctx, request, role=Role.admin)
         try:
-            pid = _pair_id(pair_id)
+            pid = pair_id_of(pair_id)
             if answer not in ANSWERS:
                 raise ValueError(f"Answer: expected one of {', '.join(ANSWERS)}, got {answer!r}")
             gold_actions.mark(
@@ -139,7 +111,7 @@ def build_annotators(ctx: AppContext):
     def unmark(pair_id: Any, request: gr.Request):
         admin = require_user(ctx, request, role=Role.admin)
         try:
-            pid = _pair_id(pair_id)
+            pid = pair_id_of(pair_id)
             gold_actions.unmark(engine=ctx.rt.engine, pair_id=pid, user_id=admin.id, via="admin")
         except (ValueError, crud.NotFound) as exc:
             return _error(str(exc)), gold_html(ctx)

@@ -107,9 +107,17 @@ ROUTES = {
     "gold_unmark": ("DELETE", "/api/v1/pairs/{gold}/gold", None, True),
     "gold_annotators": ("GET", "/api/v1/gold/annotators", None, True),
     "gold_lift": ("POST", "/api/v1/gold/annotators/{name}/lift", None, True),
+    "review_list": ("GET", "/api/v1/review/disagreements?limit=5", None, True),
+    "review_decision": ("POST", "/api/v1/pairs/{pair}/decision", {"choice": "b"}, True),
 }
 # What an admin gets where it is not 200.
-ADMIN_STATUS = {"eval_pairs": 202, "gold_mark": 204, "gold_unmark": 204, "gold_lift": 204}
+ADMIN_STATUS = {
+    "eval_pairs": 202,
+    "gold_mark": 204,
+    "gold_unmark": 204,
+    "gold_lift": 204,
+    "review_decision": 204,
+}
 
 
 def gold_pair_id(engine) -> int:
@@ -180,6 +188,8 @@ def test_the_spec_lists_the_errors_each_route_answers(world):
         ("DELETE", "/api/v1/pairs/{pair_id}/gold"): [204, 401, 403, 404, 422, 429],
         ("GET", "/api/v1/gold/annotators"): [401, 403, 429],
         ("POST", "/api/v1/gold/annotators/{name}/lift"): [204, 401, 403, 404, 422, 429],
+        ("GET", "/api/v1/review/disagreements"): [401, 403, 422, 429],
+        ("POST", "/api/v1/pairs/{pair_id}/decision"): [204, 401, 403, 404, 409, 422, 429],
     }
     paused = paths["/api/v1/pairs/next"]["get"]["responses"]["409"]
     assert "paused" in paused["description"]
@@ -575,3 +585,61 @@ def test_gold_pairs_through_the_api_imported_marked_measured_lifted_and_audited(
         since = session.exec(select(crud.User).where(crud.User.name == "ann")).one().gold_since
     assert actions == ["gold.import", "gold.mark", "gold.lift", "gold.remove"]
     assert since is not None
+
+
+def test_disagreements_and_a_decision_through_the_api(world, engine):
+    from storage.models import Audit, Pair, PairStatus
+
+    client, tokens, pair_ids = world
+    admin = auth(tokens["admin"])
+    with transaction(engine) as session:
+        ann = crud.get_user_by_name(session=session, name="ann")
+        other = make_user(session, name="other")
+        pair = session.get(Pair, pair_ids[1])
+        for user, choice, reason in ((ann, "a", "polite"), (other, "b", None)):
+            session.add(
+                Label(
+                    pair_id=pair.id,
+                    user_id=user.id,
+                    source=LabelSource.human,
+                    choice=choice,
+                    reason=reason,
+                )
+            )
+        pair.n_labels, pair.status = 2, PairStatus.done
+        session.add(pair)
+    listed = client.get("/api/v1/review/disagreements", headers=admin).json()
+    assert listed["total"] == 1
+    (item,) = listed["pairs"]
+    assert item["pair_id"] == pair_ids[1] and item["a"] and item["b"]
+    assert [(x["annotator"], x["choice"], x["reason"]) for x in item["labels"]] == [
+        ("ann", "a", "polite"),
+        ("other", "b", None),
+    ]
+    decided = client.post(
+        f"/api/v1/pairs/{pair_ids[1]}/decision",
+        json={"choice": "b", "note": "b fixes it"},
+        headers=admin,
+    )
+    assert decided.status_code == 204
+    assert client.get("/api/v1/review/disagreements", headers=admin).json()["total"] == 0
+    settled = client.get("/api/v1/review/disagreements?include_settled=true", headers=admin).json()[
+        "pairs"
+    ][0]["labels"]
+    assert settled[-1]["source"] == "review" and settled[-1]["reason"] == "b fixes it"
+    bad = client.post(
+        f"/api/v1/pairs/{pair_ids[1]}/decision", json={"choice": "left"}, headers=admin
+    )
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "choice"]
+    assert (
+        client.post(
+            "/api/v1/pairs/999999/decision", json={"choice": "a"}, headers=admin
+        ).status_code
+        == 404
+    )
+    exported = client.get("/api/v1/export?format=jsonl&source=human", headers=admin)
+    rows = [json.loads(line) for line in exported.text.splitlines()]
+    assert [(r["pair_id"], r["source"]) for r in rows] == [(pair_ids[1], "review")]
+    with transaction(engine, readonly=True) as session:
+        actions = [a.action for a in session.exec(select(Audit))]
+    assert actions.count("review.settle") == 1

@@ -615,3 +615,100 @@ def test_annotators_vote_blind_and_the_admin_sees_the_leaderboard(tmp_path, page
         assert plot.bounding_box()["height"] > 50
         shot(admin_page, "admin_evaluation")
         admin.close()
+
+
+def test_gold_pairs_flag_a_careless_annotator_and_the_admin_lifts_it_and_settles(
+    tmp_path, page, browser
+):
+    """Gold pairs come on the labeling page like any other pair; ann gets them wrong and is
+    flagged; on the Annotators tab the admin sees the flag and lifts it; on the Review tab the
+    admin sees the pair ann and kim disagree on, with kim's reason, and settles it."""
+    from storage import gold, queue
+
+    with live_server(tmp_path, workers=1) as server:
+        users = seed_users(
+            server.rt, {"ann": Role.annotator, "kim": Role.annotator, "boss": Role.admin}
+        )
+        regular = seed_pairs(
+            server.rt,
+            [(f"Question {i}?", f"reply-a-{i} (a)", f"reply-b-{i} (b)") for i in range(2)],
+            overlap=2,
+        )
+        with transaction(server.rt.engine) as session:
+            gold.add_gold_pairs(
+                session=session,
+                items=[
+                    gold.GoldIn(
+                        crud.PromptIn(f"Gold question {i}?"), f"right-{i}", f"wrong-{i}", "a"
+                    )
+                    for i in range(2)
+                ],
+            )
+            crud.set_overrides(
+                session=session,
+                values={"labeling.gold_rate": 0.5, "labeling.min_gold_seen": 2},
+                user_id=None,
+            )
+            for _ in regular:  # kim prefers b, with a reason
+                claim = queue.claim_next_pair(
+                    session=session, user_id=users["kim"], lease_seconds=600
+                )
+                b_side = "right" if not claim.swapped else "left"
+                queue.submit_label(
+                    session=session,
+                    user_id=users["kim"],
+                    pair_id=claim.pair_id,
+                    shown_choice=b_side,
+                    reason="<b>b</b> is shorter",
+                )
+        login(page, server, "ann")
+        seen = []
+        for i in range(4):  # two regular pairs and two gold pairs, in turn
+            left, right = shown_texts(page)
+            seen.append(left + right)
+            assert "gold" not in page.inner_text("body").lower()
+            # ann prefers a on regular pairs, and the wrong reply on gold pairs
+            wanted = "wrong" if "right-" in left + right else "reply-a"
+            button = "#pf-left" if wanted in left else "#pf-right"
+            if i < 3:
+                act_and_wait(page, lambda button=button: page.click(button))
+            else:
+                page.click(button)
+        page.wait_for_selector("#pf-message")
+        assert sum("right-" in texts for texts in seen) == 2
+
+        admin = browser.new_context(viewport={"width": 1280, "height": 900})
+        admin_page = admin.new_page()
+        admin_page.set_default_timeout(TIMEOUT_MS)
+        login(admin_page, server, "boss", path="/admin/")
+        admin_page.get_by_role("tab", name="Annotators").click()
+        flagged = admin_page.locator("#pf-gold-standing tr[data-annotator='ann']")
+        flagged.wait_for()
+        assert "pf-flagged" in flagged.get_attribute("class")
+        assert "flagged at gold label 2" in flagged.inner_text()
+        shot(admin_page, "admin_annotators")
+        admin_page.fill("#pf-gold-name input, #pf-gold-name textarea", "ann")
+        admin_page.click("#pf-gold-lift")
+        admin_page.wait_for_selector("#pf-gold-lift-result:has-text('flag lifted')")
+        assert "pf-flagged" not in (
+            admin_page.locator("#pf-gold-standing tr[data-annotator='ann']").get_attribute("class")
+        )
+
+        admin_page.get_by_role("tab", name="Review").click()
+        admin_page.wait_for_selector("#pf-review-count:has-text('2 pairs')")
+        listed = admin_page.inner_text("#pf-review-list")
+        assert "<b>b</b> is shorter" in listed and "reply-a-0" in listed
+        shot(admin_page, "admin_review")
+        admin_page.fill("#pf-review-pair input", str(regular[0]))
+        admin_page.get_by_label("b", exact=True).check()
+        admin_page.click("#pf-review-settle")
+        admin_page.wait_for_selector("#pf-review-result:has-text('settled')")
+        admin_page.wait_for_selector("#pf-review-count:has-text('1 pairs')")
+        admin.close()
+        from storage.preferences import iter_preferences
+
+        with transaction(server.rt.engine, readonly=True) as session:
+            rows = {r.pair_id: r for r in iter_preferences(session=session)}
+            audits = [a.action for a in session.exec(select(crud.Audit))]
+        assert rows[regular[0]].source == "review" and rows[regular[0]].chosen.startswith("reply-b")
+        assert "gold.lift" in audits and "review.settle" in audits

@@ -68,3 +68,32 @@ def test_gold_import_mark_status_lift_unmark_all_audited(data_dir, tmp_path):
         assert session.get(Pair, pair_id).route == Route.human
         actions = [a.action for a in session.exec(select(Audit)) if a.action.startswith("gold.")]
     assert actions == ["gold.import", "gold.mark", "gold.lift", "gold.remove"]
+
+
+def test_review_list_and_settle(data_dir):
+    from storage.models import Choice, Label, LabelSource, PairStatus, Role
+
+    engine = open_runtime(data_dir).engine
+    with transaction(engine) as session:
+        ann, bob = make_user(session, name="ann"), make_user(session, name="bob")
+        make_user(session, name="boss", role=Role.admin)
+        (pair,) = make_pairs(session, 1, overlap=2)
+        for user, choice in ((ann, Choice.a), (bob, Choice.b)):
+            session.add(
+                Label(pair_id=pair.id, user_id=user.id, source=LabelSource.human, choice=choice)
+            )
+        pair.n_labels, pair.status = 2, PairStatus.done
+        session.add(pair)
+    listed = json.loads(run("review", "list", "--json", "--data-dir", data_dir).output)
+    assert listed["total"] == 1 and listed["pairs"][0]["pair_id"] == pair.id
+    assert "1 pairs whose labels disagree" in run("review", "list", "--data-dir", data_dir).output
+    args = ("review", "settle", str(pair.id), "--choice")
+    assert "--choice 'left'" in run(*args, "left", "--data-dir", data_dir, ok=False).output
+    refused = run(*args, "a", "--as", "ann", "--data-dir", data_dir, ok=False).output
+    assert "no active admin" in refused
+    out = run(*args, "a", "--as", "boss", "--note", "A asks", "--data-dir", data_dir).output
+    assert f"pair {pair.id} settled: a (by boss)" in out
+    assert json.loads(run("review", "list", "--json", "--data-dir", data_dir).output)["total"] == 0
+    with transaction(engine, readonly=True) as session:
+        audit = session.exec(select(Audit).where(Audit.action == "review.settle")).one()
+    assert audit.detail == {"via": "cli", "pair_id": pair.id, "choice": "a"}

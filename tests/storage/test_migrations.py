@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -226,3 +227,37 @@ def test_gold_pairs_migrate_down_and_up_with_marked_pairs_put_back(engine):
     assert rows("SELECT count(*) FROM response") == [(4,)]
     upgrade(engine)
     test_migrations_from_empty_match_the_models(engine)
+
+
+def test_review_labels_migrate_down_and_up(engine):
+    """0007 allows label.source 'review' (SQLite rebuilds the label table); its downgrade drops
+    the decisions and keeps every other label."""
+    from alembic import command
+
+    from storage import review
+    from storage.db import migrations_config, transaction
+    from storage.models import Choice, Label, LabelSource, Role
+    from tests.factories import make_pairs, make_user
+
+    with transaction(engine) as session:
+        ann, boss = make_user(session), make_user(session, role=Role.admin)
+        (pair,) = make_pairs(session, 1)
+        session.add(
+            Label(pair_id=pair.id, user_id=ann.id, source=LabelSource.human, choice=Choice.a)
+        )
+        session.add(Label(pair_id=pair.id, source=LabelSource.proxy, choice=Choice.b))
+        session.flush()
+        review.settle(session=session, pair_id=pair.id, choice="b", user_id=boss.id)
+
+    def sources():
+        with engine.connect() as connection:
+            return sorted(r[0] for r in connection.exec_driver_sql("SELECT source FROM label"))
+
+    assert sources() == ["human", "proxy", "review"]
+    command.downgrade(migrations_config(engine), "0006")
+    assert sources() == ["human", "proxy"]
+    upgrade(engine)
+    test_migrations_from_empty_match_the_models(engine)
+    with pytest.raises(sa.exc.IntegrityError), transaction(engine) as session:
+        # the partial unique index is back: one proxy label per pair
+        session.add(Label(pair_id=pair.id, source=LabelSource.proxy, choice=Choice.a))

@@ -280,7 +280,7 @@ def test_a_seed_import_that_fails_midway_leaves_nothing(engine):
 def test_the_proxy_reads_each_label_where_training_reads_the_decided_pair(engine):
     from storage.preferences import PROXY_SOURCES, proxy_labels
 
-    assert (LabelSource.human, LabelSource.seed) == PROXY_SOURCES
+    assert (LabelSource.review, LabelSource.human, LabelSource.seed) == PROXY_SOURCES
     with transaction(engine) as session:
         ann, bob = make_user(session), make_user(session)
         split, tie, audited, withdrawn = make_pairs(session, 4, status=PairStatus.done)
