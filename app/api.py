@@ -192,6 +192,9 @@ class LabelIn(BaseModel):
 class LabelOut(BaseModel):
     pair_id: int
     choice: str = Field(description="Stored as the pair's a / b / tie / both_bad.")
+    guideline_version: int | None = Field(
+        None, description="The guidelines' version in force when the label was made."
+    )
     next: PairOut | None = Field(
         None,
         description="With `?next=true`: your next pair, claimed in the same transaction (None: "
@@ -337,7 +340,12 @@ def label_pair(
     except (crud.NotFound, crud.Conflict, ValueError) as exc:
         raise _queue_errors(exc) from None
     following = None if claim is None else _pair_out(claim, labeling)
-    return LabelOut(pair_id=pair_id, choice=str(label.choice), next=following)
+    return LabelOut(
+        pair_id=pair_id,
+        choice=str(label.choice),
+        guideline_version=label.guideline_version,
+        next=following,
+    )
 
 
 @router.post(
@@ -778,6 +786,7 @@ class ReviewLabelOut(BaseModel):
     reason: str | None
     seconds: float | None
     created_at: datetime
+    guideline_version: int | None = Field(description="The guidelines' version it was made under.")
 
 
 class ReviewPairOut(BaseModel):
@@ -870,3 +879,59 @@ def review_decision(
     except crud.Conflict as exc:
         raise HTTPException(409, str(exc)) from None
     return Response(status_code=204)
+
+
+# guidelines
+
+
+class GuidelinesOut(BaseModel):
+    version: int | None = Field(description="The version in force; null before the first.")
+    text: str | None = Field(description="Markdown, written by an admin.")
+
+
+class GuidelinesIn(BaseModel):
+    text: str = Field(min_length=1, max_length=100_000, description="Markdown.")
+
+    @field_validator("text")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value
+
+
+class GuidelinesVersionOut(BaseModel):
+    version: int
+
+
+@router.get("/guidelines", response_model=GuidelinesOut, responses=ERRORS)
+def get_guidelines(request: Request, user: CurrentUser) -> GuidelinesOut:
+    """The labeling guidelines in force (Markdown; render it as untrusted text). Each label
+    records the version it was made under."""
+    from labeling.guidelines import current
+
+    now = current(engine=get_runtime(request).engine)
+    return GuidelinesOut(version=now[0] if now else None, text=now[1] if now else None)
+
+
+@router.post(
+    "/guidelines",
+    response_model=GuidelinesVersionOut,
+    responses={**ERRORS, 422: {"model": ApiError, "description": "Blank, or the same text."}},
+)
+def post_guidelines(
+    request: Request, user: CurrentUser, body: GuidelinesIn
+) -> GuidelinesVersionOut:
+    """Publish a new version of the guidelines (admins). Audited."""
+    from labeling.guidelines import publish
+
+    require_admin(user)
+    try:
+        version = publish(
+            engine=get_runtime(request).engine, text=body.text, user_id=user.id, via="api"
+        )
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
+    return GuidelinesVersionOut(version=version)

@@ -14,6 +14,7 @@ from app import (
     cli_data,
     cli_eval,
     cli_gold,
+    cli_guidelines,
     cli_labeling,
     cli_review,
     cli_serve,
@@ -42,6 +43,7 @@ cli.add_typer(prompts_cli, name="prompts")
 cli.add_typer(cli_worker.worker_cli, name="worker")
 cli.add_typer(cli_gold.gold_cli, name="gold")
 cli.add_typer(cli_review.review_cli, name="review")
+cli.add_typer(cli_guidelines.guidelines_cli, name="guidelines")
 
 
 DEMOS = ("chat", "support")

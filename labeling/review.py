@@ -67,6 +67,7 @@ def detail_record(detail: review.PairDetail) -> dict[str, Any]:
                 "reason": lab.reason,
                 "seconds": lab.seconds,
                 "created_at": lab.created_at.isoformat(),
+                "guideline_version": lab.guideline_version,
             }
             for lab in detail.labels
         ],

@@ -350,7 +350,20 @@ class Label(SQLModel, table=True):
     swapped: bool = Field(default=False)
     seconds: float | None = Field(default=None, ge=0.0)
     reason: str | None = Field(default=None, max_length=2000)
+    # The guidelines' version when the label was made (storage/guidelines.py); None: none yet.
+    guideline_version: int | None = None
     created_at: datetime = Field(default_factory=utcnow, index=True)
+
+
+class Guideline(SQLModel, table=True):
+    """One version of the labeling guidelines (Markdown, written by an admin); the newest is the
+    one in force. Versions are kept, never edited."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    version: int = Field(unique=True)
+    text: str = Field(sa_type=sa.Text)
+    created_by: int | None = Field(default=None, foreign_key="user.id")
+    created_at: datetime = Field(default_factory=utcnow)
 
 
 class Assignment(SQLModel, table=True):

@@ -46,6 +46,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
+from storage import guidelines
 from storage.crud import Conflict, NotFound
 from storage.db import is_sqlite, run_core
 from storage.models import (
@@ -644,14 +645,14 @@ def submit_label(
         created_at=now,
     )
     # Core statements (the ORM's flush is the dearest statement of a click); the Label returned
-    # is not attached to the session.
-    values = label.model_dump(exclude={"id"})
+    # is not attached to the session. The guidelines' version is read by the insert itself.
+    values = label.model_dump(exclude={"id", "guideline_version"})
     if postgres:  # the label, the claim marked submitted and the pair's count: one round trip
         written = {f"w_{k}": v for k, v in values.items()}
         written.update(w_assignment=assignment_id, w_pair=pair_id)
-        label.id = run_core(session, _SUBMIT_WRITE_POSTGRES, written).scalar_one()
+        label.id, label.guideline_version = run_core(session, _SUBMIT_WRITE_POSTGRES, written).one()
         return label
-    label.id = run_core(session, _ADD_LABEL, values).scalar_one()
+    label.id, label.guideline_version = run_core(session, _ADD_LABEL, values).one()
     run_core(session, _MARK_SUBMITTED, {"assignment_id": assignment_id})
     run_core(session, _COUNT_LABEL, params)
     return label
@@ -741,7 +742,11 @@ _SUBMIT_STATE = (
 )
 # NO KEY UPDATE leaves foreign-key checks (a label's insert) unblocked.
 _SUBMIT_STATE_LOCKED = _SUBMIT_STATE.with_for_update(key_share=True, of=[_ASSIGNMENT, _PAIR])
-_ADD_LABEL = sa.insert(_LABEL).returning(_LABEL.c.id)
+# Made by the label's insert: its id, and the guidelines' version in force.
+_LABEL_MADE = (_LABEL.c.id, _LABEL.c.guideline_version)
+_ADD_LABEL = (
+    sa.insert(_LABEL).values(guideline_version=guidelines.CURRENT_VERSION).returning(*_LABEL_MADE)
+)
 
 
 def _mark_submitted(assignment_id) -> sa.Update:
@@ -773,12 +778,19 @@ _COUNT_LABEL = _count_label(sa.bindparam("pair_id"))
 # column of an UPDATE as one more column to set.
 _NEW_LABEL = (
     sa.insert(_LABEL)
-    .values({c.name: sa.bindparam(f"w_{c.name}", type_=c.type) for c in _LABEL.c if c.name != "id"})
-    .returning(_LABEL.c.id)
+    .values(
+        {
+            c.name: sa.bindparam(f"w_{c.name}", type_=c.type)
+            for c in _LABEL.c
+            if c.name not in ("id", "guideline_version")
+        }
+        | {"guideline_version": guidelines.CURRENT_VERSION}
+    )
+    .returning(*_LABEL_MADE)
     .cte("new_label")
 )
 _SUBMIT_WRITE_POSTGRES = (
-    sa.select(_NEW_LABEL.c.id)
+    sa.select(_NEW_LABEL.c.id, _NEW_LABEL.c.guideline_version)
     .add_cte(_mark_submitted(sa.bindparam("w_assignment")).cte("submitted"))
     .add_cte(_count_label(sa.bindparam("w_pair")).cte("counted"))
 )

@@ -41,6 +41,7 @@ class LabelView:
     reason: str | None
     seconds: float | None
     created_at: datetime
+    guideline_version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -84,8 +85,8 @@ def pair_detail(*, session: Session, pair_id: int) -> PairDetail:
         raise NotFound(f"no pair {pair_id}")
     route, status, strategy, iteration_id, text, messages, a, b, answer = row
     labels = [
-        LabelView(lid, name, str(source), str(Choice(choice)), reason, seconds, created)
-        for lid, name, source, choice, reason, seconds, created in session.execute(
+        LabelView(lid, name, str(source), str(Choice(choice)), reason, seconds, created, version)
+        for lid, name, source, choice, reason, seconds, created, version in session.execute(
             sa.select(
                 Label.id,
                 User.name,
@@ -94,6 +95,7 @@ def pair_detail(*, session: Session, pair_id: int) -> PairDetail:
                 Label.reason,
                 Label.seconds,
                 Label.created_at,
+                Label.guideline_version,
             )
             .outerjoin(User, User.id == Label.user_id)
             .where(Label.pair_id == pair_id)

@@ -1,5 +1,5 @@
 """The admin view: tabs for the loop, settings, users, data, plots, the human evaluation and the
-annotators (gold accuracy, gold pairs), and the review of disagreements. Every handler in the tab
+annotators (gold accuracy, gold pairs), the review of disagreements and the guidelines. Every handler in the tab
 modules checks for an admin itself (`require_user(..., role=Role.admin)`)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import gradio as gr
 from app.ui.admin_annotators import build_annotators
 from app.ui.admin_data import build_data
 from app.ui.admin_eval import build_eval
+from app.ui.admin_guidelines import build_guidelines
 from app.ui.admin_loop import build_loop
 from app.ui.admin_plots import build_plots
 from app.ui.admin_review import build_review
@@ -44,6 +45,8 @@ def build_admin(ctx: AppContext) -> gr.Blocks:
                 loaders.append(build_annotators(ctx))
             with gr.Tab("Review", id="review"):
                 loaders.append(build_review(ctx))
+            with gr.Tab("Guidelines", id="guidelines"):
+                loaders.append(build_guidelines(ctx))
         blocks.load(show, None, [header], api_name="show", **DIRECT)
         for i, (refresh, outputs) in enumerate(loaders):
             blocks.load(refresh, None, outputs, api_name=f"load_{i}", **DIRECT)

@@ -5,6 +5,8 @@ send what the person saw ("left", "right", ...) and the queue translates it back
 The proxy's suggestion follows the admin's `labeling.suggestion_mode`: shown with the pair,
 revealed after the vote (read from the database then, never sent before), or off.
 
+The guidelines in force (storage/guidelines.py) sit above the pair in a collapsible panel.
+
 The page holds no server-side state: it sends back the id of the pair it shows, and the queue
 accepts a label only for a pair the signed-in user holds. So any server process can take any
 click (`prefloop serve --workers N`), and a stale tab cannot label a pair it never showed.
@@ -13,6 +15,7 @@ click (`prefloop serve --workers N`), and a stale tab cannot label a pair it nev
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import gradio as gr
@@ -20,8 +23,8 @@ from sqlmodel import Session
 
 from app.ui.common import DIRECT, header_html, html
 from app.ui.guard import AppContext, CurrentUser, require_user
-from app.ui.render import escape, prompt_html, response_html
-from storage import crud, queue
+from app.ui.render import escape, markdown_to_safe_html, prompt_html, response_html
+from storage import crud, guidelines, queue
 from storage.db import transaction
 from storage.settings import LabelingSettings
 
@@ -40,6 +43,7 @@ class Screen:
     message: str
     suggestion_mode: str
     feedback: str
+    guidelines: tuple[int, str] | None = None  # (version, Markdown) in force
 
 
 def suggestion_text(s: queue.ShownSuggestion) -> str:
@@ -71,7 +75,15 @@ def _screen(
         queued_short=ctx.queued_short(session),
         holds_pair=None if labeling.paused else claim is not None,
     )
-    return Screen(user, stats, claim, message, labeling.suggestion_mode, feedback)
+    return Screen(
+        user,
+        stats,
+        claim,
+        message,
+        labeling.suggestion_mode,
+        feedback,
+        guidelines.current(session=session),
+    )
 
 
 def _pair_html(claim: queue.Claim, suggestion: str) -> str:
@@ -107,7 +119,21 @@ def _render(screen: Screen) -> tuple:
             suggestion = f"Proxy suggests: {escape(suggestion_text(claim.suggestion))}"
         main = _pair_html(claim, suggestion)
     feedback = f'<div class="pf-feedback" id="pf-feedback">{screen.feedback}</div>'
-    return stats + main + feedback, "", claim.pair_id if claim else None
+    panel = guidelines_html(*screen.guidelines) if screen.guidelines else ""
+    return stats + panel + main + feedback, "", claim.pair_id if claim else None
+
+
+@lru_cache(maxsize=8)
+def guidelines_html(version: int, text: str) -> str:
+    """The guidelines as a collapsible panel, rendered as safely as model output. Closed as
+    sent; the page's script opens it the first time a version shows in a browser and keeps it as
+    the annotator leaves it across clicks (shortcuts.js)."""
+    return (
+        f'<details class="pf-guidelines" id="pf-guidelines" data-version="{version}">'
+        '<summary>Guidelines <span class="pf-guidelines-version">'
+        f"(version {version})</span>"
+        f'</summary><div class="pf-guidelines-text">{markdown_to_safe_html(text)}</div></details>'
+    )
 
 
 def _feedback(choice: str, suggestion: queue.ShownSuggestion | None) -> str:

@@ -109,6 +109,8 @@ ROUTES = {
     "gold_lift": ("POST", "/api/v1/gold/annotators/{name}/lift", None, True),
     "review_list": ("GET", "/api/v1/review/disagreements?limit=5", None, True),
     "review_decision": ("POST", "/api/v1/pairs/{pair}/decision", {"choice": "b"}, True),
+    "guidelines": ("GET", "/api/v1/guidelines", None, False),
+    "guidelines_publish": ("POST", "/api/v1/guidelines", {"text": "Be kind."}, True),
 }
 # What an admin gets where it is not 200.
 ADMIN_STATUS = {
@@ -190,6 +192,8 @@ def test_the_spec_lists_the_errors_each_route_answers(world):
         ("POST", "/api/v1/gold/annotators/{name}/lift"): [204, 401, 403, 404, 422, 429],
         ("GET", "/api/v1/review/disagreements"): [401, 403, 422, 429],
         ("POST", "/api/v1/pairs/{pair_id}/decision"): [204, 401, 403, 404, 409, 422, 429],
+        ("GET", "/api/v1/guidelines"): [401, 403, 429],
+        ("POST", "/api/v1/guidelines"): [401, 403, 422, 429],
     }
     paused = paths["/api/v1/pairs/next"]["get"]["responses"]["409"]
     assert "paused" in paused["description"]
@@ -643,3 +647,33 @@ def test_disagreements_and_a_decision_through_the_api(world, engine):
     with transaction(engine, readonly=True) as session:
         actions = [a.action for a in session.exec(select(Audit))]
     assert actions.count("review.settle") == 1
+
+
+def test_guidelines_through_the_api_and_the_version_on_each_label(world, engine):
+    from storage.models import Audit
+
+    client, tokens, _ = world
+    admin, ann = auth(tokens["admin"]), auth(tokens["annotator"])
+    assert client.get("/api/v1/guidelines", headers=ann).json() == {"version": None, "text": None}
+    pair = client.get("/api/v1/pairs/next", headers=ann).json()["pair"]
+    first = client.post(
+        f"/api/v1/pairs/{pair['pair_id']}/label?next=true", json={"choice": "left"}, headers=ann
+    ).json()
+    assert first["guideline_version"] is None
+    published = client.post("/api/v1/guidelines", json={"text": "# Be kind\n"}, headers=admin)
+    assert published.json() == {"version": 1}
+    assert client.get("/api/v1/guidelines", headers=ann).json() == {
+        "version": 1,
+        "text": "# Be kind\n",
+    }
+    same = client.post("/api/v1/guidelines", json={"text": "# Be kind\n"}, headers=admin)
+    assert same.status_code == 422 and "the same as version 1" in same.json()["detail"]
+    blank = client.post("/api/v1/guidelines", json={"text": "  "}, headers=admin)
+    assert blank.status_code == 422 and blank.json()["detail"][0]["loc"] == ["body", "text"]
+    second = client.post(
+        f"/api/v1/pairs/{first['next']['pair_id']}/label", json={"choice": "tie"}, headers=ann
+    ).json()
+    assert second["guideline_version"] == 1
+    with transaction(engine, readonly=True) as session:
+        actions = [a.action for a in session.exec(select(Audit))]
+    assert actions.count("guidelines.publish") == 1

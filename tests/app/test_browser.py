@@ -639,7 +639,7 @@ def test_gold_pairs_flag_a_careless_annotator_and_the_admin_lifts_it_and_settles
                 session=session,
                 items=[
                     gold.GoldIn(
-                        crud.PromptIn(f"Gold question {i}?"), f"right-{i}", f"wrong-{i}", "a"
+                        crud.PromptIn(f"Check question {i}?"), f"right-{i}", f"wrong-{i}", "a"
                     )
                     for i in range(2)
                 ],
@@ -700,7 +700,7 @@ def test_gold_pairs_flag_a_careless_annotator_and_the_admin_lifts_it_and_settles
         assert "<b>b</b> is shorter" in listed and "reply-a-0" in listed
         shot(admin_page, "admin_review")
         admin_page.fill("#pf-review-pair input", str(regular[0]))
-        admin_page.get_by_label("b", exact=True).check()
+        admin_page.check("#pf-review-choice input[value='b']")
         admin_page.click("#pf-review-settle")
         admin_page.wait_for_selector("#pf-review-result:has-text('settled')")
         admin_page.wait_for_selector("#pf-review-count:has-text('1 pairs')")
@@ -712,3 +712,46 @@ def test_gold_pairs_flag_a_careless_annotator_and_the_admin_lifts_it_and_settles
             audits = [a.action for a in session.exec(select(crud.Audit))]
         assert rows[regular[0]].source == "review" and rows[regular[0]].chosen.startswith("reply-b")
         assert "gold.lift" in audits and "review.settle" in audits
+
+
+def test_guidelines_open_the_first_time_stay_as_left_and_open_again_when_changed(tmp_path, page):
+    """The panel opens the first time a version shows, stays closed across clicks once the
+    annotator closes it, and opens again when an admin publishes a new version; each label
+    records the version in force."""
+    from storage import guidelines
+
+    with live_server(tmp_path, workers=1) as server:
+        users = seed_users(server.rt, {"ann": Role.annotator})
+        seed_pairs(server.rt, [(f"Q{i}?", f"a-{i}", f"b-{i}") for i in range(4)])
+        with transaction(server.rt.engine) as session:
+            guidelines.publish(
+                session=session,
+                text="# Rules\n\n" + XSS["script"] + " Prefer **kind**.",
+                user_id=None,
+            )
+        login(page, server, "ann")
+        panel = page.locator("#pf-guidelines")
+        panel.wait_for()
+        page.wait_for_function("document.getElementById('pf-guidelines').open")
+        assert "Prefer kind." in panel.inner_text() and "(version 1)" in panel.inner_text()
+        assert page.evaluate("window.__pwned") is None
+        shot(page, "label_guidelines")
+        page.click("#pf-guidelines > summary")  # closed by the annotator
+        page.wait_for_function("!document.getElementById('pf-guidelines').open")
+        act_and_wait(page, lambda: page.click("#pf-left"))
+        assert page.evaluate("document.getElementById('pf-guidelines').open") is False
+        with transaction(server.rt.engine) as session:
+            guidelines.publish(session=session, text="Rules, second edition.", user_id=None)
+        act_and_wait(page, lambda: page.keyboard.press("2"))
+        page.wait_for_function(
+            "document.getElementById('pf-guidelines').dataset.version === '2'"
+            " && document.getElementById('pf-guidelines').open"
+        )
+        with transaction(server.rt.engine, readonly=True) as session:
+            versions = [
+                label.guideline_version
+                for label in session.exec(
+                    select(Label).where(Label.user_id == users["ann"]).order_by(Label.id)
+                )
+            ]
+        assert versions == [1, 2]

@@ -97,3 +97,28 @@ def test_review_list_and_settle(data_dir):
     with transaction(engine, readonly=True) as session:
         audit = session.exec(select(Audit).where(Audit.action == "review.settle")).one()
     assert audit.detail == {"via": "cli", "pair_id": pair.id, "choice": "a"}
+
+
+def test_guidelines_set_and_show(data_dir, tmp_path):
+    path = tmp_path / "rules.md"
+    assert (
+        "no such file"
+        in run("guidelines", "set", str(path), "--data-dir", data_dir, ok=False).output
+    )
+    path.write_text("# Rules\n\nPrefer the reply that answers.\n", encoding="utf-8")
+    out = run("guidelines", "set", str(path), "--data-dir", data_dir).output
+    assert "guidelines version 1 published" in out
+    again = run("guidelines", "set", str(path), "--data-dir", data_dir, ok=False).output
+    assert "the same as version 1" in again
+    (tmp_path / "v2.md").write_text("Be brief.", encoding="utf-8")
+    run("guidelines", "set", str(tmp_path / "v2.md"), "--data-dir", data_dir)
+    assert run("guidelines", "show", "--data-dir", data_dir).stdout.startswith("Be brief.")
+    first = run("guidelines", "show", "--version", "1", "--data-dir", data_dir).stdout
+    assert first.startswith("# Rules")
+    assert (
+        "no guidelines version 7"
+        in run("guidelines", "show", "--version", "7", "--data-dir", data_dir, ok=False).output
+    )
+    with transaction(open_runtime(data_dir).engine, readonly=True) as session:
+        audits = session.exec(select(Audit).where(Audit.action == "guidelines.publish")).all()
+    assert [a.detail["version"] for a in audits] == [1, 2]

@@ -261,3 +261,29 @@ def test_review_labels_migrate_down_and_up(engine):
     with pytest.raises(sa.exc.IntegrityError), transaction(engine) as session:
         # the partial unique index is back: one proxy label per pair
         session.add(Label(pair_id=pair.id, source=LabelSource.proxy, choice=Choice.a))
+
+
+def test_guidelines_migrate_down_and_up(engine):
+    """0008 adds the guideline table and label.guideline_version; its downgrade drops both and
+    keeps the labels, the partial unique index of machine labels intact."""
+    from alembic import command
+
+    from storage import guidelines
+    from storage.db import migrations_config, transaction
+    from storage.models import Choice, Label, LabelSource
+    from tests.factories import make_pairs
+
+    with transaction(engine) as session:
+        guidelines.publish(session=session, text="Rules", user_id=None)
+        (pair,) = make_pairs(session, 1)
+        session.add(Label(pair_id=pair.id, source=LabelSource.proxy, choice=Choice.b))
+    command.downgrade(migrations_config(engine), "0007")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM label").scalar_one() == 1
+    with pytest.raises(sa.exc.IntegrityError), engine.begin() as connection:
+        connection.exec_driver_sql(
+            f"INSERT INTO label (pair_id, source, choice, swapped, created_at) "
+            f"VALUES ({pair.id}, 'proxy', 'a', false, '2026-01-01 00:00:00')"
+        )
+    upgrade(engine)
+    test_migrations_from_empty_match_the_models(engine)
