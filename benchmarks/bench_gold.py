@@ -18,8 +18,8 @@ ones), each arm's final policy against pi_0 by the gold judge, and head to head,
 arm's final policy against the all-labels arm's on the 100 held-out prompts, 4 samples each (400
 slots). Targets: sim-3 flagged within 20 gold labels and the others never; head to head >= 0.55.
 
---quick: one seed; the full run: 3 seeds (each arm a few minutes on 2 cores: they run one at a
-time).
+--quick: one seed; the full run: 3 seeds, or `python -m benchmarks.bench_gold --seed N` for some
+(each arm takes 10-25 minutes on the shared 2-core machine: they run one at a time).
 """
 
 from __future__ import annotations
@@ -151,11 +151,11 @@ def _mean_spread(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ({min(values):.3f}..{max(values):.3f})"
 
 
-def main(quick: bool = False) -> None:
+def main(quick: bool = False, seeds: list[int] | None = None) -> None:
     os.environ.setdefault("PREFLOOP_ADMIN_PASSWORD", "bench-gold-" + os.urandom(8).hex())
     from benchmarks.bench_training import demo_policy
 
-    seeds = [0] if quick else [0, 1, 2]
+    seeds = seeds or ([0] if quick else [0, 1, 2])
     cache = Path(os.environ.get("PREFLOOP_TEST_CACHE") or tempfile.gettempdir())
     policy = demo_policy(cache)
     runs: list[dict] = []
@@ -191,5 +191,6 @@ def main(quick: bool = False) -> None:
     sys.stdout.flush()
 
 
-if __name__ == "__main__":
-    main(quick="--quick" in sys.argv)
+if __name__ == "__main__":  # python -m benchmarks.bench_gold [--quick] [--seed N ...]
+    chosen = [int(sys.argv[i + 1]) for i, arg in enumerate(sys.argv) if arg == "--seed"]
+    main(quick="--quick" in sys.argv, seeds=chosen or None)
