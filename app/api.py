@@ -167,6 +167,11 @@ class PairOut(BaseModel):
     suggestion: Suggestion | None = Field(
         description="Only while the labeling settings show suggestions before the vote."
     )
+    criteria: list[str] = Field(
+        default_factory=list,
+        description="The criteria to judge beside the overall choice (labeling.criteria), each "
+        "left, right or tie in the label's `criteria`.",
+    )
     expires_at: datetime = Field(description="The claim lapses then; submit before it.")
 
 
@@ -180,6 +185,12 @@ class LabelIn(BaseModel):
     )
     seconds: float | None = Field(None, ge=0.0, le=86_400.0, allow_inf_nan=False)
     reason: str | None = Field(None, max_length=queue.MAX_REASON_CHARS)
+    criteria: dict[str, Literal["left", "right", "tie"]] | None = Field(
+        None,
+        max_length=16,
+        description="{criterion: left | right | tie} for criteria of the pair's `criteria`, in "
+        "the order shown; any may be left out.",
+    )
 
     @field_validator("reason")
     @classmethod
@@ -194,6 +205,9 @@ class LabelOut(BaseModel):
     choice: str = Field(description="Stored as the pair's a / b / tie / both_bad.")
     guideline_version: int | None = Field(
         None, description="The guidelines' version in force when the label was made."
+    )
+    criteria: dict[str, str] | None = Field(
+        None, description="Stored as the pair's a / b / tie per criterion."
     )
     next: PairOut | None = Field(
         None,
@@ -250,6 +264,7 @@ def _pair_out(claim: queue.Claim, labeling: LabelingSettings) -> PairOut:
         left_cut=claim.left_cut,
         right_cut=claim.right_cut,
         suggestion=_suggestion(claim.suggestion) if shown else None,
+        criteria=list(labeling.criteria),
         expires_at=claim.expires_at,
     )
 
@@ -336,6 +351,8 @@ def label_pair(
                 eval_share=settings.eval.human_share,
                 seconds=body.seconds,
                 reason=body.reason,
+                criteria=body.criteria,
+                allowed_criteria=settings.labeling.criteria,
             )
     except (crud.NotFound, crud.Conflict, ValueError) as exc:
         raise _queue_errors(exc) from None
@@ -344,6 +361,7 @@ def label_pair(
         pair_id=pair_id,
         choice=str(label.choice),
         guideline_version=label.guideline_version,
+        criteria=label.criteria,
         next=following,
     )
 
@@ -451,6 +469,14 @@ def export(
             "(left out by default while labeling.gold_filter is on)."
         ),
     ] = False,
+    criterion: Annotated[
+        str | None,
+        Query(
+            max_length=32,
+            description="Decide each pair by its labels' judgments on this criterion of "
+            "labeling.criteria (default: the overall choice).",
+        ),
+    ] = None,
 ) -> FileResponse:
     """Download the decided preferences as a dataset file for TRL's DPOTrainer (admins)."""
     from labeling.export import MEDIA_TYPES, ExportError, ExportFilters, export_file
@@ -458,6 +484,8 @@ def export(
     require_admin(user)
     rt = get_runtime(request)
     labeling = rt.effective_settings().labeling
+    if criterion is not None and criterion not in labeling.criteria:
+        raise HTTPException(422, f"criterion {criterion!r}: not among {labeling.criteria}")
     filters = ExportFilters(
         iterations=iteration or None,
         sources=tuple(source) if source else ("human", "proxy", "seed"),
@@ -465,9 +493,16 @@ def export(
         annotators=annotator or None,
         split=split,
         gold=None if include_flagged else GoldRule.filtering(labeling),
+        criterion=criterion,
     )
     try:
-        result = export_file(engine=rt.engine, format=format, layout=layout, filters=filters)
+        result = export_file(
+            engine=rt.engine,
+            format=format,
+            layout=layout,
+            filters=filters,
+            criteria=labeling.criteria,
+        )
     except ExportError as exc:
         raise HTTPException(404, str(exc)) from None
     with transaction(rt.engine) as session:

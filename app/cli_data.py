@@ -136,6 +136,13 @@ def export(
         typer.Option("--annotator", help="Count only this user's labels (repeatable)."),
     ] = None,
     split: Annotated[Split | None, typer.Option(help="Only prompts of this split.")] = None,
+    criterion: Annotated[
+        str | None,
+        typer.Option(
+            help="Decide each pair by its labels' judgments on this criterion of "
+            "labeling.criteria (default: the overall choice)."
+        ),
+    ] = None,
     include_flagged: Annotated[
         bool,
         typer.Option(
@@ -171,17 +178,26 @@ def export(
     if unknown:
         raise fail(f"--source {sorted(unknown)}: expected human, proxy, seed or all")
     rt = runtime(data_dir)
+    labeling = rt.effective_settings().labeling
+    if criterion is not None and criterion not in labeling.criteria:
+        raise fail(f"--criterion {criterion!r}: not among labeling.criteria {labeling.criteria}")
     filters = ExportFilters(
         iterations=iteration or None,
         sources=sources,
         min_agreement=min_agreement,
         annotators=annotator or None,
         split=split,
-        gold=None if include_flagged else GoldRule.filtering(rt.effective_settings().labeling),
+        gold=None if include_flagged else GoldRule.filtering(labeling),
+        criterion=criterion,
     )
     try:
         result = export_preferences(
-            engine=rt.engine, out=out, format=format, layout=layout, filters=filters
+            engine=rt.engine,
+            out=out,
+            format=format,
+            layout=layout,
+            filters=filters,
+            criteria=labeling.criteria,
         )
     except ExportError as exc:
         raise fail(str(exc)) from None

@@ -125,6 +125,11 @@ def _describe_quality(r: dict[str, Any]) -> str:
     ]
     for k in r["cohen_kappa"]:
         lines.append(f"Cohen's kappa {k['a']} / {k['b']}: {_fmt(k['kappa'])} (n={k['n']})")
+    for name, c in r.get("criteria", {}).items():
+        lines.append(
+            f"criterion {name}: agreement {_fmt(c['agreement'])} (n={c['n']} comparisons on "
+            f"{c['pairs_multi_judged']} pairs), alpha {_fmt(c['krippendorff_alpha'])}"
+        )
     lines.append(f"{'annotator':<24} {'labels':>7} {'median s':>9} {'vs proxy':>9}")
     for a in r["annotators"]:
         lines.append(

@@ -14,6 +14,10 @@
 Each size runs with `prefloop serve --workers 1` and `--workers 2`. Client and server share the
 machine's cores, as they do in the baseline; the load client is a lean keep-alive HTTP client.
 Targets (issue #5): p95 <= 300 ms, >= 100 submits/s on 2 cores.
+3. The click-to-next-pair latency again with two criteria (`labeling.criteria`) ticked by key
+   before each click and sent with it, and guidelines of about 3 KB of Markdown shown above the
+   pair (2k pairs, --workers 1), against the same page without them in the same run. Target
+   (issue #14): p95 <= 300 ms.
 """
 
 from __future__ import annotations
@@ -56,6 +60,16 @@ async () => {
 }
 """
 
+# Tick both criteria by their keys (not timed), as an annotator does before choosing.
+TICK_CRITERIA_JS = """
+() => {
+  for (const key of ['w', 'z']) {
+    document.dispatchEvent(new KeyboardEvent('keydown', {key, bubbles: true}));
+  }
+  return document.querySelectorAll('#pf-criteria input:checked').length;
+}
+"""
+
 HEALTHZ_JS = """
 async () => { const t0 = performance.now(); await (await fetch('/healthz')).json();
               return performance.now() - t0; }
@@ -67,23 +81,33 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def browser_latency(url: str, n: int) -> dict[str, float]:
+def browser_latency(
+    url: str, n: int, *, user: str = "bench-browser", criteria: bool = False
+) -> dict[str, float]:
+    """Click-to-next-pair in chromium, as `user`; with `criteria`, both criteria are ticked by
+    key before each click (and checked to be ticked)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page()
         page.goto(url + "/label/")
-        page.fill("#name", "bench-browser")
+        page.fill("#name", user)
         page.fill("#password", PASSWORD)
         page.click("#login")
         page.wait_for_selector("#pf-text-left")
+
+        def click() -> float:
+            if criteria and page.evaluate(TICK_CRITERIA_JS) != 2:
+                raise RuntimeError("the criteria were not ticked")
+            return page.evaluate(CLICK_TO_NEXT_JS)
+
         for _ in range(3):  # warm-up
-            page.evaluate(CLICK_TO_NEXT_JS)
+            click()
             page.evaluate(HEALTHZ_JS)
         clicks, health = [], []
         for _ in range(n):
-            clicks.append(page.evaluate(CLICK_TO_NEXT_JS))
+            clicks.append(click())
             health.append(page.evaluate(HEALTHZ_JS))
         browser.close()
     return {
@@ -247,13 +271,62 @@ def run_size(n_pairs: int, n_clients: int, seconds: float, n_clicks: int, worker
             )
 
 
+GUIDELINES = "\n\n".join(
+    ["# How to choose"]
+    + [
+        f"## {topic}\n\nPrefer the reply that **{topic.lower()}**: it names the customer's "
+        "ticket, gives the concrete next step, and stays polite. A reply that is rude, vague "
+        "or about another topic loses, whatever its length. See "
+        "[the style guide](https://example.com/style) for more.\n\n- one point\n- another"
+        for topic in ("Answers the question", "Is correct", "Is kind", "Is brief", "Is safe") * 2
+    ]
+)
+
+
+def criteria_latency(n_clicks: int) -> None:
+    """Click-to-next with two criteria and guidelines, against the plain page in the same run
+    (the same server and queue, a fresh annotator each)."""
+    from storage import crud, guidelines
+    from storage.db import transaction
+
+    with (
+        tempfile.TemporaryDirectory(prefix="prefloop-bench-") as tmp,
+        live_server(Path(tmp), workers=1) as server,
+    ):
+        seed_users(server.rt, {"plain": Role.annotator, "judge": Role.annotator})
+        top_up(server.rt, 2_000)
+        plain = browser_latency(server.url, n_clicks, user="plain")
+        with transaction(server.rt.engine) as session:
+            crud.set_overrides(
+                session=session,
+                values={"labeling.criteria": ["helpfulness", "harmlessness"]},
+                user_id=None,
+            )
+            guidelines.publish(session=session, text=GUIDELINES, user_id=None)
+        judged = browser_latency(server.url, n_clicks, user="judge", criteria=True)
+    print(
+        f"  2000 queued pairs, --workers 1, two criteria ticked by key and {len(GUIDELINES):,} "
+        f"characters of guidelines: click-to-next-pair over {n_clicks} clicks p50 "
+        f"{judged['p50']:.0f} ms, p95 {judged['p95']:.0f} ms (target p95 <= 300 ms); the page "
+        f"without them p50 {plain['p50']:.0f} ms, p95 {plain['p95']:.0f} ms; ratio p50 "
+        f"{judged['p50'] / plain['p50']:.2f}x",
+        flush=True,
+    )
+
+
 def main(quick: bool = False) -> None:
     n_clicks = 20 if quick else 60
     seconds = 5.0 if quick else 10.0
+    criteria_latency(n_clicks)
     for workers in (1, 2):  # one process, and one per core of a 2-core machine
         for n_pairs in (2_000, 20_000):
             run_size(n_pairs, 50, seconds, n_clicks, workers)
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == "__main__":  # python -m benchmarks.bench_app [--criteria]: only part 3
+    import sys
+
+    if "--criteria" in sys.argv:
+        criteria_latency(60)
+    else:
+        main()

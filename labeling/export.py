@@ -7,7 +7,8 @@ Two layouts, TRL's names for them:
 - conversational: `prompt` is a list of {role, content} messages, `chosen` and `rejected` are
   one assistant message each.
 Metadata columns follow: pair_id, iteration, policy_version, strategy, source, annotators,
-agreement, proxy_p (see `storage.preferences.PreferenceRow`).
+agreement, proxy_p (see `storage.preferences.PreferenceRow`), and one `criterion_<name>` column
+per criterion of `labeling.criteria` (chosen, rejected, tie, or empty).
 
 Rows stream from the database in keyset pages and are written in row groups (an hf directory is
 then filled from the Parquet file one row group at a time), so memory stays flat however many
@@ -23,7 +24,7 @@ import os
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -69,6 +70,8 @@ class ExportFilters:
     # The annotators this rule flags (gold accuracy) do not count: `GoldRule.filtering` of the
     # labeling settings; None: everyone counts.
     gold: GoldRule | None = None
+    # Decide each pair by its labels' judgments on this criterion instead of the overall choice.
+    criterion: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_agreement <= 1.0:
@@ -82,6 +85,7 @@ class ExportFilters:
             "annotators": self.annotators,
             "split": None if self.split is None else str(self.split),
             "gold_filter": None if self.gold is None else self.gold.as_dict(),
+            "criterion": self.criterion,
         }
 
 
@@ -94,7 +98,9 @@ class ExportResult:
     filters: dict[str, Any] = field(default_factory=dict)
 
 
-def preference_record(row: PreferenceRow, layout: Layout) -> dict[str, Any]:
+def preference_record(
+    row: PreferenceRow, layout: Layout, criteria: Sequence[str] = ()
+) -> dict[str, Any]:
     if layout == Layout.conversational:
         prompt: Any = row.messages or [{"role": "user", "content": row.prompt}]
         chosen: Any = [{"role": "assistant", "content": row.chosen}]
@@ -113,10 +119,11 @@ def preference_record(row: PreferenceRow, layout: Layout) -> dict[str, Any]:
         "annotators": list(row.annotators),
         "agreement": row.agreement,
         "proxy_p": row.proxy_p,
+        **{f"criterion_{name}": row.criteria.get(name) for name in criteria},
     }
 
 
-def arrow_schema(layout: Layout):
+def arrow_schema(layout: Layout, criteria: Sequence[str] = ()):
     import pyarrow as pa
 
     if layout == Layout.conversational:
@@ -137,6 +144,7 @@ def arrow_schema(layout: Layout):
             ("annotators", pa.list_(pa.string())),
             ("agreement", pa.float64()),
             ("proxy_p", pa.float64()),
+            *((f"criterion_{name}", pa.string()) for name in criteria),
         ]
     )
 
@@ -148,9 +156,11 @@ def export_preferences(
     format: ExportFormat | str,
     layout: Layout | str = Layout.standard,
     filters: ExportFilters | None = None,
+    criteria: Sequence[str] = (),
     batch_size: int = 1000,
 ) -> ExportResult:
-    """Write the preferences selected by `filters` to `out`; returns how many rows."""
+    """Write the preferences selected by `filters` to `out`, with a column per criterion of
+    `criteria` (`labeling.criteria`); returns how many rows."""
     out = Path(out)
     format, layout = ExportFormat(format), Layout(layout)
     filters = filters or ExportFilters()
@@ -171,12 +181,14 @@ def export_preferences(
                 annotators=filters.annotators,
                 split=filters.split,
                 gold=filters.gold,
+                criterion=filters.criterion,
                 batch_size=batch_size,
             )
             if format == ExportFormat.jsonl:
-                n = write_jsonl((preference_record(row, layout) for row in rows), partial)
+                records = (preference_record(row, layout, criteria) for row in rows)
+                n = write_jsonl(records, partial)
             else:
-                n = write_parquet(rows, partial, layout)
+                n = write_parquet(rows, partial, layout, criteria)
         if n == 0:
             raise ExportError(f"nothing to export: no decided pairs match {filters.as_dict()}")
         if format == ExportFormat.hf:
@@ -202,6 +214,7 @@ def export_file(
     format: ExportFormat | str,
     layout: Layout | str = Layout.standard,
     filters: ExportFilters | None = None,
+    criteria: Sequence[str] = (),
     directory: Path | str | None = None,
 ) -> ExportResult:
     """Export into a new temporary directory as one file, for a download (the API, the admin
@@ -211,7 +224,12 @@ def export_file(
     try:
         name = "preferences" + ("" if format == ExportFormat.hf else f".{format}")
         result = export_preferences(
-            engine=engine, out=tmp / name, format=format, layout=layout, filters=filters
+            engine=engine,
+            out=tmp / name,
+            format=format,
+            layout=layout,
+            filters=filters,
+            criteria=criteria,
         )
         if format == ExportFormat.hf:
             archive = shutil.make_archive(str(tmp / "preferences"), "zip", tmp, name)
@@ -233,22 +251,27 @@ def write_jsonl(records: Iterable[dict[str, Any]], path: Path) -> int:
     return n
 
 
-def write_parquet(rows: Iterable[PreferenceRow], path: Path, layout: Layout) -> int:
+def write_parquet(
+    rows: Iterable[PreferenceRow], path: Path, layout: Layout, criteria: Sequence[str] = ()
+) -> int:
     """Write rows in row groups of ROWS_PER_GROUP, built column by column (several times
     faster than from dicts)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = arrow_schema(layout)
+    schema = arrow_schema(layout, criteria)
     n = 0
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
         for group in chunks(rows, ROWS_PER_GROUP):
-            writer.write_table(pa.Table.from_pydict(_columns(group, layout), schema=schema))
+            columns = _columns(group, layout, criteria)
+            writer.write_table(pa.Table.from_pydict(columns, schema=schema))
             n += len(group)
     return n
 
 
-def _columns(rows: list[PreferenceRow], layout: Layout) -> dict[str, list]:
+def _columns(
+    rows: list[PreferenceRow], layout: Layout, criteria: Sequence[str] = ()
+) -> dict[str, list]:
     prompts = [r.prompt for r in rows]
     chosen = [r.chosen for r in rows]
     rejected = [r.rejected for r in rows]
@@ -268,6 +291,7 @@ def _columns(rows: list[PreferenceRow], layout: Layout) -> dict[str, list]:
         "annotators": [r.annotators for r in rows],
         "agreement": [r.agreement for r in rows],
         "proxy_p": [r.proxy_p for r in rows],
+        **{f"criterion_{name}": [r.criteria.get(name) for r in rows] for name in criteria},
     }
 
 

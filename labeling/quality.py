@@ -6,7 +6,10 @@
 - proxy accuracy on audited pairs (confident pairs humans labeled anyway), against the majority;
 - the proxy's calibration error: are its P values right, over every human a/b label of a pair it
   suggested on (ECE, `calibration_error`);
-- per annotator: labels, median seconds per label, agreement with the proxy.
+- per annotator: labels, median seconds per label, agreement with the proxy;
+- per criterion (`labeling.criteria`): the annotators' agreement on it (the share of every two
+  judgments of a pair that match, and α), and per annotator the share of their judgments that
+  match their peers' on the same pair.
 Ties and both_bad count as their own categories for κ and α, and are left out of the proxy
 comparisons (the proxy only says a or b).
 """
@@ -105,6 +108,7 @@ def quality_report(*, engine: Engine, min_common: int = 5) -> dict[str, Any]:
             if x.choice in (Choice.a, Choice.b):
                 calibration.append((s.p_a, int(x.choice == Choice.a)))
 
+    criteria = _criterion_agreement(labels)
     kappas = []
     users = sorted(counts)
     for u, v in combinations(users, 2):
@@ -159,10 +163,46 @@ def quality_report(*, engine: Engine, min_common: int = 5) -> dict[str, Any]:
                     else None
                 ),
                 "proxy_agreement": _rate(per_user[u]["agree"]),
+                "criteria_agreement": {
+                    name: _rate(figures["by_user"].get(u, [])) for name, figures in criteria.items()
+                },
             }
             for u in users
         ],
+        "criteria": {
+            name: {key: value for key, value in figures.items() if key != "by_user"}
+            for name, figures in criteria.items()
+        },
     }
+
+
+def _criterion_agreement(labels: list) -> dict[str, dict[str, Any]]:
+    """{criterion: {pairs_multi_judged, agreement, n, krippendorff_alpha, by_user}}: every two
+    judgments on a pair compared (`n` comparisons), `by_user` each annotator's matches."""
+    judged: dict[str, dict[int, dict[int, Choice]]] = defaultdict(lambda: defaultdict(dict))
+    for x in labels:
+        for name, choice in (x.criteria or {}).items():
+            judged[name][x.pair_id][x.user_id] = Choice(choice)
+    out = {}
+    for name in sorted(judged):
+        by_pair = judged[name]
+        matches: list[bool] = []
+        by_user: dict[int, list[bool]] = defaultdict(list)
+        for choices in by_pair.values():
+            for (u, cu), (v, cv) in combinations(sorted(choices.items()), 2):
+                matches.append(cu == cv)
+                by_user[u].append(cu == cv)
+                by_user[v].append(cu == cv)
+        alpha = krippendorff_alpha(by_pair)
+        out[name] = {
+            "pairs_judged": len(by_pair),
+            "pairs_multi_judged": sum(1 for c in by_pair.values() if len(c) >= 2),
+            "agreement": _rate(matches),
+            "n": len(matches),
+            "krippendorff_alpha": None if alpha is None else round(alpha, 4),
+            "by_user": by_user,
+        }
+    return out
 
 
 def _rate(hits: list[bool]) -> float | None:

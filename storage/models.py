@@ -352,6 +352,9 @@ class Label(SQLModel, table=True):
     reason: str | None = Field(default=None, max_length=2000)
     # The guidelines' version when the label was made (storage/guidelines.py); None: none yet.
     guideline_version: int | None = None
+    # Judgments on `labeling.criteria` beside the overall choice: {criterion: "a" | "b" | "tie"},
+    # translated back to the pair's a/b like `choice`; None: none given.
+    criteria: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
     created_at: datetime = Field(default_factory=utcnow, index=True)
 
 

@@ -240,6 +240,7 @@ class LabeledPair:
     prompt: str
     a: str
     b: str
+    criteria: dict[str, str] | None = None  # the label's judgments per criterion
 
 
 def labeled_pairs(
@@ -265,6 +266,7 @@ def labeled_pairs(
             Prompt.text,
             ra.text,
             rb.text,
+            Label.criteria,
         )
         .join(Pair, Pair.id == Label.pair_id)
         .join(Prompt, Prompt.id == Pair.prompt_id)

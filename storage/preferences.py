@@ -19,6 +19,10 @@ One rule decides a pair, for DPO training and the dataset export alike:
   Nor are gold pairs (route `gold`, storage/gold.py): their labels measure the annotators.
 - With `gold` given (`GoldRule.filtering`: `labeling.gold_filter` on), the human labels of the
   annotators it flags (gold accuracy too low) do not count, as if they had not labeled.
+- With `criterion` given (one of `labeling.criteria`, `dpo.criterion`), each label's judgment on
+  that criterion (a, b or tie) stands for its overall choice, and labels without one do not count.
+- `criteria` in the row: for each criterion judged by the counted labels, their strict plurality
+  about the row's pair ("chosen", "rejected" or "tie"; none without a plurality).
 
 Seed pairs (imported preference datasets, `add_seed_preferences`) belong to no iteration: their
 `iteration` is None, so an `iterations` filter leaves them out unless `with_seed` is set (the
@@ -51,7 +55,7 @@ import hashlib
 import json
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
@@ -107,6 +111,8 @@ class PreferenceRow:
     annotators: list[str]  # names of the users whose labels counted (empty for proxy, seed)
     agreement: float  # share of counted labels agreeing with the majority
     proxy_p: float | None  # the proxy's P(chosen > rejected) from its latest suggestion
+    # {criterion: "chosen" | "rejected" | "tie"}: the counted labels' judgments (module notes)
+    criteria: dict[str, str] = field(default_factory=dict)
 
 
 def decide(choices: Iterable[str]) -> tuple[str, float] | None:
@@ -136,6 +142,7 @@ def iter_preferences(
     split: Split | str | None = None,
     with_seed: bool = False,
     gold: GoldRule | None = None,
+    criterion: str | None = None,
     batch_size: int = 1000,
 ) -> Iterator[PreferenceRow]:
     """Stream the decided pairs in pair-id order, `batch_size` pairs per query. With
@@ -205,10 +212,10 @@ def iter_preferences(
         labels = _labels(connection, first_id, last_id, label_filter)
         proxy_p_a = _latest_suggestions(connection, first_id, last_id)
         for pair_id, strategy, text, messages, text_a, text_b, k, version in batch:
-            decided = _decide_pair(labels.get(pair_id, []))
+            decided = _decide_pair(labels.get(pair_id, []), criterion)
             if decided is None:
                 continue
-            winner, agreement, source, names = decided
+            winner, agreement, source, names, judged = decided
             if agreement < min_agreement:
                 continue
             p_a = proxy_p_a.get(pair_id)
@@ -226,6 +233,7 @@ def iter_preferences(
                 annotators=names,
                 agreement=agreement,
                 proxy_p=None if p_a is None else (p_a if a_wins else 1.0 - p_a),
+                criteria=_decide_criteria(judged, a_wins) if judged else {},
             )
         if len(batch) < batch_size:
             return
@@ -246,37 +254,82 @@ def _messages(value: Any) -> list[dict[str, str]] | None:
     return json.loads(value) if isinstance(value, str) else value
 
 
+# (source, choice, annotator name, criteria as read: None, JSON text, or a dict on PostgreSQL)
+_LabelRow = tuple[str, str, str | None, Any]
+
+
 def _labels(
     connection: sa.Connection, first_id: int, last_id: int, label_filter: list
-) -> dict[int, list[tuple[str, str, str | None]]]:
+) -> dict[int, list[_LabelRow]]:
     query = (
-        sa.select(Label.pair_id, _raw(Label.source), _raw(Label.choice), User.name)
+        sa.select(
+            Label.pair_id,
+            _raw(Label.source),
+            _raw(Label.choice),
+            User.name,
+            _raw(Label.criteria),
+        )
         .outerjoin(User, User.id == Label.user_id)
         .where(Label.pair_id.between(first_id, last_id), *label_filter)
         .order_by(Label.id)
     )
-    labels: dict[int, list[tuple[str, str, str | None]]] = defaultdict(list)
-    for pair_id, source, choice, name in connection.execute(query).all():
-        labels[pair_id].append((source, choice, name))
+    labels: dict[int, list[_LabelRow]] = defaultdict(list)
+    for pair_id, source, choice, name, criteria in connection.execute(query).all():
+        labels[pair_id].append((source, choice, name, criteria))
     return labels
 
 
+def _criteria(value: Any) -> dict[str, str] | None:
+    """A label's criteria as read (JSON text on SQLite, parsed on PostgreSQL)."""
+    if value is None or value == "null":
+        return None
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def _decide_pair(
-    labels: list[tuple[str, str, str | None]],
-) -> tuple[str, float, str, list[str]] | None:
+    labels: list[_LabelRow], criterion: str | None = None
+) -> tuple[str, float, str, list[str], list[dict[str, str]]] | None:
+    """(winner, agreement, source, annotators, the counted labels' criteria) or None."""
+    if criterion is not None:  # judged on the criterion: it stands for the choice
+        labels = [
+            (source, judged[criterion], name, judged)
+            for source, _, name, raw in labels
+            if (judged := _criteria(raw)) and criterion in judged
+        ]
     if not labels:
         return None
     if len(labels) == 1:  # the common case
-        source, choice, name = labels[0]
-        return (choice, 1.0, source, [] if name is None else [name]) if choice in _AB else None
-    present = {source for source, _, _ in labels}
+        source, choice, name, raw = labels[0]
+        if choice not in _AB:
+            return None
+        judged = _criteria(raw)
+        return choice, 1.0, source, [] if name is None else [name], [judged] if judged else []
+    present = {label[0] for label in labels}
     source = next(s for s in _PRECEDENCE if s in present)
-    counted = [(choice, name) for s, choice, name in labels if s == source]
-    decided = decide([choice for choice, _ in counted])
+    counted = [(choice, name, raw) for s, choice, name, raw in labels if s == source]
+    decided = decide([choice for choice, _, _ in counted])
     if decided is None:
         return None
-    names = [name for _, name in counted if name is not None]
-    return decided[0], decided[1], source, names
+    names = [name for _, name, _ in counted if name is not None]
+    judged = [c for _, _, raw in counted if (c := _criteria(raw))]
+    return decided[0], decided[1], source, names, judged
+
+
+_RELATIVE = {True: {"a": "chosen", "b": "rejected"}, False: {"a": "rejected", "b": "chosen"}}
+
+
+def _decide_criteria(judged: list[dict[str, str]], a_wins: bool) -> dict[str, str]:
+    """Each criterion's strict plurality among the counted labels' judgments, about the row."""
+    out = {}
+    for name in sorted({name for criteria in judged for name in criteria}):
+        counts: dict[str, int] = defaultdict(int)
+        for criteria in judged:
+            if name in criteria:
+                counts[criteria[name]] += 1
+        ranked = sorted(counts.items(), key=lambda item: item[1], reverse=True)
+        if len(ranked) == 1 or ranked[0][1] > ranked[1][1]:
+            out[name] = _RELATIVE[a_wins].get(ranked[0][0], ranked[0][0])
+    return out
 
 
 def _latest_suggestions(connection: sa.Connection, first_id: int, last_id: int) -> dict[int, float]:

@@ -37,6 +37,7 @@ order is never trusted.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Literal
@@ -73,6 +74,8 @@ if TYPE_CHECKING:
 
 ShownChoice = Literal["left", "right", "tie", "both_bad"]
 SHOWN_CHOICES: tuple[str, ...] = ("left", "right", "tie", "both_bad")
+# A judgment on one of `labeling.criteria`, in the order shown.
+CRITERION_CHOICES: tuple[str, ...] = ("left", "right", "tie")
 MAX_REASON_CHARS = 2000
 HUMAN_ROUTES = (Route.human, Route.audit)
 
@@ -590,6 +593,27 @@ def _locked_assignment(session: Session, user_id: int, pair_id: int) -> Assignme
     return assignment
 
 
+def check_criteria(
+    criteria: Mapping[str, str] | None, allowed: Sequence[str]
+) -> dict[str, str] | None:
+    """The judgments per criterion as sent ({criterion: "left" | "right" | "tie"}, in the order
+    shown), or ValueError naming the criterion: each one of `allowed` (`labeling.criteria`), any
+    of them may be left out. None or empty: none given."""
+    if not criteria:
+        return None
+    judged = {}
+    for name, choice in criteria.items():
+        if name not in allowed:
+            known = ", ".join(allowed) if allowed else "none are configured"
+            raise ValueError(f"criteria: {name!r} is no criterion ({known})")
+        if choice not in CRITERION_CHOICES:
+            raise ValueError(
+                f"criteria.{name}: {choice!r}: expected one of {', '.join(CRITERION_CHOICES)}"
+            )
+        judged[name] = choice
+    return judged
+
+
 def submit_label(
     *,
     session: Session,
@@ -598,17 +622,22 @@ def submit_label(
     shown_choice: ShownChoice,
     seconds: float | None = None,
     reason: str | None = None,
+    criteria: Mapping[str, str] | None = None,
+    allowed_criteria: Sequence[str] = (),
     now: datetime | None = None,
     timed_from_claim: bool = False,
 ) -> Label:
     """Store the user's label for a pair they claimed; a repeated submit returns the first label.
 
     `shown_choice` is what the user picked in the order they saw ("left", "right", "tie",
-    "both_bad"). A submit after the lease expired is taken while the pair still has a free slot.
-    With `timed_from_claim` and no `seconds`, the time spent is measured here, from the claim."""
+    "both_bad"); `criteria`, their judgment on each of `allowed_criteria` they gave, in the same
+    order (`check_criteria`). A submit after the lease expired is taken while the pair still has
+    a free slot. With `timed_from_claim` and no `seconds`, the time spent is measured here, from
+    the claim."""
     now = now or utcnow()
     if shown_choice not in SHOWN_CHOICES:
         raise ValueError(f"choice {shown_choice!r}: expected one of {', '.join(SHOWN_CHOICES)}")
+    judged = check_criteria(criteria, allowed_criteria)
     if seconds is not None and not seconds >= 0:
         raise ValueError(f"seconds: must be >= 0 (got {seconds!r})")
     if reason is not None and len(reason) > MAX_REASON_CHARS:
@@ -642,6 +671,9 @@ def submit_label(
         swapped=swapped,
         seconds=seconds,
         reason=reason,
+        criteria=None
+        if judged is None
+        else {name: str(_translate(shown, swapped)) for name, shown in judged.items()},
         created_at=now,
     )
     # Core statements (the ORM's flush is the dearest statement of a click); the Label returned
@@ -690,6 +722,8 @@ def label_and_claim_next(
     eval_share: float = 0.0,
     seconds: float | None = None,
     reason: str | None = None,
+    criteria: Mapping[str, str] | None = None,
+    allowed_criteria: Sequence[str] | None = None,
     timed_from_claim: bool = False,
     now: datetime | None = None,
 ) -> tuple[Label, Claim | None]:
@@ -697,7 +731,8 @@ def label_and_claim_next(
     labeling page's buttons and the API's `POST /pairs/{id}/label?next=true` both call this.
 
     `submit_label`, then `claim_for_labeling`; `labeling` None claims nothing (the API without
-    `next`). Returns the label and the next claim (None: nothing left, paused, or not asked)."""
+    `next`). `criteria` are checked against `allowed_criteria` (default: `labeling.criteria`). Returns the label and the next claim (None: nothing left, paused, or not
+    asked)."""
     label = submit_label(
         session=session,
         user_id=user_id,
@@ -705,6 +740,12 @@ def label_and_claim_next(
         shown_choice=shown_choice,
         seconds=seconds,
         reason=reason,
+        criteria=criteria,
+        allowed_criteria=(
+            allowed_criteria
+            if allowed_criteria is not None
+            else (labeling.criteria if labeling is not None else ())
+        ),
         now=now,
         timed_from_claim=timed_from_claim,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tomllib
 import types
 import typing
@@ -18,7 +19,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import pydantic_settings
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -170,6 +178,10 @@ class RoutingSettings(Section):
     )
 
 
+MAX_CRITERIA = 8
+CRITERION_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
 class LabelingSettings(Section):
     overlap: int = Field(1, ge=1, le=16, description="Annotators per pair.")
     lease_seconds: int = Field(600, ge=10, description="A claimed pair returns to the queue.")
@@ -198,6 +210,25 @@ class LabelingSettings(Section):
         description="Leave flagged annotators' labels out of DPO data, the proxy's refit and the "
         "export (off: flag them only).",
     )
+    criteria: list[str] = Field(
+        default_factory=list,
+        max_length=MAX_CRITERIA,
+        description="Criteria judged beside the overall choice, each A, B or tie (e.g. "
+        '["helpfulness", "harmlessness"]): stored per label, exported as columns, their '
+        "agreement reported; dpo.criterion trains on one. Names: lowercase letters, digits, _.",
+    )
+
+    @field_validator("criteria")
+    @classmethod
+    def _criterion_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not CRITERION_NAME.fullmatch(name):
+                raise ValueError(
+                    f"criterion {name!r}: 1-32 lowercase letters, digits or _, a letter first"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("the same criterion twice")
+        return value
 
 
 class LoopSettings(Section):
@@ -263,6 +294,12 @@ class DPOSettings(Section):
     trl_args: dict[str, Any] = Field(
         default_factory=dict,
         description="Any other trl.DPOConfig field, passed through (e.g. warmup_ratio).",
+    )
+    criterion: str | None = Field(
+        None,
+        description="Train on one of labeling.criteria instead of the overall choice: each pair "
+        "decided by its labels' judgments on that criterion (one labeling pass, several data "
+        "sets). Unset: the overall choice.",
     )
 
 
@@ -381,6 +418,15 @@ class Settings(BaseSettings):
     eval: EvalSettings = EvalSettings()
     server: ServerSettings = ServerSettings()
 
+    @model_validator(mode="after")
+    def _criterion_is_judged(self) -> Settings:
+        if self.dpo.criterion is not None and self.dpo.criterion not in self.labeling.criteria:
+            raise ValueError(
+                f"dpo.criterion {self.dpo.criterion!r} is not among labeling.criteria "
+                f"{self.labeling.criteria}"
+            )
+        return self
+
     @classmethod
     def settings_customise_sources(
         cls,
@@ -461,6 +507,9 @@ def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
 def _format_errors(exc: ValidationError, origin: str) -> str:
     lines = [f"invalid settings ({origin}):"]
     for error in exc.errors():
+        if not error["loc"]:  # a rule across keys: its message names them
+            lines.append(f"  {error['msg'].removeprefix('Value error, ')}")
+            continue
         key = ".".join(str(part) for part in error["loc"])
         lines.append(f"  {key}: {error['msg']} (got {error.get('input')!r})")
     return "\n".join(lines)
@@ -591,6 +640,7 @@ EDITABLE_KEYS: tuple[str, ...] = (
     "labeling.min_gold_accuracy",
     "labeling.min_gold_seen",
     "labeling.gold_filter",
+    "labeling.criteria",
     "loop.human_quota",
     "loop.interval_minutes",
     "loop.data_scope",
@@ -601,6 +651,7 @@ EDITABLE_KEYS: tuple[str, ...] = (
     "dpo.num_train_epochs",
     "dpo.per_device_train_batch_size",
     "dpo.label_smoothing",
+    "dpo.criterion",
     "eval.win_rate_threshold",
     "eval.gate",
     "eval.human_prompts",

@@ -116,15 +116,25 @@ def preference_records(rows: Iterable[Any], *, chat: bool) -> list[dict[str, Any
 
 
 def load_preferences(
-    *, engine, iterations: list[int] | None, with_seed: bool = False, gold: Any = None
+    *,
+    engine,
+    iterations: list[int] | None,
+    with_seed: bool = False,
+    gold: Any = None,
+    criterion: str | None = None,
 ) -> list[Any]:
     """The decided pairs DPO trains on (`storage.preferences.iter_preferences`); `gold`: a
-    `storage.gold.GoldRule` whose flagged annotators' labels do not count."""
+    `storage.gold.GoldRule` whose flagged annotators' labels do not count; `criterion`
+    (`dpo.criterion`): decide each pair by its labels' judgments on it."""
     from storage.preferences import iter_preferences
 
     with transaction(engine, readonly=True) as session:
         rows = iter_preferences(
-            session=session, iterations=iterations, with_seed=with_seed, gold=gold
+            session=session,
+            iterations=iterations,
+            with_seed=with_seed,
+            gold=gold,
+            criterion=criterion,
         )
         return list(rows)
 

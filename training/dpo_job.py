@@ -157,9 +157,13 @@ def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
         iterations=params.get("iterations"),
         with_seed=bool(params.get("with_seed")),
         gold=GoldRule.filtering(settings.labeling),
+        criterion=dpo.criterion,
     )
     if not rows:
-        raise RuntimeError(f"no preferences to train on (iterations {params.get('iterations')})")
+        on = f", criterion {dpo.criterion}" if dpo.criterion else ""
+        raise RuntimeError(
+            f"no preferences to train on (iterations {params.get('iterations')}{on})"
+        )
     from transformers import AutoTokenizer
 
     chat = AutoTokenizer.from_pretrained(init.path).chat_template is not None

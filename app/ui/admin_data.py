@@ -153,7 +153,13 @@ def build_data(ctx: AppContext):
                 split=split,
                 include_flagged=include_flagged,
             )
-            result = export_file(engine=ctx.rt.engine, format=fmt, layout=layout, filters=filters)
+            result = export_file(
+                engine=ctx.rt.engine,
+                format=fmt,
+                layout=layout,
+                filters=filters,
+                criteria=ctx.rt.effective_settings().labeling.criteria,
+            )
         except ValueError as exc:  # ExportError too: nothing to export
             return _error(str(exc)), None
         # Gradio copies the file into its cache once this returns; drop ours a while later.

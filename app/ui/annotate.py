@@ -29,6 +29,13 @@ from storage.db import transaction
 from storage.settings import LabelingSettings
 
 CHOICES = {"left": "A better", "right": "B better", "tie": "Tie", "both_bad": "Both bad"}
+# A judgment per criterion (`labeling.criteria`): its choices, and the keys of the first rows
+# (a letter row each, under the left hand, apart from 1-4 and s).
+CRITERION_CHOICES = {"left": "A", "right": "B", "tie": "Tie"}
+CRITERION_KEYS = ("qwe", "zxc", "uio", "jkl")
+# A choice button's inputs as the page sends them: the shown pair with the judgments ticked on it
+# ({pair, criteria}, see `_shown`), or its id alone when none are (shortcuts.js).
+READ_CRITERIA = "(pair, reason) => [window.pfJudged ? window.pfJudged(pair) : pair, reason]"
 BUTTON_IDS = {"left": "pf-left", "right": "pf-right", "tie": "pf-tie", "both_bad": "pf-both-bad"}
 KEYS = {"left": "1", "right": "2", "tie": "3", "both_bad": "4"}
 
@@ -44,6 +51,7 @@ class Screen:
     suggestion_mode: str
     feedback: str
     guidelines: tuple[int, str] | None = None  # (version, Markdown) in force
+    criteria: tuple[str, ...] = ()  # `labeling.criteria`, judged beside the overall choice
 
 
 def suggestion_text(s: queue.ShownSuggestion) -> str:
@@ -83,10 +91,11 @@ def _screen(
         labeling.suggestion_mode,
         feedback,
         guidelines.current(session=session),
+        tuple(labeling.criteria),
     )
 
 
-def _pair_html(claim: queue.Claim, suggestion: str) -> str:
+def _pair_html(claim: queue.Claim, suggestion: str, criteria: tuple[str, ...] = ()) -> str:
     return (
         '<div class="pf-pair">'
         f"{prompt_html(claim.prompt, claim.prompt_messages)}"
@@ -94,8 +103,51 @@ def _pair_html(claim: queue.Claim, suggestion: str) -> str:
         f"{response_html('A', claim.left, cut=claim.left_cut, elem_id='pf-text-left')}"
         f"{response_html('B', claim.right, cut=claim.right_cut, elem_id='pf-text-right')}"
         "</div>"
+        f"{criteria_html(criteria)}"
         f'<div class="pf-suggestion" id="pf-suggestion">{suggestion}</div></div>'
     )
+
+
+@lru_cache(maxsize=8)
+def criteria_html(criteria: tuple[str, ...]) -> str:
+    """A row per criterion: A, B or tie, as radio buttons the page reads when a choice button
+    is clicked (shortcuts.js); each of the first rows has its letter keys."""
+    if not criteria:
+        return ""
+    rows = []
+    for n, name in enumerate(criteria):
+        keys = CRITERION_KEYS[n] if n < len(CRITERION_KEYS) else ""
+        choices = "".join(
+            '<label class="pf-criterion-choice">'
+            f'<input type="radio" name="pf-c-{escape(name)}" value="{value}"'
+            + (f' data-key="{keys[i]}"' if keys else "")
+            + f"> {label}"
+            + (f' <span class="pf-kbd">{keys[i]}</span>' if keys else "")
+            + "</label>"
+            for i, (value, label) in enumerate(CRITERION_CHOICES.items())
+        )
+        rows.append(
+            f'<div class="pf-criterion" data-criterion="{escape(name)}">'
+            f'<span class="pf-criterion-name">{escape(name.replace("_", " "))}</span>{choices}</div>'
+        )
+    return f'<div class="pf-criteria" id="pf-criteria">{"".join(rows)}</div>'
+
+
+def _shown(value: Any) -> tuple[Any, dict[str, str] | None]:
+    """(pair id, judgments per criterion) from what the page sent for the shown pair: its id, or
+    {"pair": id, "criteria": {criterion: choice}} when judgments were ticked. Untrusted: the id
+    is checked by `_pair_id`, the judgments by the queue."""
+    if not isinstance(value, dict):
+        return value, None
+    criteria = value.get("criteria")
+    if criteria is not None and (
+        not isinstance(criteria, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in criteria.items())
+    ):
+        raise gr.Error(
+            "criteria: expected {criterion: choice}; reload the page.", print_exception=False
+        )
+    return value.get("pair"), criteria or None
 
 
 def _render(screen: Screen) -> tuple:
@@ -117,7 +169,7 @@ def _render(screen: Screen) -> tuple:
         suggestion = ""
         if claim.suggestion and screen.suggestion_mode == "shown":
             suggestion = f"Proxy suggests: {escape(suggestion_text(claim.suggestion))}"
-        main = _pair_html(claim, suggestion)
+        main = _pair_html(claim, suggestion, screen.criteria)
     feedback = f'<div class="pf-feedback" id="pf-feedback">{screen.feedback}</div>'
     panel = guidelines_html(*screen.guidelines) if screen.guidelines else ""
     return stats + panel + main + feedback, "", claim.pair_id if claim else None
@@ -165,8 +217,8 @@ def _reason(value: Any) -> str | None:
 def _bind_choice(choose, choice: str):
     """One handler per button (typed, so Gradio passes the request)."""
 
-    def handler(pair_id: Any, reason: Any, request: gr.Request):
-        return choose(choice, pair_id, reason, request)
+    def handler(shown: Any, reason: Any, request: gr.Request):
+        return choose(choice, shown, reason, request)
 
     return handler
 
@@ -188,12 +240,13 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
         user = require_user(ctx, request)
         return (header_html(user, page="label"), *_render(screen(user)))
 
-    def choose(choice: str, shown_id: Any, reason: Any, request: gr.Request):
+    def choose(choice: str, shown: Any, reason: Any, request: gr.Request):
         user = None
         try:
             # Who is asking, the label and the next pair in one transaction: one commit a click.
             with transaction(ctx.rt.engine) as session:
                 user = require_user(ctx, request, session=session)
+                shown_id, criteria = _shown(shown)
                 pair_id = _pair_id(shown_id)
                 settings = ctx.rt.effective_settings(session)
                 labeling = settings.labeling
@@ -205,6 +258,7 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
                     labeling=labeling,
                     eval_share=settings.eval.human_share,
                     reason=_reason(reason),
+                    criteria=criteria,
                     timed_from_claim=True,
                 )
                 revealed = None
@@ -273,6 +327,7 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
                 [shown_pair, reason],
                 outputs,
                 api_name=f"label_{choice}",
+                js=READ_CRITERIA,
                 **direct,
             )
         skip_button.click(skip, [shown_pair], outputs, api_name="skip", **direct)

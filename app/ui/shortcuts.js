@@ -1,5 +1,8 @@
 // Keyboard shortcuts of the labeling view: 1-4 choose, s skips. They click the buttons, so the
-// server sees exactly what a click sends; keys typed into a text field are left alone.
+// server sees exactly what a click sends; keys typed into a text field are left alone. The
+// judgments per criterion are radio buttons under the pair (q/w/e for the first criterion's A, B,
+// tie, then z/x/c, u/i/o, j/k/l): their keys only tick them, in the page, and a choice button
+// sends what is ticked (`window.pfJudged`, the buttons' `js`).
 // The guidelines panel (sent closed with each pair): open the first time a version shows in this
 // browser, then as the annotator left it, open or closed, across clicks.
 (() => {
@@ -23,9 +26,23 @@
     if (fresh) store("pf-guidelines-open", "1");
     panel.addEventListener("toggle", () => store("pf-guidelines-open", panel.open ? "1" : "0"));
   };
-  new MutationObserver(syncGuidelines).observe(document.documentElement, {
+  // Gradio updates the page's HTML in place, keeping elements whose tag matches, so a ticked
+  // radio button would stay ticked on the next pair: each new render (it drops the marks set
+  // here) starts the judgments afresh.
+  const resetCriteria = () => {
+    const box = document.getElementById("pf-criteria");
+    if (!box || box.dataset.pfFresh) return;
+    box.dataset.pfFresh = "1";
+    for (const input of box.querySelectorAll("input:checked")) input.checked = false;
+  };
+  new MutationObserver(() => {
+    syncGuidelines();
+    resetCriteria();
+  }).observe(document.documentElement, {
     childList: true,
     subtree: true,
+    attributes: true,
+    attributeFilter: ["data-pf-synced", "data-pf-fresh"],
   });
 })();
 (() => {
@@ -33,10 +50,21 @@
   document.addEventListener("keydown", (event) => {
     if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
     const target = event.target;
-    if (target && (target.isContentEditable || /^(INPUT|TEXTAREA|SELECT)$/.test(target.tagName))) {
+    // typing into a text field; a radio button (a criterion ticked with the mouse) keeps the keys
+    const typing =
+      target &&
+      (target.isContentEditable ||
+        /^(TEXTAREA|SELECT)$/.test(target.tagName) ||
+        (target.tagName === "INPUT" && !/^(radio|checkbox|button)$/.test(target.type)));
+    if (typing) return;
+    const key = event.key.toLowerCase();
+    const judged = document.querySelector(`#pf-criteria input[data-key="${CSS.escape(key)}"]`);
+    if (judged) {
+      event.preventDefault();
+      judged.checked = true;
       return;
     }
-    const id = keys[event.key.toLowerCase()];
+    const id = keys[key];
     const button = id && document.getElementById(id);
     if (button && button.offsetParent !== null && !button.disabled) {
       event.preventDefault();
@@ -44,3 +72,12 @@
     }
   });
 })();
+// The shown pair as a choice button sends it: with the judgments ticked on it,
+// {pair, criteria: {criterion: "left" | "right" | "tie"}}, or its id alone when none are.
+window.pfJudged = (pair) => {
+  const criteria = {};
+  for (const input of document.querySelectorAll("#pf-criteria input:checked")) {
+    criteria[input.closest(".pf-criterion").dataset.criterion] = input.value;
+  }
+  return Object.keys(criteria).length ? { pair, criteria } : pair;
+};

@@ -677,3 +677,44 @@ def test_guidelines_through_the_api_and_the_version_on_each_label(world, engine)
     with transaction(engine, readonly=True) as session:
         actions = [a.action for a in session.exec(select(Audit))]
     assert actions.count("guidelines.publish") == 1
+
+
+def test_criteria_are_offered_with_each_pair_and_judged_in_the_shown_order(world, engine):
+    client, tokens, _ = world
+    ann = auth(tokens["annotator"])
+    with transaction(engine) as session:
+        crud.set_overrides(
+            session=session,
+            values={"labeling.criteria": ["helpfulness", "harmlessness"]},
+            user_id=None,
+        )
+    pair = client.get("/api/v1/pairs/next", headers=ann).json()["pair"]
+    assert pair["criteria"] == ["helpfulness", "harmlessness"]
+    unknown = client.post(
+        f"/api/v1/pairs/{pair['pair_id']}/label",
+        json={"choice": "left", "criteria": {"honesty": "left"}},
+        headers=ann,
+    )
+    assert unknown.status_code == 422 and "'honesty' is no criterion" in unknown.json()["detail"]
+    bad = client.post(
+        f"/api/v1/pairs/{pair['pair_id']}/label",
+        json={"choice": "left", "criteria": {"helpfulness": "both_bad"}},
+        headers=ann,
+    )
+    assert bad.status_code == 422
+    assert bad.json()["detail"][0]["loc"] == ["body", "criteria", "helpfulness"]
+    done = client.post(
+        f"/api/v1/pairs/{pair['pair_id']}/label",
+        json={"choice": "tie", "criteria": {"helpfulness": "left", "harmlessness": "tie"}},
+        headers=ann,
+    ).json()
+    with transaction(engine, readonly=True) as session:
+        label = session.exec(
+            select(Label).where(Label.pair_id == pair["pair_id"], Label.source == "human")
+        ).one()
+        from storage.models import Pair, Response
+
+        text_a = session.get(Response, session.get(Pair, pair["pair_id"]).response_a_id)
+    left_is_a = pair["left"] == text_a.text
+    assert label.criteria == {"helpfulness": "a" if left_is_a else "b", "harmlessness": "tie"}
+    assert done["criteria"] == label.criteria

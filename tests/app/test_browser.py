@@ -755,3 +755,44 @@ def test_guidelines_open_the_first_time_stay_as_left_and_open_again_when_changed
                 )
             ]
         assert versions == [1, 2]
+
+
+def test_criteria_are_ticked_by_key_or_click_and_sent_with_the_choice(tmp_path, page):
+    """Two criteria under the pair: q/w/e and z/x/c tick them (no request), a click on a
+    criterion keeps the number keys working, and the choice sends them with the pair."""
+    with live_server(tmp_path, workers=1) as server:
+        users = seed_users(server.rt, {"ann": Role.annotator})
+        seed_pairs(server.rt, [(f"Q{i}?", f"a-{i}", f"b-{i}") for i in range(3)])
+        with transaction(server.rt.engine) as session:
+            crud.set_overrides(
+                session=session,
+                values={"labeling.criteria": ["helpfulness", "harmlessness"]},
+                user_id=None,
+            )
+        login(page, server, "ann")
+        page.wait_for_selector("#pf-criteria .pf-criterion[data-criterion='harmlessness']")
+        shot(page, "label_criteria")
+        left, _ = shown_texts(page)
+        page.keyboard.press("w")  # helpfulness: B
+        page.keyboard.press("z")  # harmlessness: A
+        assert page.is_checked("input[name='pf-c-helpfulness'][value='right']")
+        act_and_wait(page, lambda: page.keyboard.press("1"))
+        # by mouse, then a number key with the radio button focused
+        left2, _ = shown_texts(page)
+        page.check("input[name='pf-c-harmlessness'][value='tie']")
+        act_and_wait(page, lambda: page.keyboard.press("2"))
+        assert not page.is_checked("input[name='pf-c-harmlessness'][value='tie']")  # fresh row
+        page.keyboard.press("3")  # nothing ticked: none sent; the last pair
+        page.wait_for_selector("#pf-message")
+        server.users = users
+        labels = labels_of(server, "ann")
+    (first, a1, _), (second, a2, _), (third, _, _) = labels
+    side = {True: "a", False: "b"}
+    assert first.choice == side[left.startswith(a1[:3])]
+    assert first.criteria == {
+        "helpfulness": side[not left.startswith(a1[:3])],
+        "harmlessness": side[left.startswith(a1[:3])],
+    }
+    assert second.choice == side[not left2.startswith(a2[:3])]
+    assert second.criteria == {"harmlessness": "tie"}
+    assert third.choice == "tie" and third.criteria is None

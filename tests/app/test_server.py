@@ -290,6 +290,39 @@ def test_labeling_handlers_store_the_meant_choice(rt, users):
     assert label.reason == "clearer" and label.seconds > 0
 
 
+def test_a_click_sends_the_judgments_ticked_on_the_shown_pair(rt, users):
+    """With labeling.criteria, the page shows a row of A / B / tie per criterion with its keys,
+    and a click sends {pair, criteria} for the shown pair: stored in the pair's a/b; a
+    criterion that is not configured stores nothing and says why."""
+    ctx = AppContext(rt=rt, secret=b"s" * 32)
+    seed_pairs(rt, [(f"p{i}", f"a{i}", f"b{i}") for i in range(3)])
+    with transaction(rt.engine) as session:
+        crud.set_overrides(
+            session=session,
+            values={"labeling.criteria": ["helpfulness", "safe_reply"]},
+            user_id=None,
+        )
+    by_name = _handlers(build_annotate(ctx))
+    request = _as_user(ctx, users["ann"])
+    body, _, shown = by_name["show"](request)[1:]
+    assert 'data-criterion="helpfulness"' in body and 'data-key="q"' in body
+    assert 'data-criterion="safe_reply"' in body and 'data-key="z"' in body and "safe reply" in body
+    meant_a = ">a" in body.split('id="pf-text-left"')[1].split('id="pf-text-right"')[0]
+    sent = {"pair": shown, "criteria": {"helpfulness": "right", "safe_reply": "tie"}}
+    body, _, next_shown = by_name["label_right"](sent, "", request)
+    assert "Saved" in body
+    forged = {"pair": next_shown, "criteria": {"honesty": "left"}}
+    body, _, still = by_name["label_left"](forged, "", request)
+    assert "Not saved" in body and "&#x27;honesty&#x27; is no criterion" in body
+    assert still == next_shown
+    with pytest.raises(gr.Error, match="criteria: expected"):
+        by_name["label_left"]({"pair": next_shown, "criteria": ["left"]}, "", request)
+    with transaction(rt.engine, readonly=True) as session:
+        (label,) = session.exec(select(Label)).all()
+    b_side = "b" if meant_a else "a"
+    assert (label.choice, label.criteria) == (b_side, {"helpfulness": b_side, "safe_reply": "tie"})
+
+
 def test_a_click_labels_only_a_pair_the_user_holds(rt, users):
     """The page sends back the shown pair's id; an id the user does not hold (forged, another
     user's, a stale tab's) stores nothing, and the page says so."""

@@ -287,3 +287,23 @@ def test_guidelines_migrate_down_and_up(engine):
         )
     upgrade(engine)
     test_migrations_from_empty_match_the_models(engine)
+
+
+def test_label_criteria_migrate_down_and_up(engine):
+    """0009 adds label.criteria; its downgrade drops the column and keeps the labels."""
+    from alembic import command
+
+    from storage.db import migrations_config, transaction
+    from storage.models import Choice, Label, LabelSource
+    from tests.factories import make_pairs
+
+    with transaction(engine) as session:
+        (pair,) = make_pairs(session, 1)
+        session.add(
+            Label(pair_id=pair.id, source=LabelSource.proxy, choice=Choice.b, criteria={"x": "a"})
+        )
+    command.downgrade(migrations_config(engine), "0008")
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT choice FROM label").scalar_one() == "b"
+    upgrade(engine)
+    test_migrations_from_empty_match_the_models(engine)

@@ -85,3 +85,21 @@ def test_overrides_are_validated(tmp_path):
         with_overrides(settings, {"routing.tau": 0.9})
     with pytest.raises(SettingsError, match="unknown setting"):
         with_overrides(settings, {"routing.nope": 1})
+
+
+def test_criteria_are_named_once_each_and_dpo_trains_on_one_of_them(tmp_path):
+    from storage.settings import SettingsError, load_settings, with_overrides
+
+    settings = load_settings(tmp_path)
+    judged = with_overrides(
+        settings, {"labeling.criteria": ["helpfulness", "harm_2"], "dpo.criterion": "harm_2"}
+    )
+    assert judged.dpo.criterion == "harm_2"
+    for overrides, message in (
+        ({"labeling.criteria": ["Helpfulness"]}, "labeling.criteria: Value error, criterion"),
+        ({"labeling.criteria": ["a", "a"]}, "the same criterion twice"),
+        ({"labeling.criteria": [f"c{i}" for i in range(9)]}, "labeling.criteria"),
+        ({"dpo.criterion": "helpfulness"}, "dpo.criterion 'helpfulness' is not among"),
+    ):
+        with pytest.raises(SettingsError, match=message):
+            with_overrides(settings, overrides)
