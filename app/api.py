@@ -970,3 +970,43 @@ def post_guidelines(
     except ValueError as exc:
         raise HTTPException(422, str(exc)) from None
     return GuidelinesVersionOut(version=version)
+
+
+# the annotator dashboard
+
+
+class FiguresOut(BaseModel):
+    labels: int
+    labels_per_hour: float | None = Field(description="3600 x labels / the seconds they took.")
+    median_seconds: float | None
+    too_fast_share: float | None = Field(description="Share under labeling.too_fast_seconds.")
+    peer_agreement: float | None = Field(
+        description="Share of the others' labels on your pairs that match yours."
+    )
+    peer_n: int
+    gold_seen: int
+    gold_accuracy: float | None
+    gold_flagged: bool
+    labels_left_out: bool = Field(description="Flagged while labeling.gold_filter is on.")
+
+
+@router.get("/me", response_model=FiguresOut, responses=ERRORS)
+def my_figures(request: Request, user: CurrentUser) -> FiguresOut:
+    """Your own figures, as the labeling page shows them."""
+    from labeling.quality import annotator_figures
+
+    rt = get_runtime(request)
+    figures = annotator_figures(
+        engine=rt.engine, user_id=user.id, labeling=rt.effective_settings().labeling
+    )
+    return FiguresOut(**figures)
+
+
+@router.get("/quality", responses=ERRORS)
+def quality(request: Request, user: CurrentUser) -> dict[str, Any]:
+    """Agreement and the annotator dashboard, as `prefloop quality --json` (admins)."""
+    from labeling.quality import quality_report
+
+    require_admin(user)
+    rt = get_runtime(request)
+    return quality_report(engine=rt.engine, labeling=rt.effective_settings().labeling)

@@ -98,11 +98,13 @@ def quality(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object.")] = False,
 ) -> None:
     """Agreement between annotators (Cohen's kappa, Krippendorff's alpha), with the proxy, the
-    proxy's accuracy on audited pairs, and labels and median seconds per annotator."""
+    proxy's accuracy on audited pairs, and the annotator dashboard: per annotator labels, labels
+    per hour, median seconds, the share too fast, kappa with peers, agreement with the proxy,
+    gold accuracy and flag, agreement per criterion."""
     from labeling.quality import quality_report
 
     rt = runtime(data_dir)
-    report = quality_report(engine=rt.engine)
+    report = quality_report(engine=rt.engine, labeling=rt.effective_settings().labeling)
     if as_json:
         typer.echo(json.dumps(report))
         return
@@ -130,11 +132,22 @@ def _describe_quality(r: dict[str, Any]) -> str:
             f"criterion {name}: agreement {_fmt(c['agreement'])} (n={c['n']} comparisons on "
             f"{c['pairs_multi_judged']} pairs), alpha {_fmt(c['krippendorff_alpha'])}"
         )
-    lines.append(f"{'annotator':<24} {'labels':>7} {'median s':>9} {'vs proxy':>9}")
+    lines.append(
+        f"{'annotator':<20} {'labels':>6} {'per h':>6} {'median s':>8} "
+        f"{'<' + format(r['too_fast_seconds'], 'g') + ' s':>7} {'kappa':>6} {'vs proxy':>8} "
+        f"{'gold':>11}  criteria"
+    )
     for a in r["annotators"]:
+        gold = (
+            "n/a" if a["gold_accuracy"] is None else f"{a['gold_accuracy']:.2f} ({a['gold_seen']})"
+        )
+        if a["gold_flagged"]:
+            gold += " FLAGGED"
+        criteria = ", ".join(f"{k} {_fmt(v)}" for k, v in a["criteria_agreement"].items())
         lines.append(
-            f"{a['name']:<24} {a['labels']:>7} {_fmt(a['median_seconds']):>9} "
-            f"{_fmt(a['proxy_agreement']):>9}"
+            f"{a['name']:<20} {a['labels']:>6} {_fmt(a['labels_per_hour']):>6} "
+            f"{_fmt(a['median_seconds']):>8} {_fmt(a['too_fast_share']):>7} "
+            f"{_fmt(a['peer_kappa']):>6} {_fmt(a['proxy_agreement']):>8} {gold:>11}  {criteria}"
         )
     return "\n".join(lines)
 

@@ -6,7 +6,11 @@
 - proxy accuracy on audited pairs (confident pairs humans labeled anyway), against the majority;
 - the proxy's calibration error: are its P values right, over every human a/b label of a pair it
   suggested on (ECE, `calibration_error`);
-- per annotator: labels, median seconds per label, agreement with the proxy;
+- per annotator (the annotator dashboard): labels, labels per hour of labeling (3600 x labels /
+  the seconds they took), median seconds per label, the share made faster than
+  `labeling.too_fast_seconds`, agreement with peers (the mean of their Cohen's κ with each peer
+  they share `min_common` pairs with), agreement with the proxy, gold accuracy with its count and
+  flag (storage/gold.py);
 - per criterion (`labeling.criteria`): the annotators' agreement on it (the share of every two
   judgments of a pair that match, and α), and per annotator the share of their judgments that
   match their peers' on the same pair.
@@ -24,9 +28,11 @@ from typing import Any
 import numpy as np
 from sqlalchemy.engine import Engine
 
-from storage import crud, pairs
+from storage import crud, gold, pairs
 from storage.db import transaction
+from storage.gold import GoldRule, GoldStanding
 from storage.models import Choice, LabelSource, Route
+from storage.settings import LabelingSettings
 
 CATEGORIES = (Choice.a, Choice.b, Choice.tie, Choice.both_bad)
 
@@ -82,13 +88,21 @@ def calibration_error(p: Any, y: Any, bins: int = 10) -> float | None:
     return round(float(total) / len(p), 4)
 
 
-def quality_report(*, engine: Engine, min_common: int = 5) -> dict[str, Any]:
+def quality_report(
+    *, engine: Engine, min_common: int = 5, labeling: LabelingSettings | None = None
+) -> dict[str, Any]:
+    """Agreement, the proxy's quality, and the annotator dashboard (module notes), with the
+    too-fast threshold and gold rule of `labeling` (default: the defaults)."""
+    labeling = labeling or LabelingSettings()
     with transaction(engine, readonly=True) as session:
         labels = pairs.labeled_pairs(session=session, sources=(LabelSource.human,))
         suggestions = pairs.latest_suggestions(
             session=session, pair_ids=sorted({x.pair_id for x in labels})
         )
         names = {u.id: u.name for u in crud.list_users(session=session)}
+        standing = {
+            s.user_id: s for s in gold.gold_standing(session=session, rule=GoldRule.of(labeling))
+        }
 
     by_pair: dict[int, dict[int, Choice]] = defaultdict(dict)
     route_of: dict[int, Route] = {}
@@ -110,12 +124,16 @@ def quality_report(*, engine: Engine, min_common: int = 5) -> dict[str, Any]:
 
     criteria = _criterion_agreement(labels)
     kappas = []
-    users = sorted(counts)
+    peer_kappas: dict[int, list[float]] = defaultdict(list)
+    users = sorted(set(counts) | set(standing))  # a gold label alone makes an annotator
     for u, v in combinations(users, 2):
         common = [pid for pid, lab in by_pair.items() if u in lab and v in lab]
         if len(common) < min_common:
             continue
         kappa = cohens_kappa([by_pair[p][u] for p in common], [by_pair[p][v] for p in common])
+        if kappa is not None:
+            peer_kappas[u].append(kappa)
+            peer_kappas[v].append(kappa)
         kappas.append(
             {
                 "a": names.get(u, u),
@@ -153,16 +171,17 @@ def quality_report(*, engine: Engine, min_common: int = 5) -> dict[str, Any]:
             [p for p, _ in calibration], [y for _, y in calibration]
         ),
         "proxy_calibration_n": len(calibration),
+        "too_fast_seconds": labeling.too_fast_seconds,
         "annotators": [
             {
                 "name": names.get(u, u),
                 "labels": counts[u],
-                "median_seconds": (
-                    round(statistics.median(per_user[u]["seconds"]), 2)
-                    if per_user[u]["seconds"]
-                    else None
+                **_pace(per_user[u]["seconds"], labeling.too_fast_seconds),
+                "peer_kappa": (
+                    round(statistics.fmean(peer_kappas[u]), 4) if peer_kappas[u] else None
                 ),
                 "proxy_agreement": _rate(per_user[u]["agree"]),
+                **_gold_figures(standing.get(u), labeling),
                 "criteria_agreement": {
                     name: _rate(figures["by_user"].get(u, [])) for name, figures in criteria.items()
                 },
@@ -203,6 +222,55 @@ def _criterion_agreement(labels: list) -> dict[str, dict[str, Any]]:
             "by_user": by_user,
         }
     return out
+
+
+def _pace(seconds: list[float], too_fast: float) -> dict[str, float | None]:
+    """Labels per hour of labeling, median seconds, the share made faster than `too_fast`."""
+    if not seconds:
+        return {"labels_per_hour": None, "median_seconds": None, "too_fast_share": None}
+    spent = sum(seconds)
+    return {
+        "labels_per_hour": round(3600 * len(seconds) / spent, 1) if spent > 0 else None,
+        "median_seconds": round(statistics.median(seconds), 2),
+        "too_fast_share": round(sum(s < too_fast for s in seconds) / len(seconds), 4),
+    }
+
+
+def _gold_figures(s: GoldStanding | None, labeling: LabelingSettings) -> dict[str, Any]:
+    return {
+        "gold_seen": 0 if s is None else s.seen,
+        "gold_accuracy": None if s is None else s.accuracy,
+        "gold_flagged": s is not None and s.flagged,
+        "labels_left_out": s is not None and s.flagged and labeling.gold_filter,
+    }
+
+
+def annotator_figures(
+    *, engine: Engine, user_id: int, labeling: LabelingSettings
+) -> dict[str, Any]:
+    """One annotator's own figures (the labeling page's line): labels, pace, agreement with
+    their peers on the pairs they share (the share of the others' labels that match theirs),
+    gold accuracy. Reads their labels and the others' on the same pairs only."""
+    with transaction(engine, readonly=True) as session:
+        own, others = pairs.shared_labels(session=session, user_id=user_id)
+        standing = next(
+            (
+                s
+                for s in gold.gold_standing(session=session, rule=GoldRule.of(labeling))
+                if s.user_id == user_id
+            ),
+            None,
+        )
+    seconds = [s for _, _, s in own if s is not None]
+    mine = {pair_id: choice for pair_id, choice, _ in own}
+    matches = [mine[pair_id] == choice for pair_id, choice in others if pair_id in mine]
+    return {
+        "labels": len(own),
+        **_pace(seconds, labeling.too_fast_seconds),
+        "peer_agreement": _rate(matches),
+        "peer_n": len(matches),
+        **_gold_figures(standing, labeling),
+    }
 
 
 def _rate(hits: list[bool]) -> float | None:

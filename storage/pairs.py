@@ -282,6 +282,29 @@ def labeled_pairs(
     return [LabeledPair(*row) for row in session.exec(query)]
 
 
+def shared_labels(
+    *, session: Session, user_id: int
+) -> tuple[list[tuple[int, Choice, float | None]], list[tuple[int, Choice]]]:
+    """(the user's human preference labels as (pair, choice, seconds), the other users' human
+    labels on those pairs as (pair, choice)): one annotator's own figures."""
+    mine = (
+        sa.select(Label.pair_id, Label.choice, Label.seconds)
+        .join(Pair, Pair.id == Label.pair_id)
+        .where(
+            Label.user_id == user_id,
+            Label.source == LabelSource.human,
+            Pair.route.not_in(NOT_PREFERENCE_ROUTES),
+        )
+    )
+    own = [tuple(row) for row in session.execute(mine)]
+    others_query = sa.select(Label.pair_id, Label.choice).where(
+        Label.pair_id.in_(mine.with_only_columns(Label.pair_id).scalar_subquery()),
+        Label.source == LabelSource.human,
+        Label.user_id != user_id,
+    )
+    return own, [tuple(row) for row in session.execute(others_query)]
+
+
 def latest_suggestions(*, session: Session, pair_ids: list[int]) -> dict[int, Suggestion]:
     """The newest suggestion of each pair."""
     out: dict[int, Suggestion] = {}

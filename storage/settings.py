@@ -210,6 +210,12 @@ class LabelingSettings(Section):
         description="Leave flagged annotators' labels out of DPO data, the proxy's refit and the "
         "export (off: flag them only).",
     )
+    too_fast_seconds: float = Field(
+        2.0,
+        ge=0.0,
+        description="A label made faster than this counts as too fast on the annotator "
+        "dashboard (its share per annotator).",
+    )
     criteria: list[str] = Field(
         default_factory=list,
         max_length=MAX_CRITERIA,
@@ -641,6 +647,7 @@ EDITABLE_KEYS: tuple[str, ...] = (
     "labeling.min_gold_seen",
     "labeling.gold_filter",
     "labeling.criteria",
+    "labeling.too_fast_seconds",
     "loop.human_quota",
     "loop.interval_minutes",
     "loop.data_scope",

@@ -1,6 +1,8 @@
-"""Admin view, annotators: gold accuracy per annotator with its flag (lift it), gold pairs (import a
-file; look a pair up, mark it gold or remove its gold). Every handler checks for an admin, and
-every change is audited (labeling/gold.py)."""
+"""Admin view, annotators: the annotator dashboard (per annotator: labels, labels per hour, median
+seconds, the share too fast, kappa with peers, agreement with the proxy, gold accuracy and flag,
+agreement per criterion; a table and bar charts), gold accuracy with its flag (lift it), and gold
+pairs (import a file; look a pair up, mark it gold or remove its gold). Every handler checks for
+an admin, and every change is audited (labeling/gold.py)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,117 @@ def _ok(text: str) -> str:
 
 def _error(text: str) -> str:
     return f'<span class="pf-error" role="alert">{escape(text)}</span>'
+
+
+# The dashboard's bar charts: (key in the report, title, the largest value drawn, format)
+CHARTS = (
+    ("labels_per_hour", "labels per hour", None, "{:.0f}"),
+    ("median_seconds", "median seconds", None, "{:.1f}"),
+    ("too_fast_share", "share too fast", 1.0, "{:.2f}"),
+    ("peer_kappa", "kappa with peers", 1.0, "{:.2f}"),
+    ("gold_accuracy", "gold accuracy", 1.0, "{:.2f}"),
+)
+
+
+def _fmt(value: Any, pattern: str = "{:.2f}") -> str:
+    return "–" if value is None else pattern.format(value)
+
+
+def dashboard_html(report: dict[str, Any]) -> str:
+    """The annotator dashboard as a table, one row per annotator (names escaped)."""
+    rows = report["annotators"]
+    if not rows:
+        return '<p id="pf-dashboard">No human labels yet.</p>'
+    criteria = sorted({name for a in rows for name in a["criteria_agreement"]})
+    head = "".join(
+        f"<th>{escape(h)}</th>"
+        for h in (
+            "annotator",
+            "labels",
+            "per hour",
+            "median s",
+            f"< {report['too_fast_seconds']:g} s",
+            "κ peers",
+            "vs proxy",
+            "gold",
+            *criteria,
+        )
+    )
+    body = ""
+    for a in rows:
+        gold = _fmt(a["gold_accuracy"]) + f" ({a['gold_seen']})"
+        if a["gold_flagged"]:
+            gold += " flagged"
+        cells = [
+            escape(a["name"]),
+            str(a["labels"]),
+            _fmt(a["labels_per_hour"], "{:.0f}"),
+            _fmt(a["median_seconds"], "{:.1f}"),
+            _fmt(a["too_fast_share"]),
+            _fmt(a["peer_kappa"]),
+            _fmt(a["proxy_agreement"]),
+            escape(gold),
+            *(_fmt(a["criteria_agreement"].get(name)) for name in criteria),
+        ]
+        body += (
+            f'<tr data-annotator="{escape(a["name"])}">'
+            + "".join(f"<td>{cell}</td>" for cell in cells)
+            + "</tr>"
+        )
+    return (
+        f'<table class="pf-timeline" id="pf-dashboard"><tr>{head}</tr>{body}</table>'
+        f"<p>Per hour: labels per hour spent labeling; too fast: the share of labels made in less "
+        f"than {report['too_fast_seconds']:g} s; κ peers: the mean Cohen's κ with each annotator "
+        "sharing enough pairs; criteria: the share of their judgments matching their peers'.</p>"
+    )
+
+
+def dashboard_svg(report: dict[str, Any], width: int = 760) -> str:
+    """The dashboard's figures as horizontal bars, a panel per figure, a bar per annotator.
+    Only numbers and escaped names go into the markup."""
+    rows = report["annotators"]
+    if not rows:
+        return ""
+    panel_w, label_w, bar_h = width // len(CHARTS), 70, 16
+    height = 28 + bar_h * len(rows) + 8
+    parts = [
+        f'<svg id="pf-dashboard-plot" viewBox="0 0 {width} {height}" width="100%" role="img" '
+        f'aria-label="Annotator figures" style="max-width:{width}px;font:11px sans-serif">'
+    ]
+    for n, (key, title, top, pattern) in enumerate(CHARTS):
+        x0 = n * panel_w
+        values = [a[key] for a in rows]
+        biggest = top or max((v for v in values if v is not None), default=0) or 1
+        parts.append(
+            f'<text x="{x0 + 4}" y="14" fill="currentColor" font-weight="600">'
+            f"{escape(title)}</text>"
+        )
+        for i, (a, value) in enumerate(zip(rows, values, strict=True)):
+            y = 24 + i * bar_h
+            parts.append(
+                f'<text x="{x0 + 4}" y="{y + 11}" fill="currentColor" fill-opacity=".75">'
+                f"{escape(a['name'][:10])}</text>"
+            )
+            if value is None:
+                continue
+            span = max(0.0, min(1.0, value / biggest)) * (panel_w - label_w - 46)
+            flagged = key == "gold_accuracy" and a["gold_flagged"]
+            color = "#d92d20" if flagged else "var(--color-accent, #6366f1)"
+            parts.append(
+                f'<rect class="pf-dashboard-bar" data-figure="{key}" x="{x0 + label_w}" '
+                f'y="{y + 3}" width="{span:.1f}" height="{bar_h - 6}" fill="{color}" rx="2"/>'
+                f'<text x="{x0 + label_w + span + 3:.1f}" y="{y + 11}" fill="currentColor">'
+                f"{pattern.format(value)}</text>"
+            )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def dashboard(ctx: AppContext) -> tuple[str, str]:
+    from labeling.quality import quality_report
+
+    report = quality_report(engine=ctx.rt.engine, labeling=ctx.rt.effective_settings().labeling)
+    return dashboard_html(report), dashboard_svg(report)
 
 
 def gold_html(ctx: AppContext) -> str:
@@ -73,7 +186,7 @@ def build_annotators(ctx: AppContext):
 
     def refresh(request: gr.Request):
         require_user(ctx, request, role=Role.admin)
-        return gold_html(ctx)
+        return (*dashboard(ctx), gold_html(ctx))
 
     def lift(name: str, request: gr.Request):
         admin = require_user(ctx, request, role=Role.admin)
@@ -139,6 +252,10 @@ def build_annotators(ctx: AppContext):
             ctx
         )
 
+    gr.Markdown("**Annotators** (every human label so far)")
+    table = html(elem_id="pf-dashboard-table")
+    plot = html(elem_id="pf-dashboard-plots")
+    refresh_button = gr.Button("Refresh", size="sm", elem_id="pf-dashboard-refresh")
     gr.Markdown("**Gold accuracy** per annotator")
     standing = html(elem_id="pf-gold")
     with gr.Row():
@@ -181,4 +298,7 @@ def build_annotators(ctx: AppContext):
     import_button.click(
         upload, [gold_file], [import_result, standing], api_name="gold_import", **DIRECT
     )
-    return refresh, [standing]
+    refresh_button.click(
+        refresh, None, [table, plot, standing], api_name="dashboard_refresh", **DIRECT
+    )
+    return refresh, [table, plot, standing]

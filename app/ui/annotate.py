@@ -24,6 +24,7 @@ from sqlmodel import Session
 from app.ui.common import DIRECT, header_html, html
 from app.ui.guard import AppContext, CurrentUser, require_user
 from app.ui.render import escape, markdown_to_safe_html, prompt_html, response_html
+from labeling.quality import annotator_figures
 from storage import crud, guidelines, queue
 from storage.db import transaction
 from storage.settings import LabelingSettings
@@ -175,6 +176,22 @@ def _render(screen: Screen) -> tuple:
     return stats + panel + main + feedback, "", claim.pair_id if claim else None
 
 
+def own_figures_html(figures: dict[str, Any]) -> str:
+    """The annotator's own figures, shown under the header when the page loads (not on each
+    click: they read every label of theirs)."""
+    if not figures["labels"] and not figures["gold_seen"]:
+        return ""
+    parts = [f"{figures['labels']} labels"]
+    if figures["labels_per_hour"] is not None:
+        parts.append(f"{figures['labels_per_hour']:.0f} per hour")
+        parts.append(f"median {figures['median_seconds']:.1f} s")
+    if figures["peer_agreement"] is not None:
+        parts.append(f"agreement with others {figures['peer_agreement']:.2f} ({figures['peer_n']})")
+    if figures["gold_accuracy"] is not None:
+        parts.append(f"gold accuracy {figures['gold_accuracy']:.2f} ({figures['gold_seen']})")
+    return f'<div class="pf-own" id="pf-own">Your numbers: {escape(" · ".join(parts))}</div>'
+
+
 @lru_cache(maxsize=8)
 def guidelines_html(version: int, text: str) -> str:
     """The guidelines as a collapsible panel, rendered as safely as model output. Closed as
@@ -238,7 +255,14 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
 
     def show(request: gr.Request):
         user = require_user(ctx, request)
-        return (header_html(user, page="label"), *_render(screen(user)))
+        own = own_figures_html(
+            annotator_figures(
+                engine=ctx.rt.engine,
+                user_id=user.id,
+                labeling=ctx.rt.effective_settings().labeling,
+            )
+        )
+        return (header_html(user, page="label") + own, *_render(screen(user)))
 
     def choose(choice: str, shown: Any, reason: Any, request: gr.Request):
         user = None

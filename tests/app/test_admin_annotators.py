@@ -103,3 +103,8 @@ def test_import_mark_show_lift_and_unmark_are_admin_only_and_audited(ctx, handle
     message, _ = handlers["gold_unmark"](pair_id, boss)
     assert "no longer a gold pair" in message
     assert _audits(ctx) == ["gold.import", "gold.mark", "gold.lift", "gold.remove"]
+    table, plot, standing = handlers["dashboard_refresh"](boss)
+    assert '<tr data-annotator="ann">' in table and "pf-dashboard-plot" in plot
+    assert plot.count('data-figure="gold_accuracy"') == 1  # ann's one gold label
+    with pytest.raises(Refused):
+        handlers["dashboard_refresh"](ann)

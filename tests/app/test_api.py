@@ -111,6 +111,8 @@ ROUTES = {
     "review_decision": ("POST", "/api/v1/pairs/{pair}/decision", {"choice": "b"}, True),
     "guidelines": ("GET", "/api/v1/guidelines", None, False),
     "guidelines_publish": ("POST", "/api/v1/guidelines", {"text": "Be kind."}, True),
+    "me": ("GET", "/api/v1/me", None, False),
+    "quality": ("GET", "/api/v1/quality", None, True),
 }
 # What an admin gets where it is not 200.
 ADMIN_STATUS = {
@@ -194,6 +196,8 @@ def test_the_spec_lists_the_errors_each_route_answers(world):
         ("POST", "/api/v1/pairs/{pair_id}/decision"): [204, 401, 403, 404, 409, 422, 429],
         ("GET", "/api/v1/guidelines"): [401, 403, 429],
         ("POST", "/api/v1/guidelines"): [401, 403, 422, 429],
+        ("GET", "/api/v1/me"): [401, 403, 429],
+        ("GET", "/api/v1/quality"): [401, 403, 429],
     }
     paused = paths["/api/v1/pairs/next"]["get"]["responses"]["409"]
     assert "paused" in paused["description"]
@@ -718,3 +722,19 @@ def test_criteria_are_offered_with_each_pair_and_judged_in_the_shown_order(world
     left_is_a = pair["left"] == text_a.text
     assert label.criteria == {"helpfulness": "a" if left_is_a else "b", "harmlessness": "tie"}
     assert done["criteria"] == label.criteria
+
+
+def test_the_dashboard_and_ones_own_figures(world):
+    client, tokens, pair_ids = world
+    ann = auth(tokens["annotator"])
+    pair = client.get("/api/v1/pairs/next", headers=ann).json()["pair"]
+    client.post(
+        f"/api/v1/pairs/{pair['pair_id']}/label",
+        json={"choice": "left", "seconds": 1.5},
+        headers=ann,
+    )
+    own = client.get("/api/v1/me", headers=ann).json()
+    assert (own["labels"], own["median_seconds"], own["too_fast_share"]) == (1, 1.5, 1.0)
+    report = client.get("/api/v1/quality", headers=auth(tokens["admin"])).json()
+    rows = {a["name"]: a for a in report["annotators"]}
+    assert rows["ann"]["labels"] == 1 and rows["ann"]["labels_per_hour"] == 2400.0

@@ -676,6 +676,10 @@ def test_gold_pairs_flag_a_careless_annotator_and_the_admin_lifts_it_and_settles
                 page.click(button)
         page.wait_for_selector("#pf-message")
         assert sum("right-" in texts for texts in seen) == 2
+        page.reload()  # her own numbers, under the header when the page loads
+        own = page.locator("#pf-own")
+        own.wait_for()
+        assert "2 labels" in own.inner_text() and "gold accuracy 0.00 (2)" in own.inner_text()
 
         admin = browser.new_context(viewport={"width": 1280, "height": 900})
         admin_page = admin.new_page()
@@ -684,6 +688,11 @@ def test_gold_pairs_flag_a_careless_annotator_and_the_admin_lifts_it_and_settles
         admin_page.get_by_role("tab", name="Annotators").click()
         flagged = admin_page.locator("#pf-gold-standing tr[data-annotator='ann']")
         flagged.wait_for()
+        dashboard = admin_page.locator("#pf-dashboard tr[data-annotator='ann']")
+        assert "flagged" in dashboard.inner_text()
+        plot = admin_page.locator("#pf-dashboard-plot")
+        # ann: per hour, median, too fast, gold (kim labeled untimed; two pairs are too few for κ)
+        assert plot.is_visible() and plot.locator("rect.pf-dashboard-bar").count() == 4
         assert "pf-flagged" in flagged.get_attribute("class")
         assert "flagged at gold label 2" in flagged.inner_text()
         shot(admin_page, "admin_annotators")

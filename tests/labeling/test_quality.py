@@ -5,11 +5,12 @@ from __future__ import annotations
 import random
 
 import pytest
+from sqlmodel import select
 
 from labeling.quality import cohens_kappa, krippendorff_alpha, quality_report
 from labeling.simulate import simulated_choice
 from storage.db import transaction
-from storage.models import Choice, Label, Route, Suggestion
+from storage.models import Choice, Label, Route, Suggestion, User
 from tests.factories import make_pairs, make_user
 
 
@@ -97,3 +98,52 @@ def test_quality_report(engine):
     assert (bob["labels"], bob["median_seconds"]) == (6, 10.0)
     # ann's a/b labels: a a a b b(audit) ... agreement with p_a > 0.5 means "a"
     assert ann["proxy_agreement"] == pytest.approx(4 / 7, abs=1e-4)
+
+
+def test_the_annotator_dashboard_and_an_annotators_own_figures(engine):
+    """Pace (labels per hour of labeling, median, the share too fast), kappa with peers, gold
+    accuracy and flag per annotator; and one annotator's own figures from their pairs alone."""
+    from labeling.quality import annotator_figures
+    from storage import gold
+    from storage.crud import PromptIn
+    from storage.settings import LabelingSettings
+
+    labeling = LabelingSettings(too_fast_seconds=3.0, min_gold_seen=2, min_gold_accuracy=0.8)
+    with transaction(engine) as session:
+        ann, bob, cat = (make_user(session, name=n) for n in ("ann", "bob", "cat"))
+        shared = make_pairs(session, 6, overlap=2)
+        # ann and bob agree on 4 of 6 (a a b b | a b)
+        for pair, (c1, c2) in zip(
+            shared,
+            [("a", "a"), ("a", "a"), ("b", "b"), ("b", "b"), ("a", "b"), ("b", "a")],
+            strict=True,
+        ):
+            session.add(Label(pair_id=pair.id, user_id=ann.id, choice=c1, seconds=2.0))
+            session.add(Label(pair_id=pair.id, user_id=bob.id, choice=c2, seconds=9.0))
+        gold.add_gold_pairs(
+            session=session,
+            items=[gold.GoldIn(PromptIn(f"g{i}"), "good", "bad", Choice.a) for i in range(2)],
+        )
+        for pair_id in gold.gold_answers(session=session):  # cat gets both wrong
+            session.add(Label(pair_id=pair_id, user_id=cat.id, choice=Choice.b, seconds=1.0))
+    report = quality_report(engine=engine, labeling=labeling)
+    rows = {a["name"]: a for a in report["annotators"]}
+    assert report["too_fast_seconds"] == 3.0 and set(rows) == {"ann", "bob", "cat"}
+    assert (rows["ann"]["labels_per_hour"], rows["ann"]["too_fast_share"]) == (1800.0, 1.0)
+    assert (rows["bob"]["labels_per_hour"], rows["bob"]["too_fast_share"]) == (400.0, 0.0)
+    # p_o = 4/6, p_e = 1/2 (each said a three times): κ = 1/3, their only peer
+    assert rows["ann"]["peer_kappa"] == rows["bob"]["peer_kappa"] == pytest.approx(1 / 3, abs=1e-4)
+    assert (rows["cat"]["labels"], rows["cat"]["gold_seen"], rows["cat"]["gold_accuracy"]) == (
+        0,
+        2,
+        0.0,
+    )
+    assert rows["cat"]["gold_flagged"] and rows["cat"]["labels_left_out"]
+    assert not rows["ann"]["gold_flagged"] and rows["ann"]["gold_accuracy"] is None
+
+    with transaction(engine, readonly=True) as session:
+        ann_id = session.exec(select(User.id).where(User.name == "ann")).one()
+    own = annotator_figures(engine=engine, user_id=ann_id, labeling=labeling)
+    assert (own["labels"], own["median_seconds"], own["too_fast_share"]) == (6, 2.0, 1.0)
+    assert (own["peer_agreement"], own["peer_n"]) == (pytest.approx(4 / 6, abs=1e-4), 6)
+    assert own["gold_seen"] == 0 and own["gold_accuracy"] is None
