@@ -179,6 +179,18 @@ class NextPairOut(BaseModel):
     pair: PairOut | None = Field(description="None: nothing left for you to label.")
 
 
+class RewriteIn(BaseModel):
+    side: Literal["left", "right"] = Field(description="The response you rewrote, as shown.")
+    text: str = Field(min_length=1, max_length=100_000, description="Your better version.")
+
+    @field_validator("text")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        return value
+
+
 class LabelIn(BaseModel):
     choice: Literal["left", "right", "tie", "both_bad"] = Field(
         description="In the order you were shown the pair."
@@ -190,6 +202,11 @@ class LabelIn(BaseModel):
         max_length=16,
         description="{criterion: left | right | tie} for criteria of the pair's `criteria`, in "
         "the order shown; any may be left out.",
+    )
+    rewrite: RewriteIn | None = Field(
+        None,
+        description="Your edit of one response into a better one: stored as a new response and "
+        "a pair preferring it over the original (exported and trained on, strategy 'edit').",
     )
 
     @field_validator("reason")
@@ -353,6 +370,7 @@ def label_pair(
                 reason=body.reason,
                 criteria=body.criteria,
                 allowed_criteria=settings.labeling.criteria,
+                rewrite=None if body.rewrite is None else (body.rewrite.side, body.rewrite.text),
             )
     except (crud.NotFound, crud.Conflict, ValueError) as exc:
         raise _queue_errors(exc) from None

@@ -75,6 +75,7 @@ class PairStrategy(StrEnum):
     seed = "seed"  # imported preference data (iteration 0)
     eval = "eval"  # one reply of each of two policy versions on a held-out prompt
     gold = "gold"  # imported with its known answer (`prefloop gold import`)
+    edit = "edit"  # an annotator's rewrite of a response, preferred over it (storage/rewrites.py)
 
 
 class Route(StrEnum):
@@ -227,6 +228,8 @@ class Response(SQLModel, table=True):
     sampling: dict[str, Any] = json_column()
     proxy_reward: float | None = None
     proxy_version: int | None = None
+    # A human edit: the response it rewrites (its `sampling` says {"source": "human_edit"}).
+    edited_from_id: int | None = Field(default=None, foreign_key="response.id")
     created_at: datetime = Field(default_factory=utcnow)
 
 

@@ -47,7 +47,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
-from storage import guidelines
+from storage import guidelines, rewrites
 from storage.crud import Conflict, NotFound
 from storage.db import is_sqlite, run_core
 from storage.models import (
@@ -724,6 +724,7 @@ def label_and_claim_next(
     reason: str | None = None,
     criteria: Mapping[str, str] | None = None,
     allowed_criteria: Sequence[str] | None = None,
+    rewrite: tuple[str, str] | None = None,
     timed_from_claim: bool = False,
     now: datetime | None = None,
 ) -> tuple[Label, Claim | None]:
@@ -731,7 +732,9 @@ def label_and_claim_next(
     labeling page's buttons and the API's `POST /pairs/{id}/label?next=true` both call this.
 
     `submit_label`, then `claim_for_labeling`; `labeling` None claims nothing (the API without
-    `next`). `criteria` are checked against `allowed_criteria` (default: `labeling.criteria`). Returns the label and the next claim (None: nothing left, paused, or not
+    `next`). `criteria` are checked against `allowed_criteria` (default: `labeling.criteria`).
+    `rewrite` (shown side "left" or "right", text): the user's edit of that response, stored with
+    the label (storage/rewrites.py). Returns the label and the next claim (None: nothing left, paused, or not
     asked)."""
     label = submit_label(
         session=session,
@@ -749,6 +752,17 @@ def label_and_claim_next(
         now=now,
         timed_from_claim=timed_from_claim,
     )
+    if rewrite is not None:
+        shown_side, text = rewrite
+        if shown_side not in ("left", "right"):
+            raise ValueError(f"rewrite.side {shown_side!r}: expected left or right")
+        rewrites.add_rewrite(
+            session=session,
+            pair_id=pair_id,
+            user_id=user_id,
+            side=_translate(shown_side, label.swapped),
+            text=text,
+        )
     if labeling is None:
         return label, None
     claim = claim_for_labeling(

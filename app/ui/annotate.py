@@ -104,8 +104,26 @@ def _pair_html(claim: queue.Claim, suggestion: str, criteria: tuple[str, ...] = 
         f"{response_html('A', claim.left, cut=claim.left_cut, elem_id='pf-text-left')}"
         f"{response_html('B', claim.right, cut=claim.right_cut, elem_id='pf-text-right')}"
         "</div>"
+        f"{rewrite_html(claim.left, claim.right)}"
         f"{criteria_html(criteria)}"
         f'<div class="pf-suggestion" id="pf-suggestion">{suggestion}</div></div>'
+    )
+
+
+def rewrite_html(left: str, right: str) -> str:
+    """ "Rewrite A" / "Rewrite B", which open an editor on that response's text (its source, kept
+    in hidden text areas: escaped, never rendered); the choice button then sends the edit."""
+    return (
+        '<div class="pf-rewrite" id="pf-rewrite">'
+        f'<textarea hidden id="pf-raw-left">{escape(left)}</textarea>'
+        f'<textarea hidden id="pf-raw-right">{escape(right)}</textarea>'
+        '<button type="button" class="pf-rewrite-open" data-side="left">Rewrite A</button>'
+        '<button type="button" class="pf-rewrite-open" data-side="right">Rewrite B</button>'
+        '<div class="pf-rewrite-editor" id="pf-rewrite-editor" hidden>'
+        '<label for="pf-rewrite-text">Your better version of <b id="pf-rewrite-side"></b>: '
+        "stored as a new reply preferred over the original, sent with your choice</label>"
+        '<textarea id="pf-rewrite-text" rows="8"></textarea>'
+        '<button type="button" id="pf-rewrite-cancel">Cancel the rewrite</button></div></div>'
     )
 
 
@@ -134,12 +152,13 @@ def criteria_html(criteria: tuple[str, ...]) -> str:
     return f'<div class="pf-criteria" id="pf-criteria">{"".join(rows)}</div>'
 
 
-def _shown(value: Any) -> tuple[Any, dict[str, str] | None]:
-    """(pair id, judgments per criterion) from what the page sent for the shown pair: its id, or
-    {"pair": id, "criteria": {criterion: choice}} when judgments were ticked. Untrusted: the id
-    is checked by `_pair_id`, the judgments by the queue."""
+def _shown(value: Any) -> tuple[Any, dict[str, str] | None, tuple[str, str] | None]:
+    """(pair id, judgments per criterion, rewrite) from what the page sent for the shown pair:
+    its id, or {"pair": id, "criteria": {criterion: choice}, "rewrite": {"side", "text"}} when
+    judgments were ticked or a response rewritten. Untrusted: the id is checked by `_pair_id`,
+    the rest by the queue."""
     if not isinstance(value, dict):
-        return value, None
+        return value, None, None
     criteria = value.get("criteria")
     if criteria is not None and (
         not isinstance(criteria, dict)
@@ -148,7 +167,14 @@ def _shown(value: Any) -> tuple[Any, dict[str, str] | None]:
         raise gr.Error(
             "criteria: expected {criterion: choice}; reload the page.", print_exception=False
         )
-    return value.get("pair"), criteria or None
+    rewrite = value.get("rewrite")
+    if rewrite is not None:
+        if not isinstance(rewrite, dict) or not isinstance(rewrite.get("text"), str):
+            raise gr.Error(
+                "rewrite: expected {side, text}; reload the page.", print_exception=False
+            )
+        rewrite = (rewrite.get("side"), rewrite["text"])
+    return value.get("pair"), criteria or None, rewrite
 
 
 def _render(screen: Screen) -> tuple:
@@ -205,8 +231,8 @@ def guidelines_html(version: int, text: str) -> str:
     )
 
 
-def _feedback(choice: str, suggestion: queue.ShownSuggestion | None) -> str:
-    text = f"Saved: {CHOICES[choice]}."
+def _feedback(choice: str, suggestion: queue.ShownSuggestion | None, rewrote: bool = False) -> str:
+    text = f"Saved: {CHOICES[choice]}." + (" Your rewrite is stored too." if rewrote else "")
     if suggestion is not None:
         text += f" The proxy suggested {suggestion_text(suggestion)}."
     return f'<span class="pf-ok">{escape(text)}</span>'
@@ -270,7 +296,7 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
             # Who is asking, the label and the next pair in one transaction: one commit a click.
             with transaction(ctx.rt.engine) as session:
                 user = require_user(ctx, request, session=session)
-                shown_id, criteria = _shown(shown)
+                shown_id, criteria, rewrite = _shown(shown)
                 pair_id = _pair_id(shown_id)
                 settings = ctx.rt.effective_settings(session)
                 labeling = settings.labeling
@@ -283,6 +309,7 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
                     eval_share=settings.eval.human_share,
                     reason=_reason(reason),
                     criteria=criteria,
+                    rewrite=rewrite,
                     timed_from_claim=True,
                 )
                 revealed = None
@@ -290,7 +317,7 @@ def build_annotate(ctx: AppContext) -> gr.Blocks:
                     revealed = queue.shown_suggestion(
                         session=session, pair_id=pair_id, swapped=label.swapped
                     )
-                feedback = _feedback(choice, revealed)
+                feedback = _feedback(choice, revealed, rewrite is not None)
                 next_screen = _screen(ctx, session, labeling, user, claim, feedback)
         except gr.Error:
             raise

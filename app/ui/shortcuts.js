@@ -2,7 +2,8 @@
 // server sees exactly what a click sends; keys typed into a text field are left alone. The
 // judgments per criterion are radio buttons under the pair (q/w/e for the first criterion's A, B,
 // tie, then z/x/c, u/i/o, j/k/l): their keys only tick them, in the page, and a choice button
-// sends what is ticked (`window.pfJudged`, the buttons' `js`).
+// sends what is ticked (`window.pfJudged`, the buttons' `js`), with a rewrite of a response
+// when the annotator opened one ("Rewrite A / B").
 // The guidelines panel (sent closed with each pair): open the first time a version shows in this
 // browser, then as the annotator left it, open or closed, across clicks.
 (() => {
@@ -30,11 +31,33 @@
   // radio button would stay ticked on the next pair: each new render (it drops the marks set
   // here) starts the judgments afresh.
   const resetCriteria = () => {
-    const box = document.getElementById("pf-criteria");
+    const box = document.getElementById("pf-rewrite");
     if (!box || box.dataset.pfFresh) return;
     box.dataset.pfFresh = "1";
-    for (const input of box.querySelectorAll("input:checked")) input.checked = false;
+    for (const input of document.querySelectorAll("#pf-criteria input:checked")) {
+      input.checked = false;
+    }
+    const text = document.getElementById("pf-rewrite-text");
+    if (text) text.value = "";
   };
+  // "Rewrite A / B" opens the editor on that response's source text; "Cancel" closes it.
+  document.addEventListener("click", (event) => {
+    const editor = document.getElementById("pf-rewrite-editor");
+    if (!editor || !(event.target instanceof Element)) return;
+    const open = event.target.closest(".pf-rewrite-open");
+    if (open) {
+      const side = open.dataset.side;
+      editor.dataset.side = side;
+      document.getElementById("pf-rewrite-side").textContent = side === "left" ? "A" : "B";
+      const text = document.getElementById("pf-rewrite-text");
+      text.value = document.getElementById(`pf-raw-${side}`).value;
+      editor.hidden = false;
+      text.focus();
+    } else if (event.target.closest("#pf-rewrite-cancel")) {
+      editor.hidden = true;
+      document.getElementById("pf-rewrite-text").value = "";
+    }
+  });
   new MutationObserver(() => {
     syncGuidelines();
     resetCriteria();
@@ -73,11 +96,22 @@
   });
 })();
 // The shown pair as a choice button sends it: with the judgments ticked on it,
-// {pair, criteria: {criterion: "left" | "right" | "tie"}}, or its id alone when none are.
+// {pair, criteria: {criterion: "left" | "right" | "tie"}}, and a rewrite made of one response,
+// {pair, rewrite: {side, text}}; its id alone when there is neither.
 window.pfJudged = (pair) => {
+  const shown = { pair };
   const criteria = {};
   for (const input of document.querySelectorAll("#pf-criteria input:checked")) {
     criteria[input.closest(".pf-criterion").dataset.criterion] = input.value;
   }
-  return Object.keys(criteria).length ? { pair, criteria } : pair;
+  if (Object.keys(criteria).length) shown.criteria = criteria;
+  const editor = document.getElementById("pf-rewrite-editor");
+  if (editor && !editor.hidden) {
+    const side = editor.dataset.side;
+    const text = document.getElementById("pf-rewrite-text").value;
+    if (text.trim() && text.trim() !== document.getElementById(`pf-raw-${side}`).value.trim()) {
+      shown.rewrite = { side, text };
+    }
+  }
+  return Object.keys(shown).length > 1 ? shown : pair;
 };

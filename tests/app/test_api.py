@@ -738,3 +738,38 @@ def test_the_dashboard_and_ones_own_figures(world):
     report = client.get("/api/v1/quality", headers=auth(tokens["admin"])).json()
     rows = {a["name"]: a for a in report["annotators"]}
     assert rows["ann"]["labels"] == 1 and rows["ann"]["labels_per_hour"] == 2400.0
+
+
+def test_a_rewrite_through_the_api(world, engine):
+    from storage.models import Pair, PairStrategy, Response
+
+    client, tokens, _ = world
+    ann = auth(tokens["annotator"])
+    pair = client.get("/api/v1/pairs/next", headers=ann).json()["pair"]
+    empty = client.post(
+        f"/api/v1/pairs/{pair['pair_id']}/label",
+        json={"choice": "right", "rewrite": {"side": "right", "text": ""}},
+        headers=ann,
+    )
+    assert empty.status_code == 422 and empty.json()["detail"][0]["loc"] == [
+        "body",
+        "rewrite",
+        "text",
+    ]
+    same = client.post(
+        f"/api/v1/pairs/{pair['pair_id']}/label",
+        json={"choice": "right", "rewrite": {"side": "right", "text": pair["right"]}},
+        headers=ann,
+    )
+    assert same.status_code == 422 and "the same text" in same.json()["detail"]
+    done = client.post(
+        f"/api/v1/pairs/{pair['pair_id']}/label",
+        json={"choice": "right", "rewrite": {"side": "right", "text": "Better, by hand."}},
+        headers=ann,
+    )
+    assert done.status_code == 200
+    with transaction(engine, readonly=True) as session:
+        rewrite = session.exec(select(Pair).where(Pair.strategy == PairStrategy.edit)).one()
+        original = session.get(Response, rewrite.response_b_id).text
+        edited = session.get(Response, rewrite.response_a_id)
+    assert original == pair["right"] and edited.text == "Better, by hand."

@@ -805,3 +805,37 @@ def test_criteria_are_ticked_by_key_or_click_and_sent_with_the_choice(tmp_path, 
     assert second.choice == side[not left2.startswith(a2[:3])]
     assert second.criteria == {"harmlessness": "tie"}
     assert third.choice == "tie" and third.criteria is None
+
+
+def test_an_annotator_rewrites_a_response_and_chooses_it(tmp_path, page):
+    """ "Rewrite B" opens an editor on B's source text; the edit goes with the choice; the next
+    pair starts with the editor closed and empty."""
+    from storage.models import PairStrategy
+
+    with live_server(tmp_path, workers=1) as server:
+        seed_users(server.rt, {"ann": Role.annotator})
+        seed_pairs(server.rt, [(f"Q{i}?", f"**plain** a-{i}", f"plain b-{i}") for i in range(2)])
+        login(page, server, "ann")
+        _, right = shown_texts(page)
+        page.click(".pf-rewrite-open[data-side='right']")
+        editor = page.locator("#pf-rewrite-text")
+        editor.wait_for()
+        source = editor.input_value()
+        assert source.replace("*", "") == right  # the source text, Markdown and all
+        editor.fill(source + " And a kind closing.")
+        page.keyboard.press("1")  # typed into the editor: no shortcut
+        assert page.locator("#pf-rewrite-editor").is_visible()
+        page.keyboard.press("Backspace")
+        shot(page, "label_rewrite")
+        act_and_wait(page, lambda: page.click("#pf-right"))
+        assert page.locator("#pf-rewrite-editor").is_hidden()
+        assert page.locator("#pf-feedback").inner_text().endswith("Your rewrite is stored too.")
+        with transaction(server.rt.engine, readonly=True) as session:
+            rewrite = session.exec(select(Pair).where(Pair.strategy == PairStrategy.edit)).one()
+            edited = session.get(Response, rewrite.response_a_id)
+            original = session.get(Response, rewrite.response_b_id)
+        assert edited.text == source + " And a kind closing."
+        assert original.text == source and edited.edited_from_id == original.id
+        left, _ = shown_texts(page)  # the next pair's, in the editor when asked
+        page.click(".pf-rewrite-open[data-side='left']")
+        assert page.locator("#pf-rewrite-text").input_value().replace("*", "") == left

@@ -3,6 +3,7 @@ Gradio handler (called directly, as gradio_client or curl would)."""
 
 from __future__ import annotations
 
+import html
 import inspect
 import os
 import stat
@@ -321,6 +322,30 @@ def test_a_click_sends_the_judgments_ticked_on_the_shown_pair(rt, users):
         (label,) = session.exec(select(Label)).all()
     b_side = "b" if meant_a else "a"
     assert (label.choice, label.criteria) == (b_side, {"helpfulness": b_side, "safe_reply": "tie"})
+
+
+def test_a_click_sends_a_rewrite_of_the_shown_response(rt, users):
+    """The page offers "Rewrite A / B" with each response's source text in hidden text areas
+    (escaped); a click sends {pair, rewrite: {side, text}}: a new response preferred over it."""
+    from storage.models import Pair, PairStrategy, Response
+
+    ctx = AppContext(rt=rt, secret=b"s" * 32)
+    seed_pairs(rt, [(f"p{i}", f"<b>a{i}</b>", f"b{i}") for i in range(2)])
+    by_name = _handlers(build_annotate(ctx))
+    request = _as_user(ctx, users["ann"])
+    body, _, shown = by_name["show"](request)[1:]
+    assert 'id="pf-raw-left">' in body and "&lt;b&gt;a0&lt;/b&gt;" in body
+    assert 'data-side="right">Rewrite B</button>' in body
+    right = body.split('id="pf-raw-right">')[1].split("</textarea>")[0]
+    sent = {"pair": shown, "rewrite": {"side": "right", "text": "A much better reply."}}
+    body, _, _ = by_name["label_right"](sent, "", request)
+    assert "Your rewrite is stored too." in body
+    with pytest.raises(gr.Error, match="rewrite: expected"):
+        by_name["label_left"]({"pair": shown, "rewrite": "text"}, "", request)
+    with transaction(rt.engine, readonly=True) as session:
+        rewrite = session.exec(select(Pair).where(Pair.strategy == PairStrategy.edit)).one()
+        original = session.get(Response, rewrite.response_b_id).text
+    assert original == html.unescape(right)
 
 
 def test_a_click_labels_only_a_pair_the_user_holds(rt, users):

@@ -307,3 +307,28 @@ def test_label_criteria_migrate_down_and_up(engine):
         assert connection.exec_driver_sql("SELECT choice FROM label").scalar_one() == "b"
     upgrade(engine)
     test_migrations_from_empty_match_the_models(engine)
+
+
+def test_rewrites_migrate_down_and_up(engine):
+    """0010 adds the strategy 'edit' (SQLite rebuilds the pair table) and response.edited_from_id;
+    its downgrade removes the rewrites and leaves every other row."""
+    from alembic import command
+
+    from storage import rewrites
+    from storage.db import migrations_config, transaction
+    from tests.factories import make_pairs, make_user
+
+    with transaction(engine) as session:
+        ann = make_user(session)
+        (pair,) = make_pairs(session, 1)
+        rewrites.add_rewrite(session=session, pair_id=pair.id, user_id=ann.id, side="a", text="new")
+
+    def count(table):
+        with engine.connect() as connection:
+            return connection.exec_driver_sql(f"SELECT count(*) FROM {table}").scalar_one()
+
+    assert (count("pair"), count("response"), count("label")) == (2, 3, 1)
+    command.downgrade(migrations_config(engine), "0009")
+    assert (count("pair"), count("response"), count("label")) == (1, 2, 0)
+    upgrade(engine)
+    test_migrations_from_empty_match_the_models(engine)
