@@ -280,10 +280,14 @@ def _simulate_until_quota(
     on evaluation pairs (mixed in at eval.human_share) and their labels on gold pairs (at
     labeling.gold_rate) count toward no quota, so a round may need more labels than the quota."""
     from labeling import simulate
+    from storage.gold import GoldRule
     from training.iteration import human_labels, quota_reached
 
+    gold = GoldRule.filtering(rt.effective_settings().labeling)
     for turn in range(1000):
-        missing = labeling.human_quota - human_labels(engine=rt.engine, iteration_id=labeling.id)
+        missing = labeling.human_quota - human_labels(
+            engine=rt.engine, iteration_id=labeling.id, gold=gold
+        )
         done = simulate.simulate_labels(
             engine=rt.engine,
             settings=rt.effective_settings(),
@@ -295,7 +299,7 @@ def _simulate_until_quota(
             both_bad_below=both_bad,
             careless=careless,
         )
-        if done == 0 or quota_reached(engine=rt.engine) is not None:
+        if done == 0 or quota_reached(engine=rt.engine, gold=gold) is not None:
             return
 
 

@@ -152,6 +152,7 @@ def _start(rt: Runtime, lock: SchedulerLock, *, recover: bool) -> SchedulerHandl
 def dispatch(data_dir: str) -> None:
     """The scheduler's tick: decide a deploy waiting for human votes (`eval.gate = "human"`);
     queue training if the quota is reached; run the oldest queued job."""
+    from storage.gold import GoldRule
     from training.human_eval import EVAL_PAIRS, check_human_gate, run_eval_pairs_job
     from training.iteration import (
         GENERATE,
@@ -174,7 +175,8 @@ def dispatch(data_dir: str) -> None:
             check_human_gate(engine=rt.engine, settings=settings)
         except Exception:
             log.exception("human gate check failed")  # the rest of the tick still runs
-        if quota_reached(engine=rt.engine) is not None:
+        gold = GoldRule.filtering(settings.labeling)
+        if quota_reached(engine=rt.engine, gold=gold) is not None:
             try:
                 queue_training(engine=rt.engine, settings=settings)
             except crud.Conflict as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -332,7 +332,9 @@ def table_counts(*, session: Session) -> dict[str, int]:
     return counts
 
 
-def label_counts(*, session: Session, iteration_id: int | None = None) -> dict[str, int]:
+def label_counts(
+    *, session: Session, iteration_id: int | None = None, leave_out: Collection[int] = ()
+) -> dict[str, int]:
     """Preference labels per source (human, proxy, seed), optionally for one iteration's pairs;
     votes on evaluation pairs (`storage.evaluation.eval_queue_counts`) and labels on gold pairs
     (`storage.gold.gold_counts`) are not among them."""
@@ -344,6 +346,10 @@ def label_counts(*, session: Session, iteration_id: int | None = None) -> dict[s
     )
     if iteration_id is not None:
         query = query.where(Pair.iteration_id == iteration_id)
+    if leave_out:  # flagged annotators' labels (storage/gold.py)
+        query = query.where(
+            sa.or_(Label.user_id.is_(None), Label.user_id.not_in(sorted(leave_out)))
+        )
     return {str(source): n for source, n in session.exec(query)}
 
 

@@ -12,7 +12,9 @@ falls under `labeling.min_gold_accuracy` at any point once they have `labeling.m
 labels, counting from `User.gold_since`. A flag stays until an admin lifts it (which sets
 `gold_since`, so the count starts afresh). With
 `labeling.gold_filter` on, a flagged annotator's labels are left out of DPO data, the proxy's
-refit and the export (`storage.preferences`, through `GoldRule.filtering`).
+refit, the export and the iteration's quota (`storage.preferences`, `crud.label_counts`, through
+`GoldRule.filtering`), and the pairs they labeled go back to the queue for one more label each
+(`requeue_flagged`), so the data they would have given is made by others.
 
 Gold labels are never preference data: the readers of preferences leave route `gold` out
 (`models.NOT_PREFERENCE_ROUTES`), so a gold answer never reaches DPO as an ordinary pair.
@@ -300,6 +302,47 @@ def gold_history(*, session: Session, user_id: int) -> list[bool]:
         .order_by(Label.created_at, Label.id)
     )
     return [bool(right) for (right,) in session.execute(query)]
+
+
+def requeue_flagged(*, session: Session, rule: GoldRule | None) -> int:
+    """Send the preference pairs the annotators `rule` flags have labeled (since the last time
+    this did) back to the queue for one more label each: overlap + 1, queued again; being claimed
+    in order (labeled pairs first), they are labeled again before fresh ones. Returns how many
+    pairs. Flushes."""
+    if rule is None:
+        return 0
+    requeued = 0
+    for standing in gold_standing(session=session, rule=rule):
+        if not standing.flagged:
+            continue
+        user = session.get(User, standing.user_id)
+        query = (
+            sa.select(Label.pair_id, Label.created_at)
+            .join(Pair, Pair.id == Label.pair_id)
+            .where(
+                Label.user_id == user.id,
+                Label.source == LabelSource.human,
+                Pair.route.in_((Route.human, Route.audit)),
+                Pair.status != PairStatus.discarded,
+            )
+        )
+        if user.gold_requeued_at is not None:
+            query = query.where(Label.created_at > user.gold_requeued_at)
+        rows = session.execute(query).all()
+        if not rows:
+            continue
+        pair_ids = sorted({pair_id for pair_id, _ in rows})
+        for start in range(0, len(pair_ids), 500):
+            session.execute(
+                sa.update(Pair)
+                .where(Pair.id.in_(pair_ids[start : start + 500]))
+                .values(overlap=Pair.overlap + 1, status=PairStatus.queued)
+            )
+        user.gold_requeued_at = max(created for _, created in rows)
+        session.add(user)
+        requeued += len(pair_ids)
+    session.flush()
+    return requeued
 
 
 def lift_flag(*, session: Session, user_id: int, now: datetime | None = None) -> User:

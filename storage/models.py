@@ -149,6 +149,9 @@ class User(SQLModel, table=True):
     # Gold accuracy that may flag this annotator counts from here (an admin lifted the flag);
     # None: from the first gold label.
     gold_since: datetime | None = None
+    # The newest of their labels whose pairs went back to the queue when they were flagged
+    # (storage/gold.py, `requeue_flagged`): later ones go back at the next check.
+    gold_requeued_at: datetime | None = None
     created_at: datetime = Field(default_factory=utcnow)
 
 

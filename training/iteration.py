@@ -20,7 +20,9 @@ from datetime import timedelta
 from typing import Any
 
 from storage import crud, jobs, pairs
+from storage import gold as gold_store
 from storage.db import transaction
+from storage.gold import GoldRule
 from storage.models import Iteration, IterationState, Job, JobStatus, PolicyStatus
 from storage.policies import finish_iteration, set_iteration_metrics
 from storage.settings import Settings
@@ -55,9 +57,12 @@ class IterationReport:
         return asdict(self)
 
 
-def human_labels(*, engine, iteration_id: int) -> int:
+def human_labels(*, engine, iteration_id: int, gold: GoldRule | None = None) -> int:
+    """The iteration's human labels, but those of the annotators `gold` flags."""
     with transaction(engine, readonly=True) as session:
-        return crud.label_counts(session=session, iteration_id=iteration_id).get("human", 0)
+        flagged = gold_store.flagged_annotators(session=session, rule=gold)
+        counts = crud.label_counts(session=session, iteration_id=iteration_id, leave_out=flagged)
+        return counts.get("human", 0)
 
 
 def human_capacity(*, engine, iteration_id: int) -> int:
@@ -67,15 +72,20 @@ def human_capacity(*, engine, iteration_id: int) -> int:
         return pairs.human_capacity(session=session, iteration_id=iteration_id)
 
 
-def quota_reached(*, engine) -> Iteration | None:
+def quota_reached(*, engine, gold: GoldRule | None = None) -> Iteration | None:
     """The labeling iteration once its human labels reach its quota (or all its pairs have
-    their human labels, when they can take fewer than the quota), else None."""
+    their human labels, when they can take fewer than the quota), else None. With `gold`
+    (`GoldRule.filtering`), the flagged annotators' labels do not count, and the pairs they
+    labeled go back to the queue first (`storage.gold.requeue_flagged`)."""
     with transaction(engine, readonly=True) as session:
         iteration = crud.current_iteration(session=session)
     if iteration is None or iteration.state != IterationState.labeling:
         return None
+    if gold is not None:
+        with transaction(engine) as session:
+            gold_store.requeue_flagged(session=session, rule=gold)
     target = min(iteration.human_quota, human_capacity(engine=engine, iteration_id=iteration.id))
-    if human_labels(engine=engine, iteration_id=iteration.id) < max(1, target):
+    if human_labels(engine=engine, iteration_id=iteration.id, gold=gold) < max(1, target):
         return None
     return iteration
 

@@ -249,3 +249,42 @@ def test_only_preference_pairs_become_gold(engine):
         imported = next(iter(gold.gold_answers(session=session)))
         gold.remove_gold(session=session, pair_id=imported)  # an imported one is withdrawn
         assert session.get(Pair, imported).status == PairStatus.discarded
+
+
+def test_a_flagged_annotators_pairs_go_back_to_the_queue_and_leave_the_quota(engine):
+    """ann is flagged: the pairs she labeled are queued for one more label each (once), her
+    labels leave the iteration's quota count, and bob's labels on those pairs count."""
+    from training.iteration import human_labels, quota_reached
+
+    rule = GoldRule(min_accuracy=0.8, min_seen=2)
+    with transaction(engine) as session:
+        ann, bob = make_user(session).id, make_user(session).id
+        iteration = crud.start_iteration(
+            session=session, policy_in_id=None, human_quota=3, human_budget=3
+        )
+        iteration_id = iteration.id
+        theirs = [p.id for p in make_pairs(session, 3, iteration_id=iteration_id)]
+        gold.add_gold_pairs(session=session, items=_gold_items(2))
+    for _ in range(3):
+        _label(engine, ann, _claim(engine, ann), right=True)
+    with transaction(engine) as session:
+        crud.set_iteration_state(session=session, iteration_id=iteration_id, state="labeling")
+    assert quota_reached(engine=engine, gold=rule) is not None  # not flagged yet
+    for _ in range(2):
+        _label(engine, ann, _claim(engine, ann, gold_rate=1.0), right=False)
+    assert human_labels(engine=engine, iteration_id=iteration_id) == 3
+    assert human_labels(engine=engine, iteration_id=iteration_id, gold=rule) == 0
+    assert quota_reached(engine=engine, gold=rule) is None  # and her pairs went back
+    with transaction(engine) as session:
+        pairs = [session.get(Pair, pid) for pid in theirs]
+        assert {(p.status, p.overlap, p.n_labels) for p in pairs} == {(PairStatus.queued, 2, 1)}
+        assert gold.requeue_flagged(session=session, rule=rule) == 0  # once only
+    relabeled = []
+    for _ in range(3):
+        claim = _claim(engine, bob)
+        relabeled.append(claim.pair_id)
+        _label(engine, bob, claim, right=True)
+    assert sorted(relabeled) == theirs
+    assert quota_reached(engine=engine, gold=rule) is not None
+    with transaction(engine, readonly=True) as session:
+        assert {r.pair_id for r in iter_preferences(session=session, gold=rule)} == set(theirs)
