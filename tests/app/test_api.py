@@ -401,7 +401,13 @@ def test_label_with_next_claims_the_following_pair_in_one_call(world, engine):
     # the held claim is what GET /next returns now: nothing, every pair is labeled
     assert client.get("/api/v1/pairs/next", headers=headers).json() == {"pair": None}
     plain = client.post(f"/api/v1/pairs/{seen[0]}/label", json={"choice": "left"}, headers=headers)
-    assert plain.json() == {"pair_id": seen[0], "choice": "tie", "next": None}
+    assert plain.json() == {
+        "pair_id": seen[0],
+        "choice": "tie",
+        "guideline_version": None,
+        "criteria": None,
+        "next": None,
+    }
     with transaction(engine) as session:
         crud.set_overrides(session=session, values={"labeling.paused": True}, user_id=None)
     paused = client.post(
