@@ -23,7 +23,8 @@ from storage.settings import EDITABLE_KEYS, Settings, SettingsError, with_overri
 @dataclass(frozen=True)
 class Field:
     key: str
-    kind: str  # choice | bool | int | float | optional_float | float_list | text
+    kind: str  # choice | bool | int | float | optional_float | float_list | text_list | text
+    # | optional_text
     choices: tuple[str, ...] = ()
     help: str = ""
 
@@ -42,10 +43,12 @@ def _field(key: str) -> Field:
         return Field(key, "int", help=help_text)
     if annotation is float:
         return Field(key, "float", help=help_text)
-    if isinstance(annotation, types.UnionType) and float in args and type(None) in args:
-        return Field(key, "optional_float", help=help_text)
+    if isinstance(annotation, types.UnionType) and type(None) in args:
+        optional = "optional_float" if float in args else "optional_text"
+        return Field(key, optional, help=help_text)
     if typing.get_origin(annotation) is list:
-        return Field(key, "float_list", help=help_text)
+        kind = "float_list" if args == (float,) else "text_list"
+        return Field(key, kind, help=help_text)
     return Field(key, "text", help=help_text)
 
 
@@ -60,8 +63,12 @@ def _current(settings: Settings, key: str) -> Any:
 def to_widget(field: Field, value: Any) -> Any:
     if field.kind == "float_list":
         return ", ".join(f"{v:g}" for v in value)
+    if field.kind == "text_list":
+        return ", ".join(value)
     if field.kind == "optional_float":
         return "" if value is None else f"{value:g}"
+    if field.kind == "optional_text":
+        return "" if value is None else value
     return value
 
 
@@ -70,8 +77,12 @@ def parse(field: Field, raw: Any) -> Any:
     try:
         if field.kind == "float_list":
             return [float(part) for part in str(raw).replace(";", ",").split(",") if part.strip()]
+        if field.kind == "text_list":
+            return [part.strip() for part in str(raw or "").split(",") if part.strip()]
         if field.kind == "optional_float":
             return None if str(raw).strip() == "" else float(raw)
+        if field.kind == "optional_text":
+            return str(raw or "").strip() or None
         if field.kind == "int":
             if raw is None or float(raw) != int(float(raw)):
                 raise ValueError("expected a whole number")

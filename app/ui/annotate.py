@@ -101,8 +101,8 @@ def _pair_html(claim: queue.Claim, suggestion: str, criteria: tuple[str, ...] = 
         '<div class="pf-pair">'
         f"{prompt_html(claim.prompt, claim.prompt_messages)}"
         '<div class="pf-sides">'
-        f"{response_html('A', claim.left, cut=claim.left_cut, elem_id='pf-text-left')}"
-        f"{response_html('B', claim.right, cut=claim.right_cut, elem_id='pf-text-right')}"
+        f"{response_html('A', claim.left, cut=claim.left_cut, elem_id='pf-text-left', action=REWRITE_OPEN['left'])}"
+        f"{response_html('B', claim.right, cut=claim.right_cut, elem_id='pf-text-right', action=REWRITE_OPEN['right'])}"
         "</div>"
         f"{rewrite_html(claim.left, claim.right)}"
         f"{criteria_html(criteria)}"
@@ -110,15 +110,20 @@ def _pair_html(claim: queue.Claim, suggestion: str, criteria: tuple[str, ...] = 
     )
 
 
+# "Rewrite A" / "Rewrite B", at the end of each column's header (no height of their own)
+REWRITE_OPEN = {
+    side: f'<button type="button" class="pf-rewrite-open" data-side="{side}">Rewrite {letter}</button>'
+    for side, letter in (("left", "A"), ("right", "B"))
+}
+
+
 def rewrite_html(left: str, right: str) -> str:
-    """ "Rewrite A" / "Rewrite B", which open an editor on that response's text (its source, kept
-    in hidden text areas: escaped, never rendered); the choice button then sends the edit."""
+    """The editor the "Rewrite" buttons open on that response's text (its source, kept in hidden
+    text areas: escaped, never rendered); the choice button then sends the edit."""
     return (
         '<div class="pf-rewrite" id="pf-rewrite">'
         f'<textarea hidden id="pf-raw-left">{escape(left)}</textarea>'
         f'<textarea hidden id="pf-raw-right">{escape(right)}</textarea>'
-        '<button type="button" class="pf-rewrite-open" data-side="left">Rewrite A</button>'
-        '<button type="button" class="pf-rewrite-open" data-side="right">Rewrite B</button>'
         '<div class="pf-rewrite-editor" id="pf-rewrite-editor" hidden>'
         '<label for="pf-rewrite-text">Your better version of <b id="pf-rewrite-side"></b>: '
         "stored as a new reply preferred over the original, sent with your choice</label>"

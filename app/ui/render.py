@@ -73,16 +73,16 @@ def prompt_html(text: str, messages: list[dict[str, str]] | None = None) -> str:
     return f'<div class="pf-prompt pf-conversation">{"".join(turns)}</div>'
 
 
-def response_html(side: str, text: str, *, cut: bool, elem_id: str) -> str:
+def response_html(side: str, text: str, *, cut: bool, elem_id: str, action: str = "") -> str:
     """One response column: its side letter, a cut-off marker when `cut` (the stylesheet also
-    marks where such a text stops), and the text in a box that scrolls on its own (focusable,
-    so the arrow keys scroll it too)."""
+    marks where such a text stops), `action` (trusted HTML: a button) at the header's end, and
+    the text in a box that scrolls on its own (focusable, so the arrow keys scroll it too)."""
     marker, box = "", "pf-response"
     if cut:
         marker = f'<span class="pf-cut" title="{CUT_TITLE}">Cut off at the length limit</span>'
         box += " pf-was-cut"
     return (
-        f'<div class="pf-column"><div class="pf-side">{escape(side)}{marker}</div>'
+        f'<div class="pf-column"><div class="pf-side">{escape(side)}{marker}{action}</div>'
         f'<div class="{box}" id="{escape(elem_id)}" tabindex="0">{markdown_to_safe_html(text)}'
         "</div></div>"
     )
