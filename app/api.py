@@ -179,6 +179,19 @@ class NextPairOut(BaseModel):
     pair: PairOut | None = Field(description="None: nothing left for you to label.")
 
 
+def _without_nul(value: str | None) -> str | None:
+    """A text field's check in the request models: NUL characters are refused."""
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
 class RewriteIn(BaseModel):
     side: Literal["left", "right"] = Field(description="The response you rewrote, as shown.")
     text: str = Field(min_length=1, max_length=100_000, description="Your better version.")
@@ -186,9 +199,7 @@ class RewriteIn(BaseModel):
     @field_validator("text")
     @classmethod
     def _no_nul(cls, value: str) -> str:
-        if "\x00" in value:
-            raise ValueError("must not contain NUL characters")
-        return value
+        return _without_nul(value)
 
 
 class LabelIn(BaseModel):
@@ -212,9 +223,7 @@ class LabelIn(BaseModel):
     @field_validator("reason")
     @classmethod
     def _no_nul(cls, value: str | None) -> str | None:
-        if value is not None and "\x00" in value:
-            raise ValueError("must not contain NUL characters")
-        return value
+        return _without_nul(value)
 
 
 class LabelOut(BaseModel):
@@ -681,11 +690,7 @@ class GoldPairIn(BaseModel):
     @field_validator("prompt", "a", "b")
     @classmethod
     def _text(cls, value: str) -> str:
-        if "\x00" in value:
-            raise ValueError("must not contain NUL characters")
-        if not value.strip():
-            raise ValueError("must not be blank")
-        return value.strip()
+        return _not_blank(_without_nul(value)).strip()
 
 
 class GoldImportIn(BaseModel):
@@ -869,9 +874,7 @@ class DecisionIn(BaseModel):
     @field_validator("note")
     @classmethod
     def _no_nul(cls, value: str | None) -> str | None:
-        if value is not None and "\x00" in value:
-            raise ValueError("must not contain NUL characters")
-        return value
+        return _without_nul(value)
 
 
 @router.get("/review/disagreements", response_model=DisagreementsOut, responses=ERRORS)
@@ -948,11 +951,7 @@ class GuidelinesIn(BaseModel):
     @field_validator("text")
     @classmethod
     def _no_nul(cls, value: str) -> str:
-        if "\x00" in value:
-            raise ValueError("must not contain NUL characters")
-        if not value.strip():
-            raise ValueError("must not be blank")
-        return value
+        return _not_blank(_without_nul(value))
 
 
 class GuidelinesVersionOut(BaseModel):
