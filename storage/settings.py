@@ -327,6 +327,12 @@ class EvalSettings(Section):
         "(human_min_votes, human_threshold).",
     )
     seed: int = 0
+    implicit_reward: bool = Field(
+        True,
+        description="With a judge and 2 or more samples per prompt: score each candidate's DPO "
+        "implicit reward against pi_0 on pi_0's held-out replies, paired and ranked by the judge "
+        "(accuracy and margin; training.implicit_reward).",
+    )
     human_prompts: int = Field(
         64,
         ge=0,

@@ -220,15 +220,61 @@ def evaluate_candidate(
     against = [v for v in against if v is not None and v != candidate_version]
     if proxy is True:
         proxy = proxy_scorer(engine=engine, settings=settings)
+    judge = gold_judge(settings)
     result = head_to_head(
         engine=engine,
         settings=settings,
         a_version=candidate_version,
         b_versions=against,
-        judge=gold_judge(settings),
+        judge=judge,
         proxy=proxy or None,
     )
     result["deployed_version"] = deployed.version if deployed else None
+    if (
+        judge is not None
+        and settings.eval.implicit_reward
+        and settings.eval.samples_per_prompt > 1
+        and candidate_version != first.version
+    ):
+        result["implicit_reward"] = heldout_implicit_reward(
+            engine=engine, settings=settings, version=candidate_version, first=first, judge=judge
+        )
     with transaction(engine) as session:
         set_policy_metrics(session=session, version=candidate_version, metrics={"eval": result})
     return result
+
+
+def heldout_implicit_reward(
+    *, engine, settings: Settings, version: int, first: Policy, judge: Judge
+) -> dict[str, Any] | None:
+    """Policy `version`'s DPO implicit reward against pi_0 (`first`) on pi_0's held-out replies,
+    two by two, ranked by `judge` (training.implicit_reward); None when the judge ties them all.
+    pi_0's log-probabilities are cached beside its samples."""
+    from training.implicit_reward import implicit_reward, judged_pairs, policy_logprobs
+
+    prompts = eval_prompts(engine=engine, n=settings.eval.n_prompts)
+    replies = cached_samples(
+        settings=settings, policy=first, prompts=prompts, seed=settings.eval.seed
+    )
+    triples = judged_pairs(prompts, replies, judge)
+    if not triples:
+        return None
+    with transaction(engine, readonly=True) as session:
+        policy = crud.get_policy(session=session, version=version)
+    max_length = settings.dpo.max_length
+    key = hashlib.sha256(
+        json.dumps({"pairs": triples, "path": first.path, "max_length": max_length}).encode()
+    ).hexdigest()[:16]
+    path = settings.data_dir / "eval" / f"v{first.version}-logps-{key}.json"
+    if path.exists():
+        reference = json.loads(path.read_text())
+    else:
+        reference = policy_logprobs(first.path, triples, max_length=max_length)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(reference))
+        tmp.replace(path)
+    logps = policy_logprobs(policy.path, triples, max_length=max_length)
+    return {
+        **implicit_reward(logps, reference, beta=settings.dpo.beta),
+        "reference_version": first.version,
+    }

@@ -122,34 +122,45 @@ def weights(policy_path) -> dict:
     return load_file(str(Path(policy_path) / "model.safetensors"))
 
 
+def tiny_causal_lm(out_dir: Path) -> Path:
+    """A 2-layer Llama with a BPE tokenizer and no chat template, as a user's base model."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(["hello world, how are you today?"] * 10, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
+    )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
 def dpo_margin(policy_path: str, ref_path: str, pairs: list[tuple[str, str, str]]) -> float:
     """Mean DPO implicit reward margin log(pi/ref)(chosen) - log(pi/ref)(rejected) over
     (prompt, chosen, rejected) triples, teacher-forced through the chat template."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from training.implicit_reward import implicit_reward, policy_logprobs
 
-    tok = AutoTokenizer.from_pretrained(policy_path)
-    model = AutoModelForCausalLM.from_pretrained(policy_path).eval()
-    ref = AutoModelForCausalLM.from_pretrained(ref_path).eval()
+    def logps(path):
+        return policy_logprobs(path, pairs, max_length=4096)
 
-    def logp(m, prompt, reply):
-        head = tok.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-        )
-        full = tok.apply_chat_template(
-            [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
-            tokenize=False,
-        )
-        n_head = len(tok(head, add_special_tokens=False)["input_ids"])
-        ids = torch.tensor([tok(full, add_special_tokens=False)["input_ids"]])
-        with torch.no_grad():
-            logits = m(ids).logits[0, :-1].log_softmax(-1)
-        targets = ids[0, 1:]
-        return logits[n_head - 1 :].gather(1, targets[n_head - 1 :, None]).sum().item()
-
-    total = 0.0
-    for prompt, chosen, rejected in pairs:
-        total += (logp(model, prompt, chosen) - logp(ref, prompt, chosen)) - (
-            logp(model, prompt, rejected) - logp(ref, prompt, rejected)
-        )
-    return total / len(pairs)
+    return implicit_reward(logps(policy_path), logps(ref_path), beta=1.0)["margin"]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from app.cli import cli
 from storage.settings import DPOSettings, GenerationSettings
-from tests.training.conftest import dpo_margin
+from tests.training.conftest import dpo_margin, tiny_causal_lm
 from training.base_model import PolicyError, check_policy, convert_gguf, smollm2_gguf
 
 runner = CliRunner()
@@ -25,39 +25,6 @@ def _init(*args: str):
 @pytest.fixture(autouse=True)
 def _admin_password(monkeypatch):
     monkeypatch.setenv("PREFLOOP_ADMIN_PASSWORD", "a-long-test-password-1")
-
-
-def _tiny_causal_lm(out_dir: Path) -> Path:
-    """A 2-layer Llama with a BPE tokenizer and no chat template, as a user's base model."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<pad>", "<s>", "</s>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(["hello world, how are you today?"] * 10, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return out_dir
 
 
 @pytest.mark.slow
@@ -93,7 +60,7 @@ def test_smollm2_converts_to_a_checkpoint_that_loads_and_generates_with_its_chat
 def test_a_causal_lm_without_a_chat_template_is_registered_and_samples_plain_text(tmp_path):
     from labeling.generation import load_sampler, render_prompt
 
-    model_dir = _tiny_causal_lm(tmp_path / "base")
+    model_dir = tiny_causal_lm(tmp_path / "base")
     info = check_policy(model_dir)
     assert not info.chat_template
     result = _init("--policy", str(model_dir), "--data-dir", str(tmp_path / "data"))
@@ -114,7 +81,7 @@ def test_a_causal_lm_without_a_chat_template_is_registered_and_samples_plain_tex
 
 
 def test_the_policy_setting_registers_like_the_flag(tmp_path):
-    model_dir = _tiny_causal_lm(tmp_path / "base")
+    model_dir = tiny_causal_lm(tmp_path / "base")
     data = tmp_path / "data"
     data.mkdir()
     (data / "prefloop.toml").write_text(f'[policy]\ninit_path = "{model_dir}"\n')
@@ -139,7 +106,7 @@ def _vit(path: Path) -> Path:
         (_vit, "model_type 'vit' is not a causal LM"),
         (
             lambda p: shutil.copytree(
-                _tiny_causal_lm(p / "t"),
+                tiny_causal_lm(p / "t"),
                 p / "noweights",
                 ignore=lambda d, n: [f for f in n if f.endswith(".safetensors")],
             ),
@@ -157,8 +124,8 @@ def test_an_unusable_policy_is_refused_naming_it_and_nothing_is_registered(tmp_p
 
 
 def test_a_second_init_with_another_policy_says_what_it_would_replace(tmp_path):
-    first = _tiny_causal_lm(tmp_path / "first")
-    second = _tiny_causal_lm(tmp_path / "second")
+    first = tiny_causal_lm(tmp_path / "first")
+    second = tiny_causal_lm(tmp_path / "second")
     data = str(tmp_path / "data")
     assert _init("--policy", str(first), "--data-dir", data).exit_code == 0
     again = _init("--policy", str(first), "--data-dir", data)

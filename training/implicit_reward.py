@@ -1,0 +1,127 @@
+"""DPO's implicit reward on held-out preferences: how well a trained policy ranks pairs it never
+saw.
+
+A DPO policy pi defines a reward against its reference, r(x, y) = beta * log pi(y|x) / ref(y|x).
+The margin and accuracy TRL logs while training come from the round's own batches (eight pairs a
+step, each measured before its step), so they say how hard that round's pairs were, not whether
+the policy got better: a first round on hand-written seeds scores high, a later round on two of the
+policy's own close replies scores near chance. Here the reward is measured on one fixed set of
+pairs for every round, against pi_0: the held-out prompts' pi_0 replies, two by two, ranked by the
+gold judge. A round that taught the policy the judge's taste raises the accuracy (the share of
+pairs whose chosen reply gets the higher reward) and the margin (the mean reward of the chosen
+reply minus the rejected one's), and the next round raises them further.
+
+Log-probabilities are teacher-forced the way TRL's DPO sees a pair: the prompt through the chat
+template with its generation prompt, the reply as the assistant's turn (without a template, the
+prompt as plain text and the reply with the end-of-sequence token), the whole cut at `max_length`
+tokens. Scoring runs in float32, batched, with the sequences of a batch right-padded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from labeling.generation import as_messages, render_prompt
+
+Triple = tuple[str, str, str]  # (prompt, chosen, rejected)
+
+
+def judged_pairs(
+    prompts: Sequence[str], responses: Sequence[Sequence[str]], judge: Callable[[str, str], float]
+) -> list[Triple]:
+    """(prompt, chosen, rejected) from each prompt's replies taken two by two (the first and
+    second, the third and fourth, ...), the judge's higher score chosen; a tie is left out."""
+    triples = []
+    for prompt, replies in zip(prompts, responses, strict=True):
+        for a, b in zip(replies[0::2], replies[1::2], strict=False):
+            score_a, score_b = judge(prompt, a), judge(prompt, b)
+            if score_a != score_b:
+                triples.append((prompt, a, b) if score_a > score_b else (prompt, b, a))
+    return triples
+
+
+def _token_ids(tokenizer, prompt: str, reply: str) -> tuple[list[int], int]:
+    """The ids of prompt and reply together, and how many of them are the prompt's."""
+    head, special = render_prompt(tokenizer, prompt)
+    if special:
+        full = tokenizer.apply_chat_template(
+            [*as_messages(prompt), {"role": "assistant", "content": reply}], tokenize=False
+        )
+    else:
+        full = head + reply + (tokenizer.eos_token or "")
+    head_ids = tokenizer(head, add_special_tokens=not special)["input_ids"]
+    ids = tokenizer(full, add_special_tokens=not special)["input_ids"]
+    return ids, len(head_ids)
+
+
+def completion_logprobs(
+    model,
+    tokenizer,
+    prompts: Sequence[str],
+    replies: Sequence[str],
+    *,
+    max_length: int,
+    batch_size: int = 8,
+) -> list[float]:
+    """log model(reply | prompt) for each pair, summed over the reply's tokens within the first
+    `max_length` tokens (a prompt that fills them leaves its reply 0 tokens, and 0.0)."""
+    import torch
+
+    encoded = [_token_ids(tokenizer, p, r) for p, r in zip(prompts, replies, strict=True)]
+    encoded = [(ids[:max_length], head) for ids, head in encoded]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = [0.0] * len(encoded)
+    # Longest first, so that a batch holds sequences of about one length.
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        width = max(len(encoded[i][0]) for i in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for j, i in enumerate(rows):
+            seq = encoded[i][0]
+            ids[j, : len(seq)] = torch.tensor(seq)
+            mask[j, : len(seq)] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        token_logps = logits.log_softmax(-1).gather(2, ids[:, 1:, None])[..., 0]
+        for j, i in enumerate(rows):
+            seq, head = encoded[i]
+            # position t predicts token t + 1: the reply's tokens are head .. len(seq) - 1
+            out[i] = (
+                float(token_logps[j, head - 1 : len(seq) - 1].sum()) if head < len(seq) else 0.0
+            )
+    return out
+
+
+def policy_logprobs(path: str, triples: Sequence[Triple], *, max_length: int) -> list[float]:
+    """The chosen then the rejected replies' log-probabilities under the checkpoint at `path`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+    prompts = [t[0] for t in triples] * 2
+    replies = [t[1] for t in triples] + [t[2] for t in triples]
+    return completion_logprobs(model, tokenizer, prompts, replies, max_length=max_length)
+
+
+def implicit_reward(
+    policy: Sequence[float], reference: Sequence[float], *, beta: float
+) -> dict[str, Any]:
+    """Accuracy and mean margin of beta * log(policy / reference) over pairs, from the chosen
+    then the rejected replies' log-probabilities (`policy_logprobs`) under each model."""
+    n = len(policy) // 2
+    if n == 0 or len(policy) != 2 * n or len(reference) != len(policy):
+        raise ValueError(
+            f"implicit_reward needs the chosen then the rejected replies' log-probabilities under "
+            f"both models, as many of each ({len(policy)}, {len(reference)})"
+        )
+    rewards = [beta * (p - r) for p, r in zip(policy, reference, strict=True)]
+    margins = [rewards[i] - rewards[n + i] for i in range(n)]
+    return {
+        "n_pairs": n,
+        "accuracy": round(sum(m > 0 for m in margins) / n, 4),
+        "margin": round(sum(margins) / n, 4),
+    }
