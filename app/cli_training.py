@@ -335,6 +335,8 @@ def _loop_report(
         .get("proxy", {})
         .get("win_rate"),
         "gold_mean": evaluation.get("mean", {}).get("gold"),
+        # DPO's implicit reward against pi_0 on held-out pairs (training.implicit_reward)
+        "heldout_reward": evaluation.get("implicit_reward"),
         "turnaround_seconds": round(turnaround, 1),
         "next_iteration": None if next_round is None else next_round.k,
     }
@@ -347,10 +349,12 @@ def _describe_loop(r: dict) -> str:
     if r["decision"] == "failed":
         return f"iteration {r['iteration']}: failed: {r['error']}"
     d = r["dpo"]
+    heldout = r.get("heldout_reward") or {}
     return (
         f"iteration {r['iteration']}: labels human {r['human_labels']} proxy "
         f"{r['proxy_labels']} | DPO {d['n_pairs']} pairs, loss {fmt(d['final_loss'])}, "
-        f"margin {fmt(d['reward_margin'])}, acc {fmt(d['reward_accuracy'])} | gold win-rate "
+        f"margin {fmt(d['reward_margin'])}, acc {fmt(d['reward_accuracy'])}; held-out margin "
+        f"{fmt(heldout.get('margin'))}, acc {fmt(heldout.get('accuracy'))} | gold win-rate "
         f"vs pi_0 {fmt(r['gold_win_rate_vs_pi0'])}, vs v{r['previous_version']} "
         f"{fmt(r['gold_win_rate_vs_previous'])} | v{r['candidate_version']} {r['decision']} | "
         f"turnaround {r['turnaround_seconds']}s"

@@ -261,19 +261,19 @@ def heldout_implicit_reward(
         return None
     with transaction(engine, readonly=True) as session:
         policy = crud.get_policy(session=session, version=version)
-    max_length = settings.dpo.max_length
+    scoring = {"max_length": settings.dpo.max_length}  # what DPO sees of a pair
     key = hashlib.sha256(
-        json.dumps({"pairs": triples, "path": first.path, "max_length": max_length}).encode()
+        json.dumps({"pairs": triples, "path": first.path, **scoring}).encode()
     ).hexdigest()[:16]
     path = settings.data_dir / "eval" / f"v{first.version}-logps-{key}.json"
     if path.exists():
         reference = json.loads(path.read_text())
     else:
-        reference = policy_logprobs(first.path, triples, max_length=max_length)
+        reference = policy_logprobs(first.path, triples, **scoring)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(reference))
         tmp.replace(path)
-    logps = policy_logprobs(policy.path, triples, max_length=max_length)
+    logps = policy_logprobs(policy.path, triples, **scoring)
     return {
         **implicit_reward(logps, reference, beta=settings.dpo.beta),
         "reference_version": first.version,

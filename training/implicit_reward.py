@@ -14,7 +14,9 @@ reply minus the rejected one's), and the next round raises them further.
 Log-probabilities are teacher-forced the way TRL's DPO sees a pair: the prompt through the chat
 template with its generation prompt, the reply as the assistant's turn (without a template, the
 prompt as plain text and the reply with the end-of-sequence token), the whole cut at `max_length`
-tokens. Scoring runs in float32, batched, with the sequences of a batch right-padded.
+tokens, batched (a batch's sequences right-padded), in float32: under bf16 autocast the
+log-probabilities of SmolLM2's replies moved by 1.1 nats on average (up to 3.5), enough to flip a
+close pair, and scoring was no faster on the 2-core CPU.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ def completion_logprobs(
     `max_length` tokens (a prompt that fills them leaves its reply 0 tokens, and 0.0)."""
     import torch
 
+    device = model.device
+
     encoded = [_token_ids(tokenizer, p, r) for p, r in zip(prompts, replies, strict=True)]
     encoded = [(ids[:max_length], head) for ids, head in encoded]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -83,9 +87,10 @@ def completion_logprobs(
             seq = encoded[i][0]
             ids[j, : len(seq)] = torch.tensor(seq)
             mask[j, : len(seq)] = 1
-        with torch.no_grad():
+        ids, mask = ids.to(device), mask.to(device)
+        with torch.inference_mode():
             logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        token_logps = logits.log_softmax(-1).gather(2, ids[:, 1:, None])[..., 0]
+        token_logps = logits.log_softmax(-1).gather(2, ids[:, 1:, None])[..., 0].cpu()
         for j, i in enumerate(rows):
             seq, head = encoded[i]
             # position t predicts token t + 1: the reply's tokens are head .. len(seq) - 1
@@ -96,12 +101,14 @@ def completion_logprobs(
 
 
 def policy_logprobs(path: str, triples: Sequence[Triple], *, max_length: int) -> list[float]:
-    """The chosen then the rejected replies' log-probabilities under the checkpoint at `path`."""
+    """The chosen then the rejected replies' log-probabilities under the checkpoint at `path`
+    (float32), on a CUDA GPU when there is one."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
     prompts = [t[0] for t in triples] * 2
     replies = [t[1] for t in triples] + [t[2] for t in triples]
     return completion_logprobs(model, tokenizer, prompts, replies, max_length=max_length)

@@ -39,9 +39,15 @@ def plot_frames(ctx: AppContext) -> dict[str, pd.DataFrame]:
         for series, value in _win_rates(policy.metrics or {}):
             rates.append({"version": policy.version, "series": series, "win_rate": value})
         train = (policy.metrics or {}).get("train") or {}
-        for key, label in (("final_loss", "DPO loss"), ("reward_margin", "reward margin")):
-            if isinstance(train.get(key), int | float):
-                training.append({"version": policy.version, "metric": label, "value": train[key]})
+        heldout = ((policy.metrics or {}).get("eval") or {}).get("implicit_reward") or {}
+        for source, key, label in (
+            (train, "final_loss", "DPO loss"),
+            (train, "reward_margin", "reward margin"),
+            (heldout, "margin", "held-out reward margin"),
+            (heldout, "accuracy", "held-out reward accuracy"),
+        ):
+            if isinstance(source.get(key), int | float):
+                training.append({"version": policy.version, "metric": label, "value": source[key]})
     agree = [
         {
             "iteration": k_of.get(row["iteration_id"], -1),

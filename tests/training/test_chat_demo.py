@@ -78,5 +78,9 @@ def test_chat_demo_init_label_train_deploy(tmp_path, smollm2_dir, monkeypatch):
             )
         )
     assert report["train"]["n_pairs"] == 64 + len(decided)  # the seeds and each decided label
+    # the candidate's implicit reward against pi_0 on pi_0's held-out replies, paired by the judge
+    heldout = report["eval"]["implicit_reward"]
+    assert heldout["reference_version"] == 0 and 1 <= heldout["n_pairs"] <= 4
+    assert heldout["margin"] != 0.0  # pi_0 against itself has none: the round moved the policy
     status = json.loads(run("status", "--json", "--data-dir", str(data)))
     assert status["deployed_policy"]["version"] == 1
