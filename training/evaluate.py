@@ -248,7 +248,8 @@ def heldout_implicit_reward(
     *, engine, settings: Settings, version: int, first: Policy, judge: Judge
 ) -> dict[str, Any] | None:
     """Policy `version`'s DPO implicit reward against pi_0 (`first`) on pi_0's held-out replies,
-    two by two, ranked by `judge` (training.implicit_reward); None when the judge ties them all.
+    two by two, ranked by `judge` (training.implicit_reward; pairs it separates by less than
+    `eval.implicit_reward_min_gap` left out); None when no pair is left.
     pi_0's log-probabilities are cached beside its samples."""
     from training.implicit_reward import implicit_reward, judged_pairs, policy_logprobs
 
@@ -256,7 +257,7 @@ def heldout_implicit_reward(
     replies = cached_samples(
         settings=settings, policy=first, prompts=prompts, seed=settings.eval.seed
     )
-    triples = judged_pairs(prompts, replies, judge)
+    triples = judged_pairs(prompts, replies, judge, min_gap=settings.eval.implicit_reward_min_gap)
     if not triples:
         return None
     with transaction(engine, readonly=True) as session:

@@ -30,15 +30,20 @@ Triple = tuple[str, str, str]  # (prompt, chosen, rejected)
 
 
 def judged_pairs(
-    prompts: Sequence[str], responses: Sequence[Sequence[str]], judge: Callable[[str, str], float]
+    prompts: Sequence[str],
+    responses: Sequence[Sequence[str]],
+    judge: Callable[[str, str], float],
+    *,
+    min_gap: float = 0.0,
 ) -> list[Triple]:
     """(prompt, chosen, rejected) from each prompt's replies taken two by two (the first and
-    second, the third and fourth, ...), the judge's higher score chosen; a tie is left out."""
+    second, the third and fourth, ...), the judge's higher score chosen; a tie, or a pair whose
+    scores differ by less than `min_gap`, is left out."""
     triples = []
     for prompt, replies in zip(prompts, responses, strict=True):
         for a, b in zip(replies[0::2], replies[1::2], strict=False):
             score_a, score_b = judge(prompt, a), judge(prompt, b)
-            if score_a != score_b:
+            if score_a != score_b and abs(score_a - score_b) >= min_gap:
                 triples.append((prompt, a, b) if score_a > score_b else (prompt, b, a))
     return triples
 

@@ -27,6 +27,7 @@ SMALL = {
     "PREFLOOP_EVAL__N_PROMPTS": "4",
     "PREFLOOP_EVAL__MAX_NEW_TOKENS": "48",
     "PREFLOOP_EVAL__WIN_RATE_THRESHOLD": "0.0",  # plumbing under test, not the gate
+    "PREFLOOP_EVAL__IMPLICIT_REWARD_MIN_GAP": "0.0",  # every one of the 4 held-out pairs
     "PREFLOOP_DPO__MAX_LENGTH": "192",
     "PREFLOOP_DPO__NUM_TRAIN_EPOCHS": "0.25",  # 2 of the round's 9 steps
     "PREFLOOP_LOOP__AUTO_CONTINUE": "false",

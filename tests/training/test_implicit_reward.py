@@ -19,12 +19,16 @@ def test_judged_pairs_put_the_judges_choice_first_and_leave_ties_out():
     def judge(prompt, reply):
         return len(reply)
 
-    triples = judged_pairs(
-        ["p", "q"], [["short", "much longer", "tie1", "tie2"], ["xx", "x", "odd one"]], judge
-    )
+    prompts = ["p", "q"]
+    replies = [["short", "much longer", "tie1", "tie2"], ["xx", "x", "odd one"]]
     # p: (short, much longer) -> longer chosen; (tie1, tie2) tied, left out.
     # q: (xx, x) -> xx chosen; "odd one" has no partner.
-    assert triples == [("p", "much longer", "short"), ("q", "xx", "x")]
+    assert judged_pairs(prompts, replies, judge) == [
+        ("p", "much longer", "short"),
+        ("q", "xx", "x"),
+    ]
+    # a gap of 6 counts at min_gap 6, the gap of 1 does not
+    assert judged_pairs(prompts, replies, judge, min_gap=6) == [("p", "much longer", "short")]
 
 
 def test_implicit_reward_is_beta_times_the_log_ratio_margin():
@@ -84,6 +88,8 @@ def test_batched_log_probs_equal_one_at_a_time_through_smollm2s_chat_template(sm
     prompts = ["What is the capital of France?"] * 2 + ["Name a colour."]
     replies = ["The capital of France is Paris.", "The capital of France is Berlin.", "Blue."]
     batched = completion_logprobs(model, tokenizer, prompts, replies, max_length=128)
-    assert batched == pytest.approx(_one_at_a_time(model, tokenizer, prompts, replies, 128), abs=1e-3)
+    assert batched == pytest.approx(
+        _one_at_a_time(model, tokenizer, prompts, replies, 128), abs=1e-3
+    )
     # the real model knows its geography: a low-noise check that the right tokens are scored
     assert batched[0] > batched[1] + 2.0
