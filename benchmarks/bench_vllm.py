@@ -7,10 +7,12 @@ measured in the same run:
    tokens/s counts the tokens each reply generated, its end included. Target: vLLM >= 2x.
 2. A new policy: loading another checkpoint into the running engine in place, with its log-prob
    check (`VLLMEngine.load`: reload_weights, the tied head repacked, prefix cache reset, the
-   check's transformers reference computed), against starting a new engine on the same
-   checkpoint (with the same check). The checkpoints are SmolLM2 with its weights perturbed by
-   0.3% of their std (a DPO-sized change), each loaded once, so no reference comes from a cache.
-   Target: in place <= 0.2 of the cold start.
+   served log-probs compared with the check's reference), against starting a new engine on the
+   same checkpoint (with the same check). The checkpoints are SmolLM2 with its weights perturbed
+   by 0.3% of their std (a DPO-sized change), each loaded once, each with the reference a
+   training job saves beside the checkpoint it trains (`write_check_reference`, computed here
+   before the clock starts, as the job computes it before the deploy). Target: in place <= 0.2
+   of the cold start.
 
 Run it from the vLLM environment: `.venv-vllm/bin/python -m benchmarks vllm`. From an environment
 without vllm (`make bench`), it runs itself in .venv-vllm when that exists, else says how.
@@ -96,13 +98,15 @@ def bench_generation(model: Path, quick: bool) -> dict:
 
 
 def bench_reload(model: Path, quick: bool) -> dict:
-    from labeling.vllm_engine import VLLMEngine
+    from labeling.vllm_engine import VLLMEngine, write_check_reference
     from storage.settings import GenerationSettings
 
     settings = GenerationSettings(device="cpu")
     n = 2 if quick else 3
     with tempfile.TemporaryDirectory() as tmp:
         checkpoints = [_perturbed(model, Path(tmp) / f"p{i}", seed=i) for i in range(n + 1)]
+        for path in checkpoints:
+            write_check_reference(path)  # as the training job does for a checkpoint it trains
         engine = VLLMEngine(settings)
         try:
             engine.load(model)

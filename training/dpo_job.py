@@ -204,6 +204,10 @@ def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
             "metrics": metrics,
         }
         (tmp / CHECKPOINT_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        if settings.generation.backend == "vllm":
+            from labeling.vllm_engine import write_check_reference
+
+            write_check_reference(tmp)  # the engine's check after a reload reads it
         with transaction(engine) as session:
             version = max(p.version for p in crud.list_policies(session=session)) + 1
             target = checkpoint_dir(data_dir, version)

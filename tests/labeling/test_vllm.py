@@ -16,6 +16,8 @@ from labeling.vllm_engine import (
     check_tolerance,
     compare,
     reference_logprobs,
+    stored_reference,
+    write_check_reference,
 )
 from storage.settings import GenerationSettings
 
@@ -91,6 +93,30 @@ def test_reload_serves_the_new_weights(engine, smollm2_dir, perturbed_dir):
         assert new.passed and not old.passed and new.mean_abs < old.mean_abs / 2
         assert engine.load(perturbed_dir)["how"] == "kept"  # the same checkpoint again
     finally:
+        assert engine.load(smollm2_dir)["how"] == "reloaded"
+
+
+def test_a_reference_saved_with_the_checkpoint_spares_the_transformers_pass(
+    engine, smollm2_dir, tmp_path, monkeypatch
+):
+    """The training job saves the check's reference beside a new checkpoint
+    (`write_check_reference`); loading it then runs no transformers forward pass."""
+    from labeling import vllm_engine
+
+    policy = perturb_checkpoint(smollm2_dir, tmp_path / "trained", seed=7)
+    write_check_reference(policy)
+    saved = stored_reference(policy, check_sequences(engine.llm.get_tokenizer()))
+    assert saved is not None and len(saved) == len(vllm_engine.CHECK_CONVERSATIONS)
+
+    def no_transformers_pass(*args, **kwargs):
+        raise AssertionError("the check computed a reference the checkpoint carries")
+
+    monkeypatch.setattr(vllm_engine, "reference_logprobs", no_transformers_pass)
+    try:
+        report = engine.load(policy)
+        assert report["how"] == "reloaded" and report["check"]["passed"]
+    finally:
+        monkeypatch.undo()
         assert engine.load(smollm2_dir)["how"] == "reloaded"
 
 
