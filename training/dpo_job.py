@@ -205,9 +205,7 @@ def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
         }
         (tmp / CHECKPOINT_FILE).write_text(json.dumps(config, indent=2) + "\n")
         if settings.generation.backend == "vllm":
-            from labeling.vllm_engine import write_check_reference
-
-            write_check_reference(tmp)  # the engine's check after a reload reads it
+            save_check_reference(tmp)
         with transaction(engine) as session:
             version = max(p.version for p in crud.list_policies(session=session)) + 1
             target = checkpoint_dir(data_dir, version)
@@ -232,6 +230,18 @@ def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
         if main_rank:
             shutil.rmtree(tmp, ignore_errors=True)
     return candidate
+
+
+def save_check_reference(checkpoint: Path) -> None:
+    """Save the vLLM check's reference beside the new checkpoint, so that the engine's check
+    after a reload skips its transformers pass. Only a saving: never fails the job (without the
+    file the check computes the reference itself)."""
+    from labeling.vllm_engine import write_check_reference
+
+    try:
+        write_check_reference(checkpoint)
+    except Exception as exc:
+        log.warning("vLLM check reference not saved (the check will compute it): %s", exc)
 
 
 def release_generation_worker(data_dir: Path) -> None:
