@@ -9,9 +9,12 @@
 
 Kinds:
 - ``embedded`` (default): a linear Bradley–Terry model r(x, y) = <θ, φ(x, y)> on frozen MiniLM
-  sentence embeddings (unit norm), φ = [e_y, 4·cos(e_x, e_y)]: the response, and its relevance to
-  the prompt (e_x alone cancels in every comparison of two responses to one prompt; the full
-  interaction e_x ⊙ e_y overfit: 0.79 held out on the demo after 300 labels against 0.82). The ridge logistic (MAP) head fitted on all labels
+  sentence embeddings (unit norm), φ = [e_y, 4·cos(e_x, e_y), g(x, y)]: the response, its
+  relevance to the prompt (e_x alone cancels in every comparison of two responses to one prompt;
+  the full interaction e_x ⊙ e_y overfit: 0.79 held out on the demo after 300 labels against
+  0.82), and surface features s that a sentence embedding does not see (`surface`): how many of
+  the response's specifics (numbers, names) the prompt has, how many it does not, and the
+  response's length. The ridge logistic (MAP) head fitted on all labels
   gives the rewards and P = σ(r_a − r_b); an ensemble of heads fitted on bootstrap resamples gives
   its uncertainty (the spread of their P; their mean was less accurate than the MAP head, 0.785
   vs 0.815 held out on the demo); the MAP head's Laplace covariance gives the exploration bonus
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -168,14 +172,44 @@ def get_embedder() -> Embedder:
     return _embedders["default"]
 
 
-FEATURES = "[e_y, 4 cos(e_x, e_y)], all-MiniLM-L6-v2, unit norm"
+FEATURES = "[e_y, 4 cos(e_x, e_y), surface], all-MiniLM-L6-v2, unit norm"
+# A proxy saved before the surface features: loaded with zero weight on them.
+FEATURES_WITHOUT_SURFACE = "[e_y, 4 cos(e_x, e_y)], all-MiniLM-L6-v2, unit norm"
+N_SURFACE = 3
+
+# numbers and ids, and capitalized words (a capitalized word that starts a sentence, a line or a
+# list item is left out: it is capitalized for its place, not for being a name)
+_SPECIFIC_RE = re.compile(r"\b(?:\d[\w-]*|[A-Z][a-z]+)\b")
+_SENTENCE_START_RE = re.compile(r"(?:^|[.!?:]\s+|\n\s*(?:[-*+]\s+|\d+[.)]\s+)?)([A-Z][a-z]+)")
+
+
+def specifics(text: str) -> list[str]:
+    """The numbers and names in a text, in order, repeats kept: "Hi Maria, ticket 48213 is
+    closed." gives ["Maria", "48213"]."""
+    starts = {m.start(1) for m in _SENTENCE_START_RE.finditer(text)}
+    return [m.group(0) for m in _SPECIFIC_RE.finditer(text) if m.start() not in starts]
+
+
+def surface(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+    """s(x, y) = log(1 + [specifics of y that x has, specifics of y that x has not, words of y]),
+    shape (N, 3). A reply that quotes the customer's ticket number and name differs from one that
+    makes them up in a word or two, and a rambling reply from a complete one in its length, both of
+    which move a unit-norm sentence embedding too little for the proxy to see them (README,
+    "Routing", for what they changed)."""
+    rows = np.zeros((len(responses), N_SURFACE), dtype=np.float32)
+    for row, (prompt, response) in enumerate(zip(prompts, responses, strict=True)):
+        found = [re.search(rf"\b{re.escape(s)}\b", prompt) is not None for s in specifics(response)]
+        rows[row] = np.log1p([sum(found), len(found) - sum(found), len(response.split())])
+    return rows
 
 
 def features(embedder: Embedder, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-    """φ(x, y) = [e_y, 4·cos(e_x, e_y)], shape (N, D + 1). (The factor 4 gives the one relevance
-    feature the scale of the embedding's useful directions under the shared ridge penalty.)"""
+    """φ(x, y) = [e_y, 4·cos(e_x, e_y), s(x, y)], shape (N, D + 1 + N_SURFACE). (The factor 4
+    gives the one relevance feature the scale of the embedding's useful directions under the
+    shared ridge penalty.)"""
     e_x, e_y = embedder(prompts), embedder(responses)
-    return np.concatenate([e_y, 4.0 * np.sum(e_x * e_y, axis=1, keepdims=True)], axis=1)
+    relevance = 4.0 * np.sum(e_x * e_y, axis=1, keepdims=True)
+    return np.concatenate([e_y, relevance, surface(prompts, responses)], axis=1)
 
 
 def fit_head(
@@ -226,7 +260,8 @@ class EmbeddedProxy(_Scoring):
 
     @classmethod
     def unfitted(cls, dim: int = 384) -> EmbeddedProxy:
-        return cls(heads=np.zeros((1, dim + 1)), theta=np.zeros(dim + 1), covariance=None)
+        width = dim + 1 + N_SURFACE
+        return cls(heads=np.zeros((1, width)), theta=np.zeros(width), covariance=None)
 
     def score_groups(
         self, prompts: Sequence[str], groups: Sequence[Sequence[str]]
@@ -275,15 +310,20 @@ class EmbeddedProxy(_Scoring):
     def load(cls, directory: Path) -> EmbeddedProxy:
         arrays = np.load(directory / "heads.npz")
         meta = json.loads((directory / "proxy.json").read_text())
-        if meta.get("features") != FEATURES:
+        heads, theta, covariance = arrays["heads"], arrays["theta"], arrays["covariance"]
+        if meta.get("features") == FEATURES_WITHOUT_SURFACE:
+            # no weight on the surface features, and no exploration bonus along them
+            heads = np.pad(heads, ((0, 0), (0, N_SURFACE)))
+            theta = np.pad(theta, (0, N_SURFACE))
+            covariance = np.pad(covariance, (0, N_SURFACE)) if covariance.size else covariance
+        elif meta.get("features") != FEATURES:
             raise ValueError(
                 f"{directory}: a proxy on other features ({meta.get('features')!r}); "
                 "refit it with `prefloop refit-proxy`"
             )
-        covariance = arrays["covariance"]
         return cls(
-            heads=arrays["heads"],
-            theta=arrays["theta"],
+            heads=heads,
+            theta=theta,
             covariance=covariance if covariance.size else None,
             version=meta["version"],
             n_labels=meta["n_labels"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 
 import numpy as np
@@ -120,6 +121,61 @@ def test_embedded_proxy_learns_the_demo_preference(sqlite_engine, tmp_path, held
     # the flat scorer agrees with the groups
     flat = proxy.score([heldout[0].prompt] * 2, [heldout[0].a, heldout[0].b])
     assert flat == pytest.approx(s.rewards[:2])
+    # the customer's own ticket number against another one, in otherwise equal replies: the
+    # embeddings hardly differ, the surface features do
+    prompts = [text for text, split in demo.demo_prompts(0) if split == "eval"]
+    numbered = [(p, demo._parse(p)) for p in prompts if demo._parse(p).number][:20]
+    right = [demo.reference_reply(p, "best") for p, _ in numbered]
+    wrong = [
+        r.replace(t.number, str(int(t.number) + 1))
+        for r, (_, t) in zip(right, numbered, strict=True)
+    ]
+    assert all(w != r for w, r in zip(wrong, right, strict=True))
+    p_right, _ = px.compare(proxy, [p for p, _ in numbered], right, wrong)
+    print(f"P(own ticket number > another): mean {p_right.mean():.3f}, min {p_right.min():.3f}")
+    # (with the surface weights zeroed: mean 0.51, min 0.47)
+    assert p_right.min() > 0.5 and p_right.mean() > 0.58
+
+
+def test_surface_features_count_specifics_the_prompt_has_and_words():
+    reply = "Hi Maria, ticket 48213 is closed.\n- Thanks to Anna at Acme.\nBest, Sam"
+    assert px.specifics(reply) == ["Maria", "48213", "Anna", "Acme", "Sam"]  # not Hi, Thanks, Best
+    prompt = "Maria here: is ticket 48213 closed yet?"
+    [s] = px.surface([prompt], [reply])
+    # Maria and 48213 found; Anna, Acme, Sam not; 14 words
+    assert s == pytest.approx(np.log1p([2, 3, 14]))
+    [s] = px.surface([prompt], ["No numbers or names here."])
+    assert s == pytest.approx(np.log1p([0, 0, 5]))
+
+
+def test_a_proxy_saved_before_the_surface_features_still_scores(tmp_path):
+    """A proxy fitted by an earlier prefloop loads with no weight on the surface features, and
+    scores pairs as it did."""
+    embedder = px.get_embedder()
+    rng = np.random.default_rng(0)
+    width = embedder.dim + 1
+    old = px.EmbeddedProxy(
+        heads=rng.normal(size=(3, width)),
+        theta=rng.normal(size=width),
+        covariance=np.eye(width),
+        version=4,
+    )
+    old.save(tmp_path)
+    meta = json.loads((tmp_path / "proxy.json").read_text())
+    (tmp_path / "proxy.json").write_text(
+        json.dumps({**meta, "features": px.FEATURES_WITHOUT_SURFACE})
+    )
+    loaded = px.EmbeddedProxy.load(tmp_path)
+    assert loaded.theta.shape == (width + px.N_SURFACE,)
+    prompt, a, b = "Ticket 48213 from Maria", "Hi Maria, 48213 is fixed.", "Hi Tom, 99999 is fixed."
+    e_x, e_y = embedder([prompt]), embedder([a, b])
+    phi_old = np.concatenate([e_y, 4.0 * (e_y @ e_x.T)], axis=1)  # the old features
+    expected = 1 / (1 + np.exp(-(phi_old[0] - phi_old[1]) @ old.theta))
+    [scores] = loaded.score_groups([prompt], [[a, b]])
+    assert scores.p(0, 1) == pytest.approx(expected, rel=1e-4)
+    (tmp_path / "proxy.json").write_text(json.dumps({**meta, "features": "something else"}))
+    with pytest.raises(ValueError, match="refit-proxy"):
+        px.EmbeddedProxy.load(tmp_path)
 
 
 def test_fit_moves_the_heads_toward_the_labels():
