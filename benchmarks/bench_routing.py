@@ -6,9 +6,7 @@ per arm:
 
 - all-human: routing off, the 64 pairs of each round labeled by people (`loop.human_quota` 64);
 - routing at a human budget of 50% and 25% of that (32 and 16 pairs per round): the proxy labels
-  the pairs it is sure of, audits and the pairs it is least sure of go to people;
-- routing at 25% with the recheck (`routing.recheck = true`): before training, the proxy's
-  labels that the proxy refit on the iteration's human labels no longer backs are withdrawn.
+  the pairs it is sure of, audits and the pairs it is least sure of go to people.
 
 Simulated annotators are the gold judge under Bradley-Terry noise (the loop's default). After
 the third iteration the deployed policy plays pi_0 on the 100 held-out prompts, 4 samples each
@@ -16,13 +14,12 @@ the third iteration the deployed policy plays pi_0 on the 100 held-out prompts, 
 
 Reported per arm (the mean over the seeds and its spread, min..max): the gold win-rate against
 pi_0, human labels spent, proxy labels trained on and their accuracy against the gold judge,
-the proxy labels the recheck withdrew and how many of those were right, and the proxy's
-calibration error (ECE, 10 bins) over every suggestion it made. The baseline of each ratio
+and the proxy's calibration error (ECE, 10 bins) over every suggestion it made. The baseline of each ratio
 is the all-human arm of the same run. Headline:
 
     routing: <share> of human labels -> <ratio> of the all-human win-rate
 
---quick: one seed (about 10 minutes on 2 cores); the full run: 3 seeds (about 30).
+--quick: one seed (about 3 minutes on 2 idle cores); the full run: 3 seeds (about 9).
 """
 
 from __future__ import annotations
@@ -41,7 +38,6 @@ ARMS: dict[str, tuple[int | None, dict]] = {
     "all-human": (None, {}),
     "routing 50%": (32, {}),
     "routing 25%": (16, {}),
-    "25%, recheck": (16, {"recheck": "true"}),  # withdraw what the refit proxy no longer backs
 }
 FINAL_EVAL_SAMPLES = 4
 
@@ -124,7 +120,6 @@ def _label_figures(rt) -> dict:
         Label,
         LabelSource,
         Pair,
-        PairStatus,
         Prompt,
         Response,
         Suggestion,
@@ -153,18 +148,14 @@ def _label_figures(rt) -> dict:
             if lab.choice in (Choice.a, Choice.b) and (wins := gold_a_wins(lab.pair_id)) is not None
         ]
 
-    withdrawn = [lab for lab in proxy if pairs[lab.pair_id].status == PairStatus.discarded]
-    judged = right([lab for lab in proxy if pairs[lab.pair_id].status != PairStatus.discarded])
-    withdrawn_right = right(withdrawn)
+    judged = right(proxy)
     calibration = [
         (s.p_a, float(wins)) for s in suggestions if (wins := gold_a_wins(s.pair_id)) is not None
     ]
     return {
         "human_labels": sum(lab.source == LabelSource.human for lab in labels),
-        "proxy_labels": len(proxy) - len(withdrawn),
+        "proxy_labels": len(proxy),
         "proxy_accuracy": sum(judged) / len(judged) if judged else None,
-        "withdrawn": len(withdrawn),
-        "withdrawn_right": sum(withdrawn_right) / len(withdrawn_right) if withdrawn_right else None,
         "ece": calibration_error([p for p, _ in calibration], [y for _, y in calibration]),
     }
 
@@ -202,8 +193,6 @@ def main(quick: bool = False) -> None:
         "human": "human_labels",
         "proxy (trained)": "proxy_labels",
         "proxy right": "proxy_accuracy",
-        "withdrawn": "withdrawn",
-        "withdrawn right": "withdrawn_right",
         "ece": "ece",
     }
     print(f"{'arm':<16} " + " ".join(f"{title:<22}" for title in columns))

@@ -5,11 +5,6 @@ With routing off, every pair goes to humans. With it on, a pair is *confident* w
 `audit_share` of them that humans label too (so the proxy's accuracy keeps being measured). Humans
 get at most `human_slots` pairs this iteration: audits first, then the pairs the proxy is least sure
 of; a pair that fits neither is dropped (route None) and never stored.
-
-Before the iteration trains, the proxy is refit on the human labels it now has (this iteration's
-included), and `recheck_proxy_labels` asks that new version about every pair the old one labeled
-alone: a label it no longer backs with confidence, the same way round, is withdrawn (the pair is
-discarded: kept, but read by no training data or export).
 """
 
 from __future__ import annotations
@@ -17,10 +12,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from storage import pairs
-from storage.db import transaction
-from storage.models import Choice, Route, Suggestion
-from storage.settings import RoutingSettings, Settings
+from storage.models import Route
+from storage.settings import RoutingSettings
 
 
 def is_confident(p: float, uncertainty: float, settings: RoutingSettings) -> bool:
@@ -66,32 +59,3 @@ def route_pairs(
         routes[idx] = Route.human
         slots -= 1
     return routes
-
-
-def recheck_proxy_labels(*, engine, settings: Settings, iteration_id: int) -> dict[str, int]:
-    """Withdraw the proxy's labels of this iteration that the latest proxy version no longer
-    backs: confident (`is_confident`) on the same side. Its opinion is stored as each pair's
-    newest suggestion. Returns {"rechecked": n, "withdrawn": m}."""
-    from labeling.proxy import load_proxy
-
-    with transaction(engine, readonly=True) as session:
-        labeled = pairs.proxy_labeled(session=session, iteration_id=iteration_id)
-    proxy = load_proxy(settings=settings, engine=engine)
-    if not labeled or not proxy.fitted:
-        return {"rechecked": 0, "withdrawn": 0}
-    scored = proxy.score_groups(
-        [row.prompt for row in labeled], [[row.a, row.b] for row in labeled]
-    )
-    withdrawn, suggestions = [], []
-    for row, scores in zip(labeled, scored, strict=True):
-        p_a, uncertainty = scores.p(0, 1), scores.uncertainty(0, 1)
-        same_side = (p_a >= 0.5) == (row.choice == Choice.a)
-        if not (same_side and is_confident(p_a, uncertainty, settings.routing)):
-            withdrawn.append(row.pair_id)
-        suggestions.append(
-            Suggestion(pair_id=row.pair_id, p_a=p_a, uncertainty=uncertainty, agent=proxy.agent)
-        )
-    with transaction(engine) as session:
-        pairs.add_suggestions(session=session, suggestions=suggestions)
-        pairs.withdraw_pairs(session=session, pair_ids=withdrawn)
-    return {"rechecked": len(labeled), "withdrawn": len(withdrawn)}

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import aliased
 from sqlmodel import Session, func, select
 
 from storage.models import (
@@ -131,47 +130,6 @@ def add_pairs(*, session: Session, pairs: list[PairIn]) -> list[Pair]:
             session.add(Label(pair_id=pair.id, source=LabelSource.proxy, choice=choice))
     session.flush()
     return rows
-
-
-@dataclass(frozen=True)
-class ProxyLabeled:
-    pair_id: int
-    prompt: str
-    a: str
-    b: str
-    choice: Choice
-
-
-def proxy_labeled(*, session: Session, iteration_id: int) -> list[ProxyLabeled]:
-    """The pairs of an iteration that the proxy labeled alone (route proxy, not withdrawn)."""
-    a, b = aliased(Response), aliased(Response)
-    rows = session.exec(
-        select(Pair.id, Prompt.text, a.text, b.text, Label.choice)
-        .join(Prompt, Prompt.id == Pair.prompt_id)
-        .join(a, a.id == Pair.response_a_id)
-        .join(b, b.id == Pair.response_b_id)
-        .join(Label, (Label.pair_id == Pair.id) & (Label.source == LabelSource.proxy))
-        .where(
-            Pair.iteration_id == iteration_id,
-            Pair.route == Route.proxy,
-            Pair.status == PairStatus.done,
-        )
-        .order_by(Pair.id)
-    ).all()
-    return [ProxyLabeled(*row) for row in rows]
-
-
-def add_suggestions(*, session: Session, suggestions: list[Suggestion]) -> None:
-    session.add_all(suggestions)
-    session.flush()
-
-
-def withdraw_pairs(*, session: Session, pair_ids: list[int]) -> None:
-    """Discard these pairs: their labels stay, but no training data or export reads them."""
-    if pair_ids:
-        session.exec(
-            sa.update(Pair).where(Pair.id.in_(pair_ids)).values(status=PairStatus.discarded)
-        )
 
 
 def human_routed_count(*, session: Session, iteration_id: int) -> int:

@@ -172,11 +172,6 @@ class RoutingSettings(Section):
         0.1, ge=0.0, le=1.0, description="Share of confident pairs still sent to humans."
     )
     human_budget: int = Field(200, ge=0, description="Most pairs sent to humans per iteration.")
-    recheck: bool = Field(
-        False,
-        description="Before training, withdraw the proxy's labels of the iteration that the "
-        "proxy refit on its human labels no longer backs confidently.",
-    )
 
 
 MAX_CRITERIA = 8

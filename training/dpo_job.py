@@ -279,13 +279,10 @@ def evaluate_job(*, engine, settings, job_id: int, candidate_version: int) -> di
     )
 
 
-def refit_proxy(*, engine, settings, job_id: int, iteration_id: int | None = None) -> None:
-    """Refit the proxy from all human labels (a new proxy version) before training, then (with
-    routing on and `routing.recheck`) withdraw the iteration's proxy labels the new version no
-    longer backs (labeling.routing.recheck_proxy_labels). The proxy only advises, so a failed
-    refit is recorded on the job and the training goes on."""
+def refit_proxy(*, engine, settings, job_id: int) -> None:
+    """Refit the proxy from all human labels (a new proxy version) before training. The proxy
+    only advises, so a failed refit is recorded on the job and the training goes on."""
     from labeling.proxy import refit_proxy as refit
-    from labeling.routing import recheck_proxy_labels
 
     with transaction(engine) as session:
         jobs.heartbeat(session=session, job_id=job_id, result={"phase": "proxy"})
@@ -296,11 +293,6 @@ def refit_proxy(*, engine, settings, job_id: int, iteration_id: int | None = Non
             if version is None
             else {"version": version.version, "n_labels": version.n_labels}
         )
-        routing = settings.routing
-        if version is not None and routing.enabled and routing.recheck and iteration_id:
-            outcome["recheck"] = recheck_proxy_labels(
-                engine=engine, settings=settings, iteration_id=iteration_id
-            )
     except Exception as exc:
         log.exception("job %s: proxy refit failed", job_id)
         outcome = {"error": f"{type(exc).__name__}: {exc}"}
@@ -338,9 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = job_settings(job.params, args.data_dir, url)
         previous = job.params.get("previous_result", {})
         if main_rank and job.params.get("refit_proxy") and "proxy" not in previous:
-            refit_proxy(
-                engine=engine, settings=settings, job_id=args.job_id, iteration_id=job.iteration_id
-            )
+            refit_proxy(engine=engine, settings=settings, job_id=args.job_id)
         # A retry whose first attempt got as far as registering its candidate only evaluates.
         done_version = previous.get("candidate_version")
         if done_version is None:

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import random
 
-from labeling.routing import recheck_proxy_labels, route_pairs
-from storage import crud, pairs
-from storage.db import transaction
-from storage.models import Choice, Label, LabelSource, Pair, PairStatus, Response, Route
-from storage.preferences import iter_preferences
-from storage.settings import RoutingSettings, load_settings
-from tests.factories import make_pairs
+from labeling.routing import route_pairs
+from storage.models import Route
+from storage.settings import RoutingSettings
 
 ON = RoutingSettings(enabled=True, tau=0.3, max_uncertainty=0.1, audit_share=0.0, human_budget=100)
 
@@ -70,42 +66,3 @@ def test_an_unfitted_proxy_labels_nothing():
         [(0.99, 0.0)] * 3, ON, human_slots=2, rng=random.Random(0), proxy_fitted=False
     )
     assert routes == [Route.human, Route.human, None]
-
-
-def longer_is_better(prompt: str, response: str) -> float:
-    return float(len(response))
-
-
-def test_a_recheck_withdraws_the_proxy_labels_the_new_proxy_no_longer_backs(engine, tmp_path):
-    """The proxy labeled four pairs alone, each "b is better"; the proxy now (a judge: the longer
-    reply is better) backs that on two of them and says the opposite on the other two, whose
-    reply a is longer. Those two are withdrawn from training; all four get its opinion."""
-    settings = load_settings(
-        tmp_path,
-        routing={"enabled": True, "tau": 0.3},
-        proxy={"kind": "judge", "judge": "tests.labeling.test_routing:longer_is_better"},
-    )
-    with transaction(engine) as session:
-        iteration = crud.start_iteration(
-            session=session, policy_in_id=None, human_quota=1, human_budget=1
-        )
-        made = make_pairs(
-            session, 4, iteration_id=iteration.id, route=Route.proxy, status=PairStatus.done
-        )
-        for pair in made:
-            b = session.get(Response, pair.response_b_id)
-            b.text = f"a reply that is longer than the other one ({b.text})"
-            session.add(Label(pair_id=pair.id, source=LabelSource.proxy, choice=Choice.b))
-        for pair in made[2:]:
-            session.get(Response, pair.response_a_id).text = "a much longer reply " * 5
-    report = recheck_proxy_labels(engine=engine, settings=settings, iteration_id=iteration.id)
-    assert report == {"rechecked": 4, "withdrawn": 2}
-    ids = [pair.id for pair in made]
-    with transaction(engine, readonly=True) as session:
-        statuses = [session.get(Pair, pair_id).status for pair_id in ids]
-        kept = {row.pair_id for row in iter_preferences(session=session, iterations=[iteration.k])}
-        newest = pairs.latest_suggestions(session=session, pair_ids=ids)
-    assert statuses == [PairStatus.done] * 2 + [PairStatus.discarded] * 2
-    assert kept == set(ids[:2])
-    assert [newest[i].p_a > 0.5 for i in ids] == [False, False, True, True]
-    assert all("longer_is_better" in newest[i].agent for i in ids)
