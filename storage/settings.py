@@ -166,7 +166,8 @@ class RoutingSettings(Section):
         0.05,
         ge=0.0,
         description="... and uncertainty <= this (0.05: at a 25% human budget, proxy labels "
-        "0.946 right for 0.912 at 0.1, and a higher win-rate; `python -m benchmarks routing`).",
+        "0.946 right for 0.912 at 0.1, and a higher win-rate, on MiniLM features alone; "
+        "`python -m benchmarks routing`).",
     )
     audit_share: float = Field(
         0.1, ge=0.0, le=1.0, description="Share of confident pairs still sent to humans."
