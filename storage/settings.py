@@ -643,6 +643,29 @@ def with_overrides(settings: Settings, overrides: dict[str, Any]) -> Settings:
         raise SettingsError(_format_errors(exc, "run-time settings")) from None
 
 
+def from_snapshot(values: dict[str, Any]) -> tuple[Settings, list[str]]:
+    """Settings from a snapshot prefloop stored itself (a job's `params["settings"]`, the
+    `model_dump` of the settings it was queued with), and the dotted keys it dropped: a setting an
+    upgrade of prefloop removed while the job waited. A user's file naming such a key is refused
+    (`load_settings`); a snapshot is prefloop's own, so the job runs on."""
+    dropped: list[str] = []
+
+    def known(values: dict[str, Any], model: type[BaseModel], prefix: str) -> dict[str, Any]:
+        out = {}
+        for key, value in values.items():
+            field = model.model_fields.get(key)
+            if field is None:
+                dropped.append(prefix + key)
+                continue
+            sub = field.annotation
+            if isinstance(value, dict) and isinstance(sub, type) and issubclass(sub, BaseModel):
+                value = known(value, sub, f"{prefix}{key}.")
+            out[key] = value
+        return out
+
+    return Settings.model_validate(known(values, Settings, "")), dropped
+
+
 EDITABLE_KEYS: tuple[str, ...] = (
     "generation.n_samples",
     "generation.temperatures",

@@ -46,7 +46,7 @@ from storage import crud, jobs
 from storage.db import make_engine, transaction
 from storage.gold import GoldRule
 from storage.models import IterationState, JobStatus, Policy, PolicyStatus
-from storage.settings import Settings, load_settings
+from storage.settings import from_snapshot, load_settings
 from training.dpo import load_preferences, preference_records, train
 from training.runner import error_kind
 
@@ -111,7 +111,10 @@ def job_settings(params: dict[str, Any], data_dir: Path, database_url: str | Non
     if "settings" not in params:
         return load_settings(data_dir, database_url=database_url)
     values = {**params["settings"], "data_dir": data_dir, "database_url": database_url}
-    return Settings.model_validate(values)
+    settings, dropped = from_snapshot(values)
+    if dropped:
+        log.warning("the job's settings name what this prefloop no longer has: %s", dropped)
+    return settings
 
 
 def checkpoint_dir(data_dir: Path, version: int) -> Path:

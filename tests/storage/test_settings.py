@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from storage.settings import SettingsError, load_settings, with_overrides
+from storage.settings import SettingsError, from_snapshot, load_settings, with_overrides
 
 
 def test_layers_file_then_environment_then_flags(tmp_path, monkeypatch):
@@ -103,3 +103,20 @@ def test_criteria_are_named_once_each_and_dpo_trains_on_one_of_them(tmp_path):
     ):
         with pytest.raises(SettingsError, match=message):
             with_overrides(settings, overrides)
+
+
+def test_a_job_queued_before_an_upgrade_runs_on_its_settings(tmp_path):
+    """A job stores the settings it was queued with; a setting removed since (routing.recheck,
+    say) is dropped from that snapshot and named, while a user's file naming it is refused."""
+    from training.dpo_job import job_settings
+
+    snapshot = load_settings(tmp_path, dpo={"beta": 0.3}).model_dump(mode="json")
+    snapshot["routing"]["recheck"] = False
+    snapshot["retired_section"] = {"x": 1}
+    settings, dropped = from_snapshot({**snapshot, "data_dir": tmp_path})
+    assert dropped == ["routing.recheck", "retired_section"]
+    assert settings.dpo.beta == 0.3
+    assert job_settings({"settings": snapshot}, tmp_path).dpo.beta == 0.3
+    (tmp_path / "prefloop.toml").write_text("[routing]\nrecheck = false\n")
+    with pytest.raises(SettingsError, match="routing.recheck"):
+        load_settings(tmp_path)
