@@ -14,8 +14,8 @@ the third iteration the deployed policy plays pi_0 on the 100 held-out prompts, 
 
 Reported per arm (the mean over the seeds and its spread, min..max): the gold win-rate against
 pi_0, human labels spent, proxy labels trained on and their accuracy against the gold judge,
-and the proxy's calibration error (ECE, 10 bins) over every suggestion it made. The baseline of each ratio
-is the all-human arm of the same run. Headline:
+and the proxy's calibration error (ECE, 10 bins) over every suggestion it made. The baseline of
+each ratio is the all-human arm of the same run. Headline:
 
     routing: <share> of human labels -> <ratio> of the all-human win-rate
 

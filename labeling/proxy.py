@@ -9,7 +9,7 @@
 
 Kinds:
 - ``embedded`` (default): a linear Bradley–Terry model r(x, y) = <θ, φ(x, y)> on frozen MiniLM
-  sentence embeddings (unit norm), φ = [e_y, 4·cos(e_x, e_y), g(x, y)]: the response, its
+  sentence embeddings (unit norm), φ = [e_y, 4·cos(e_x, e_y), s(x, y)]: the response, its
   relevance to the prompt (e_x alone cancels in every comparison of two responses to one prompt;
   the full interaction e_x ⊙ e_y overfit: 0.79 held out on the demo after 300 labels against
   0.82), and surface features s that a sentence embedding does not see (`surface`): how many of
