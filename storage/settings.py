@@ -326,9 +326,18 @@ class EvalSettings(Section):
     seed: int = 0
     implicit_reward: bool = Field(
         True,
-        description="With a judge and 2 or more samples per prompt: score each candidate's DPO "
-        "implicit reward against pi_0 on pi_0's held-out replies, paired and ranked by the judge "
+        description="With a judge and 2 or more of pi_0's replies per held-out prompt "
+        "(implicit_reward_samples): score each candidate's DPO implicit reward against pi_0 on "
+        "them, paired and ranked by the judge "
         "(accuracy and margin; training.implicit_reward).",
+    )
+    implicit_reward_samples: int | None = Field(
+        None,
+        ge=2,
+        le=16,
+        description="pi_0's replies per held-out prompt for the implicit reward, taken two by "
+        "two (unset: samples_per_prompt). Sampled once per run and cached; a candidate is only "
+        "scored on them, so more pairs cost little beside what each candidate generates.",
     )
     implicit_reward_min_gap: float = Field(
         0.0,

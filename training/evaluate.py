@@ -61,30 +61,38 @@ def gold_judge(settings: Settings) -> Judge | None:
 
 
 def cached_samples(
-    *, settings: Settings, policy: Policy, prompts: Sequence[str], seed: int
+    *, settings: Settings, policy: Policy, prompts: Sequence[str], seed: int, n: int | None = None
 ) -> list[list[str]]:
-    """`sample` for `policy`, cached on disk by version, path, prompts and sampling parameters."""
+    """`sample` for `policy`, `n` replies per prompt (default `eval.samples_per_prompt`), cached
+    on disk by version, path, prompts and sampling parameters. A cached draw of more replies per
+    prompt serves a smaller `n` with the first `n` of each (the fewest that suffice, so a data
+    directory's answer never changes once drawn): pi_0's held-out replies for the implicit
+    reward are drawn first and also give its win-rate samples."""
     ev = settings.eval
+    n = ev.samples_per_prompt if n is None else n
     max_new = ev.max_new_tokens or settings.generation.max_new_tokens
     params = {
         "prompts": list(prompts),
-        "n": ev.samples_per_prompt,
         "temperature": ev.temperature,
         "max_new_tokens": max_new,
         "seed": seed,
         "path": policy.path,
     }
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    path = settings.data_dir / "eval" / f"v{policy.version}-{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    folder = settings.data_dir / "eval"
+    drawn = {
+        int(p.stem.rsplit("-n", 1)[1]): p for p in folder.glob(f"v{policy.version}-{key}-n*.json")
+    }
+    if enough := [have for have in drawn if have >= n]:
+        return [replies[:n] for replies in json.loads(drawn[min(enough)].read_text())]
+    path = folder / f"v{policy.version}-{key}-n{n}.json"
     from labeling.generation import generate
 
     responses = generate(
         policy.path,
         list(prompts),
         temperature=ev.temperature,
-        n=ev.samples_per_prompt,
+        n=n,
         seed=seed,
         max_new_tokens=max_new,
         settings=settings.generation,
@@ -221,6 +229,22 @@ def evaluate_candidate(
     if proxy is True:
         proxy = proxy_scorer(engine=engine, settings=settings)
     judge = gold_judge(settings)
+    heldout = None  # first: pi_0's draw for it serves the win-rate's too (cached_samples)
+    if (
+        judge is not None
+        and settings.eval.implicit_reward
+        and implicit_reward_samples(settings) > 1
+        and candidate_version != first.version
+    ):
+        heldout = {
+            "implicit_reward": heldout_implicit_reward(
+                engine=engine,
+                settings=settings,
+                version=candidate_version,
+                first=first,
+                judge=judge,
+            )
+        }
     result = head_to_head(
         engine=engine,
         settings=settings,
@@ -230,18 +254,15 @@ def evaluate_candidate(
         proxy=proxy or None,
     )
     result["deployed_version"] = deployed.version if deployed else None
-    if (
-        judge is not None
-        and settings.eval.implicit_reward
-        and settings.eval.samples_per_prompt > 1
-        and candidate_version != first.version
-    ):
-        result["implicit_reward"] = heldout_implicit_reward(
-            engine=engine, settings=settings, version=candidate_version, first=first, judge=judge
-        )
+    result.update(heldout or {})
     with transaction(engine) as session:
         set_policy_metrics(session=session, version=candidate_version, metrics={"eval": result})
     return result
+
+
+def implicit_reward_samples(settings: Settings) -> int:
+    """pi_0's replies per held-out prompt for the implicit reward."""
+    return settings.eval.implicit_reward_samples or settings.eval.samples_per_prompt
 
 
 def heldout_implicit_reward(
@@ -255,7 +276,11 @@ def heldout_implicit_reward(
 
     prompts = eval_prompts(engine=engine, n=settings.eval.n_prompts)
     replies = cached_samples(
-        settings=settings, policy=first, prompts=prompts, seed=settings.eval.seed
+        settings=settings,
+        policy=first,
+        prompts=prompts,
+        seed=settings.eval.seed,
+        n=implicit_reward_samples(settings),
     )
     triples = judged_pairs(prompts, replies, judge, min_gap=settings.eval.implicit_reward_min_gap)
     if not triples:
