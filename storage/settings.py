@@ -335,8 +335,8 @@ class EvalSettings(Section):
         None,
         ge=2,
         le=16,
-        description="pi_0's replies per held-out prompt for the implicit reward, taken two by "
-        "two (unset: samples_per_prompt). Sampled once per run and cached; a candidate is only "
+        description="pi_0's replies per held-out prompt for the implicit reward, every two of "
+        "them a pair (unset: samples_per_prompt). Sampled once per run and cached; a candidate is only "
         "scored on them, so more pairs cost little beside what each candidate generates.",
     )
     implicit_reward_min_gap: float = Field(

@@ -269,7 +269,7 @@ def heldout_implicit_reward(
     *, engine, settings: Settings, version: int, first: Policy, judge: Judge
 ) -> dict[str, Any] | None:
     """Policy `version`'s DPO implicit reward against pi_0 (`first`) on pi_0's held-out replies,
-    two by two, ranked by `judge` (training.implicit_reward; pairs it separates by less than
+    every two of a prompt's, ranked by `judge` (training.implicit_reward; pairs it separates by less than
     `eval.implicit_reward_min_gap` left out); None when no pair is left.
     pi_0's log-probabilities are cached beside its samples."""
     from training.implicit_reward import implicit_reward, judged_pairs, policy_logprobs

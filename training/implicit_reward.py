@@ -6,11 +6,11 @@ The margin and accuracy TRL logs while training come from the round's own batche
 step, each measured before its step), so they say how hard that round's pairs were, not whether
 the policy got better: a first round on hand-written seeds scores high, a later round on two of the
 policy's own close replies scores near chance. Here the reward is measured on one fixed set of
-pairs for every round, against pi_0: the held-out prompts' pi_0 replies, two by two, ranked by the
-gold judge. A round that taught the policy the judge's taste raises the accuracy (the share of
-pairs whose chosen reply gets the higher reward) and the margin (the mean reward of the chosen
-reply minus the rejected one's) over the previous version's (README, "Measured: three simulated
-iterations").
+pairs for every round, against pi_0: the held-out prompts' pi_0 replies, every two of a prompt's,
+ranked by the gold judge. A round that taught the policy the judge's taste raises the accuracy
+(the share of pairs whose chosen reply gets the higher reward) and the margin (the mean reward of
+the chosen reply minus the rejected one's) over the previous version's (README, "Measured: three
+simulated iterations").
 
 Log-probabilities are teacher-forced the way TRL's DPO sees a pair: the prompt through the chat
 template with its generation prompt, the reply as the assistant's turn (without a template, the
@@ -23,6 +23,7 @@ close pair, and scoring was no faster on the 2-core CPU.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import combinations
 from typing import Any
 
 from labeling.generation import as_messages, render_prompt
@@ -37,13 +38,16 @@ def judged_pairs(
     *,
     min_gap: float = 0.0,
 ) -> list[Triple]:
-    """(prompt, chosen, rejected) from each prompt's replies taken two by two (the first and
-    second, the third and fourth, ...), the judge's higher score chosen; a tie, or a pair whose
-    scores differ by less than `min_gap`, is left out."""
+    """(prompt, chosen, rejected) for every two of each prompt's replies (the first and second,
+    first and third, ..., second and third, ...), the judge's higher score chosen; a tie, or a
+    pair whose scores differ by less than `min_gap`, is left out. Every pair rather than disjoint
+    ones: the same replies (and log-probabilities) give k(k-1)/2 comparisons instead of k/2, so
+    the accuracy and margin are averages over several times as many pairs, a lower-variance
+    estimate of the same quantity."""
     triples = []
     for prompt, replies in zip(prompts, responses, strict=True):
-        for a, b in zip(replies[0::2], replies[1::2], strict=False):
-            score_a, score_b = judge(prompt, a), judge(prompt, b)
+        scores = [judge(prompt, reply) for reply in replies]
+        for (a, score_a), (b, score_b) in combinations(zip(replies, scores, strict=True), 2):
             if score_a != score_b and abs(score_a - score_b) >= min_gap:
                 triples.append((prompt, a, b) if score_a > score_b else (prompt, b, a))
     return triples
@@ -107,16 +111,24 @@ def completion_logprobs(
 
 def policy_logprobs(path: str, triples: Sequence[Triple], *, max_length: int) -> list[float]:
     """The chosen then the rejected replies' log-probabilities under the checkpoint at `path`
-    (float32), on a CUDA GPU when there is one."""
+    (float32), on a CUDA GPU when there is one; a reply in several pairs is scored once."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
-    prompts = [t[0] for t in triples] * 2
-    replies = [t[1] for t in triples] + [t[2] for t in triples]
-    return completion_logprobs(model, tokenizer, prompts, replies, max_length=max_length)
+    wanted = [(t[0], t[1]) for t in triples] + [(t[0], t[2]) for t in triples]
+    unique = list(dict.fromkeys(wanted))
+    logps = completion_logprobs(
+        model,
+        tokenizer,
+        [prompt for prompt, _ in unique],
+        [reply for _, reply in unique],
+        max_length=max_length,
+    )
+    scored = dict(zip(unique, logps, strict=True))
+    return [scored[key] for key in wanted]
 
 
 def implicit_reward(

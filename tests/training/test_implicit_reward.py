@@ -12,6 +12,7 @@ from training.implicit_reward import (
     completion_logprobs,
     implicit_reward,
     judged_pairs,
+    policy_logprobs,
 )
 
 
@@ -21,14 +22,24 @@ def test_judged_pairs_put_the_judges_choice_first_and_leave_ties_out():
 
     prompts = ["p", "q"]
     replies = [["short", "much longer", "tie1", "tie2"], ["xx", "x", "odd one"]]
-    # p: (short, much longer) -> longer chosen; (tie1, tie2) tied, left out.
-    # q: (xx, x) -> xx chosen; "odd one" has no partner.
+    # every two of a prompt's replies, the longer chosen; (tie1, tie2) tied, left out
     assert judged_pairs(prompts, replies, judge) == [
         ("p", "much longer", "short"),
+        ("p", "short", "tie1"),
+        ("p", "short", "tie2"),
+        ("p", "much longer", "tie1"),
+        ("p", "much longer", "tie2"),
         ("q", "xx", "x"),
+        ("q", "odd one", "xx"),
+        ("q", "odd one", "x"),
     ]
-    # a gap of 6 counts at min_gap 6, the gap of 1 does not
-    assert judged_pairs(prompts, replies, judge, min_gap=6) == [("p", "much longer", "short")]
+    # gaps of 6 and 7 count at min_gap 6; gaps of 1 and 5 do not
+    assert judged_pairs(prompts, replies, judge, min_gap=6) == [
+        ("p", "much longer", "short"),
+        ("p", "much longer", "tie1"),
+        ("p", "much longer", "tie2"),
+        ("q", "odd one", "x"),
+    ]
 
 
 def test_implicit_reward_is_beta_times_the_log_ratio_margin():
@@ -73,6 +84,28 @@ def test_batched_log_probs_equal_one_at_a_time_without_a_chat_template(tmp_path)
     # cut at max_length: fewer reply tokens count, so the sum is larger (less negative)
     cut = completion_logprobs(model, tokenizer, PROMPTS[1:2], REPLIES[1:2], max_length=head + 4)
     assert cut[0] > batched[1]
+
+
+def test_policy_logprobs_scores_a_reply_in_several_pairs_once_and_returns_each_pairs(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    path = tiny_causal_lm(tmp_path / "lm")
+    # "hello" is in three pairs (chosen twice, rejected once): scored once, returned three times
+    triples = [("hi", "hello", "world"), ("hi", "hello", "you"), ("hi", "you", "hello")]
+    logps = policy_logprobs(str(path), triples, max_length=64)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    expected = _one_at_a_time(
+        model,
+        tokenizer,
+        ["hi"] * 6,
+        ["hello", "hello", "you", "world", "you", "hello"],  # the chosen, then the rejected
+        64,
+    )
+    assert logps == pytest.approx(expected, abs=1e-4)
+    assert len(set(logps)) == 3  # three replies, three values, in six places
 
 
 @pytest.mark.slow
