@@ -27,7 +27,7 @@ SMALL = {
     "PREFLOOP_EVAL__N_PROMPTS": "4",
     "PREFLOOP_EVAL__MAX_NEW_TOKENS": "48",
     "PREFLOOP_EVAL__WIN_RATE_THRESHOLD": "0.0",  # plumbing under test, not the gate
-    "PREFLOOP_EVAL__IMPLICIT_REWARD_MIN_GAP": "0.0",  # every one of the 4 held-out pairs
+    "PREFLOOP_EVAL__IMPLICIT_REWARD_MIN_GAP": "0.0",  # every held-out pair the judge does not tie
     "PREFLOOP_DPO__MAX_LENGTH": "192",
     "PREFLOOP_DPO__NUM_TRAIN_EPOCHS": "0.25",  # 2 of the round's 9 steps
     "PREFLOOP_LOOP__AUTO_CONTINUE": "false",
@@ -79,9 +79,10 @@ def test_chat_demo_init_label_train_deploy(tmp_path, smollm2_dir, monkeypatch):
             )
         )
     assert report["train"]["n_pairs"] == 64 + len(decided)  # the seeds and each decided label
-    # the candidate's implicit reward against pi_0 on pi_0's held-out replies, paired by the judge
+    # the candidate's implicit reward against pi_0 on pi_0's held-out replies (the demo's 6 a
+    # prompt: 15 pairs), ranked by the judge
     heldout = report["eval"]["implicit_reward"]
-    assert heldout["reference_version"] == 0 and 1 <= heldout["n_pairs"] <= 4
+    assert heldout["reference_version"] == 0 and 4 < heldout["n_pairs"] <= 60
     assert heldout["margin"] != 0.0  # pi_0 against itself has none: the round moved the policy
     status = json.loads(run("status", "--json", "--data-dir", str(data)))
     assert status["deployed_policy"]["version"] == 1
