@@ -229,22 +229,20 @@ def evaluate_candidate(
     if proxy is True:
         proxy = proxy_scorer(engine=engine, settings=settings)
     judge = gold_judge(settings)
-    heldout = None  # first: pi_0's draw for it serves the win-rate's too (cached_samples)
-    if (
+    wants_heldout = (
         judge is not None
         and settings.eval.implicit_reward
         and implicit_reward_samples(settings) > 1
         and candidate_version != first.version
-    ):
-        heldout = {
-            "implicit_reward": heldout_implicit_reward(
-                engine=engine,
-                settings=settings,
-                version=candidate_version,
-                first=first,
-                judge=judge,
-            )
-        }
+    )
+    # before the win-rate: pi_0's draw for it also serves pi_0's win-rate samples (cached_samples)
+    heldout = (
+        heldout_implicit_reward(
+            engine=engine, settings=settings, version=candidate_version, first=first, judge=judge
+        )
+        if wants_heldout
+        else None
+    )
     result = head_to_head(
         engine=engine,
         settings=settings,
@@ -254,7 +252,8 @@ def evaluate_candidate(
         proxy=proxy or None,
     )
     result["deployed_version"] = deployed.version if deployed else None
-    result.update(heldout or {})
+    if wants_heldout:
+        result["implicit_reward"] = heldout
     with transaction(engine) as session:
         set_policy_metrics(session=session, version=candidate_version, metrics={"eval": result})
     return result
@@ -269,8 +268,8 @@ def heldout_implicit_reward(
     *, engine, settings: Settings, version: int, first: Policy, judge: Judge
 ) -> dict[str, Any] | None:
     """Policy `version`'s DPO implicit reward against pi_0 (`first`) on pi_0's held-out replies,
-    every two of a prompt's, ranked by `judge` (training.implicit_reward; pairs it separates by less than
-    `eval.implicit_reward_min_gap` left out); None when no pair is left.
+    every two of a prompt's, ranked by `judge` (training.implicit_reward; pairs it separates by
+    less than `eval.implicit_reward_min_gap` left out); None when no pair is left.
     pi_0's log-probabilities are cached beside its samples."""
     from training.implicit_reward import implicit_reward, judged_pairs, policy_logprobs
 

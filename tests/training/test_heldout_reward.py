@@ -47,7 +47,8 @@ def test_implicit_reward_samples_pairs_more_of_pi0s_replies_than_the_win_rate_sa
 
     # the win-rate's 2 replies a prompt are the first 2 of that draw: nothing drawn again
     prompts = eval_prompts(engine=rt.engine, n=8)
-    two = cached_samples(settings=rt.settings, policy=first, prompts=prompts, seed=0, n=2)
+    seed = rt.settings.eval.seed
+    two = cached_samples(settings=rt.settings, policy=first, prompts=prompts, seed=seed, n=2)
     assert two == [replies[:2] for replies in cached]
     assert len(list((rt.settings.data_dir / "eval").glob("v0-*-n*.json"))) == 1
 
