@@ -22,7 +22,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from storage import crud, queue
-from storage.db import make_engine, normalize_url, transaction, upgrade
+from storage.db import make_engine, normalize_url, refresh_statistics, transaction, upgrade
 from storage.models import Pair, PairStatus, Prompt, Response, Role, Suggestion
 
 N_USERS = 50
@@ -58,6 +58,8 @@ def add_pairs(engine, n_pairs: int) -> None:
         session.add_all(
             [Suggestion(pair_id=p.id, p_a=0.7, uncertainty=0.05, agent="proxy:v1") for p in pairs]
         )
+        session.flush()
+        refresh_statistics(session, "pair")  # as storage.pairs.add_pairs does after a round
 
 
 def queued_pairs(engine) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, func, select
 
+from storage.db import refresh_statistics
 from storage.models import (
     NOT_PREFERENCE_ROUTES,
     Choice,
@@ -129,6 +130,8 @@ def add_pairs(*, session: Session, pairs: list[PairIn]) -> list[Pair]:
             choice = Choice.a if item.p_a >= 0.5 else Choice.b
             session.add(Label(pair_id=pair.id, source=LabelSource.proxy, choice=choice))
     session.flush()
+    if rows:
+        refresh_statistics(session, "pair")
     return rows
 
 

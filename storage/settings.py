@@ -383,9 +383,9 @@ class EvalSettings(Section):
 class DatabaseSettings(Section):
     """The connection pool of each process (PostgreSQL; SQLite keeps its own fixed pool)."""
 
-    pool_size: int = Field(10, ge=1, le=1000, description="Connections kept open per process.")
+    pool_size: int = Field(40, ge=1, le=1000, description="Connections kept open per process.")
     max_overflow: int = Field(
-        40, ge=0, le=1000, description="Extra connections a process may open under load."
+        10, ge=0, le=1000, description="Extra connections a process may open under load."
     )
     pool_timeout: float = Field(
         10.0, gt=0, description="Seconds a request waits for a free connection before failing."

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from app.auth import generate_password, generate_token, hash_password, hash_toke
 from app.server import create_app
 from app.ui.guard import DATABASE_DOWN
 from storage import crud
-from storage.db import transaction, upgrade
+from storage.db import PING_AFTER_IDLE_S, transaction, upgrade
 from storage.models import Role
 from storage.runtime import open_runtime
 
@@ -162,4 +163,20 @@ def test_a_database_restart_is_a_503_then_recovers(cluster, tmp_path, monkeypatc
     assert _get(client, "/healthz", {})[0] == 200
     assert _get(client, "/label/", {})[0] == 200
     assert page_event()[0] == 200
+    rt.engine.dispose()
+
+
+def test_a_restart_between_requests_goes_unseen(cluster, tmp_path, monkeypatch):
+    """No request while the database was down: the pooled connections, lost with the restart,
+    are checked after sitting idle and replaced, so the first request after it succeeds."""
+    url, stop, start = cluster
+    monkeypatch.setenv("PREFLOOP_DATABASE_URL", url)
+    rt = open_runtime(tmp_path)
+    upgrade(rt.engine)
+    client = TestClient(create_app(rt), raise_server_exceptions=False)
+    assert _get(client, "/healthz", {})[0] == 200
+    stop()
+    start()
+    time.sleep(PING_AFTER_IDLE_S)  # pg_ctl takes longer; this makes it certain
+    assert _get(client, "/healthz", {})[0] == 200
     rt.engine.dispose()

@@ -9,8 +9,10 @@ import subprocess
 import sys
 import time
 
+import pytest
 import sqlalchemy as sa
 
+from storage import db
 from storage.db import (
     SQLITE_BUSY_TIMEOUT_MS,
     current_revision,
@@ -89,3 +91,81 @@ def test_current_revision_does_not_create_the_file(tmp_path):
     upgrade(engine)
     assert current_revision(engine) == head_revision() is not None
     engine.dispose()
+
+
+# PostgreSQL's connections: checked before use only after sitting idle, and read-only
+# transactions in autocommit (no BEGIN and ROLLBACK round trips).
+
+
+def _count_pings(engine, monkeypatch) -> list[int]:
+    pings: list[int] = []
+    ping = engine.dialect.do_ping
+
+    def counted(dbapi_connection):
+        pings.append(1)
+        return ping(dbapi_connection)
+
+    monkeypatch.setattr(engine.dialect, "do_ping", counted)
+    return pings
+
+
+@pytest.mark.postgres
+def test_postgres_pings_a_pooled_connection_only_after_it_sat_idle(postgres_engine, monkeypatch):
+    pings = _count_pings(postgres_engine, monkeypatch)
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 3600.0)
+    for _ in range(5):
+        with transaction(postgres_engine) as session:
+            session.exec(sa.select(1))
+    assert pings == []  # a busy connection goes out unchecked
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)
+    for _ in range(5):
+        with transaction(postgres_engine) as session:
+            session.exec(sa.select(1))
+    assert len(pings) == 5  # each had sat in the pool since its last use
+
+
+def _backend_pid(engine) -> int:
+    with transaction(engine, readonly=True) as session:
+        return session.execute(sa.select(sa.func.pg_backend_pid())).scalar_one()
+
+
+def _terminate(engine, pid: int) -> None:
+    other = sa.create_engine(engine.url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
+    with other.connect() as connection:
+        assert connection.execute(sa.select(sa.func.pg_terminate_backend(pid))).scalar()
+    other.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_an_idle_connection_lost_meanwhile_is_replaced_unseen(
+    postgres_engine, monkeypatch
+):
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 0.0)
+    lost = _backend_pid(postgres_engine)
+    _terminate(postgres_engine, lost)
+    assert _backend_pid(postgres_engine) != lost  # the check found it gone: a new connection
+
+
+@pytest.mark.postgres
+def test_postgres_a_busy_connection_lost_fails_once_then_the_pool_reconnects(
+    postgres_engine, monkeypatch
+):
+    monkeypatch.setattr(db, "PING_AFTER_IDLE_S", 3600.0)
+    lost = _backend_pid(postgres_engine)
+    _terminate(postgres_engine, lost)
+    with pytest.raises(db.UNAVAILABLE_ERRORS):  # the web app's 503
+        _backend_pid(postgres_engine)
+    assert _backend_pid(postgres_engine) != lost
+
+
+@pytest.mark.postgres
+def test_postgres_read_only_transactions_run_each_statement_on_its_own(postgres_engine):
+    """No BEGIN: two statements of a read-only transaction are two transactions; a writing
+    transaction's statements share one."""
+    xid = sa.select(sa.func.txid_current())
+    with transaction(postgres_engine, readonly=True) as session:
+        first, second = session.execute(xid).scalar_one(), session.execute(xid).scalar_one()
+    assert first != second
+    with transaction(postgres_engine) as session:
+        first, second = session.execute(xid).scalar_one(), session.execute(xid).scalar_one()
+    assert first == second
