@@ -130,9 +130,11 @@ def _backend_pid(engine) -> int:
 
 
 def _terminate(engine, pid: int) -> None:
+    """End the backend `pid` and wait until it has exited (the timeout argument, in ms): without
+    the wait, the pooled connection's next statement could reach it first on a busy machine."""
     other = sa.create_engine(engine.url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
     with other.connect() as connection:
-        assert connection.execute(sa.select(sa.func.pg_terminate_backend(pid))).scalar()
+        assert connection.execute(sa.select(sa.func.pg_terminate_backend(pid, 30_000))).scalar()
     other.dispose()
 
 
