@@ -410,6 +410,14 @@ class ServerSettings(Section):
         "SQLite takes one writer at a time: more threads only contend for the lock and the GIL "
         "(with PostgreSQL, more can help).",
     )
+    api_threads: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Threads per worker for the JSON API's token check and labeling calls "
+        "(next, label, skip), apart from the pool of 40 that serves the rest: a few "
+        "transactions at once wait less for the GIL than many.",
+    )
 
 
 class Settings(BaseSettings):

@@ -779,3 +779,61 @@ def test_a_rewrite_through_the_api(world, engine):
         original = session.get(Response, rewrite.response_b_id).text
         edited = session.get(Response, rewrite.response_a_id)
     assert original == pair["right"] and edited.text == "Better, by hand."
+
+
+def test_api_calls_run_on_the_api_threads_alone(engine, tmp_path, monkeypatch):
+    """`server.api_threads` bounds how many API calls a process works on at once: with 2, four
+    concurrent calls' token checks run two at a time (a barrier of 2 lets each pair through; a
+    third check inside at once would be counted), where the shared pool of 40 takes all four.
+    The check is counted, not the claim: on SQLite two claims cannot be inside at once anyway
+    (one writer at a time)."""
+    import threading
+
+    import anyio
+    import httpx
+
+    with transaction(engine) as session:
+        users = [make_user(session, name=f"ann{i}") for i in range(4)]
+        tokens = [issue_token(session, user) for user in users]
+        make_pairs(session, 4)
+    (tmp_path / "prefloop.toml").write_text("[server]\napi_threads = 2\n")
+    app = build_app(engine, tmp_path)
+    barrier = threading.Barrier(2, timeout=30)
+    lock = threading.Condition()
+    inside, most = 0, 0
+    token_hash = api.hash_token
+
+    def counted_hash(token: str) -> str:
+        nonlocal inside, most
+        with lock:
+            inside += 1
+            most = max(most, inside)
+            lock.notify_all()
+            # Without the bound the other two calls come in meanwhile; with it they cannot.
+            lock.wait_for(lambda: inside > 2, timeout=1.0)
+        try:
+            barrier.wait()  # both threads inside at once, or a timeout (BrokenBarrierError)
+            return token_hash(token)
+        finally:
+            with lock:
+                inside -= 1
+
+    monkeypatch.setattr(api, "hash_token", counted_hash)
+
+    async def four_calls() -> list[int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            responses = [None] * 4
+
+            async def call(i: int) -> None:
+                headers = {"Authorization": f"Bearer {tokens[i]}"}
+                responses[i] = await client.get("/api/v1/pairs/next", headers=headers)
+
+            async with anyio.create_task_group() as group:
+                for i in range(4):
+                    group.start_soon(call, i)
+            return [r.status_code for r in responses]
+
+    assert anyio.run(four_calls) == [200] * 4
+    assert most == 2
+    assert app.state.api_limiter.total_tokens == 2
