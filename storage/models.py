@@ -378,10 +378,19 @@ class Guideline(SQLModel, table=True):
 class Assignment(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("pair_id", "user_id", name="uq_assignment_pair_user"),
-        # The live leases (a handful) without scanning every claim ever made.
+        # The live leases (a handful) without scanning every claim ever made: a pair's, and a
+        # user's (the lease they hold, read at every claim; by user_id alone that read walked
+        # every claim the user ever made, a cost growing with their history).
         sa.Index(
             "ix_assignment_live",
             "pair_id",
+            "expires_at",
+            sqlite_where=sa.text("status = 'active'"),
+            postgresql_where=sa.text("status = 'active'"),
+        ),
+        sa.Index(
+            "ix_assignment_user_live",
+            "user_id",
             "expires_at",
             sqlite_where=sa.text("status = 'active'"),
             postgresql_where=sa.text("status = 'active'"),

@@ -239,16 +239,24 @@ def _held_lease_query(user_id, now) -> sa.Select:
 
 
 _HELD_LEASE = _held_lease_query(_USER_ID, _NOW)
+
+
+def _expiring(now, user_id=None) -> sa.Update:
+    """Lapsed leases (a user's: through ix_assignment_user_live) marked expired. A Core update:
+    the ORM's would evaluate its WHERE against every Assignment in the session."""
+    query = sa.update(_ASSIGNMENT).where(_LIVE, _ASSIGNMENT.c.expires_at <= now)
+    if user_id is not None:
+        query = query.where(_ASSIGNMENT.c.user_id == user_id)
+    return query.values(status=AssignmentStatus.expired.value)
+
+
 # PostgreSQL: the user's lapsed leases marked expired (tidying: the counts never trust the
 # status) in the same statement that reads the live one, a data-modifying CTE. Its parameters
 # are named apart from the columns (x_*): SQLAlchemy would read one named like a column of the
 # updated table as one more column to set.
 _X_USER, _X_NOW = sa.bindparam("x_user", type_=sa.Integer()), sa.bindparam("x_now", type_=_WHEN)
 _HELD_LEASE_EXPIRING_POSTGRES = _held_lease_query(_X_USER, _X_NOW).add_cte(
-    sa.update(_ASSIGNMENT)
-    .where(_LIVE, _ASSIGNMENT.c.expires_at <= _X_NOW, _ASSIGNMENT.c.user_id == _X_USER)
-    .values(status=AssignmentStatus.expired.value)
-    .cte("expired")
+    _expiring(_X_NOW, _X_USER).cte("expired")
 )
 
 
@@ -862,12 +870,7 @@ def skip_pair(*, session: Session, user_id: int, pair_id: int) -> None:
 
 
 def _expire(session: Session, now: datetime, *, user_id: int | None = None) -> int:
-    # A Core update: the ORM's would evaluate its WHERE against every Assignment in the session.
-    query = sa.update(_ASSIGNMENT).where(_LIVE, _ASSIGNMENT.c.expires_at <= now)
-    if user_id is not None:
-        query = query.where(_ASSIGNMENT.c.user_id == user_id)
-    query = query.values(status=AssignmentStatus.expired.value)
-    return run_core(session, query).rowcount
+    return run_core(session, _expiring(now, user_id)).rowcount
 
 
 def release_expired(*, session: Session, now: datetime | None = None) -> int:

@@ -332,3 +332,21 @@ def test_rewrites_migrate_down_and_up(engine):
     assert (count("pair"), count("response"), count("label")) == (1, 2, 0)
     upgrade(engine)
     test_migrations_from_empty_match_the_models(engine)
+
+
+def test_user_live_leases_index_migrates_down_and_up(engine):
+    """0012 adds ix_assignment_user_live (a user's live leases: the claim's expiry of their
+    lapsed ones reads it, not every claim they ever made); down removes it, up puts it back."""
+    from alembic import command
+
+    from storage.db import migrations_config
+
+    def indexes() -> set[str]:
+        return {ix["name"] for ix in sa.inspect(engine).get_indexes("assignment")}
+
+    assert "ix_assignment_user_live" in indexes()
+    command.downgrade(migrations_config(engine), "0011")
+    assert "ix_assignment_user_live" not in indexes()
+    assert "ix_assignment_live" in indexes()
+    upgrade(engine)
+    test_migrations_from_empty_match_the_models(engine)

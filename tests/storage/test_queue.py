@@ -427,3 +427,23 @@ def test_a_claim_is_five_round_trips_on_postgresql(engine):
         assert not any("SET user_id" in s or "SET pair_id" in s for s in work), work
     assert shown.pair_id in pair_ids and shown.left.startswith("reply")
     assert claim(engine, u1) == shown  # the held lease comes back
+
+
+def test_a_users_lapsed_leases_are_found_among_the_live_ones(tmp_path):
+    """The claim's expiry of the user's lapsed leases reads ix_assignment_user_live (the live
+    leases, by user), not ix_assignment_user_id: that walked every claim the user ever made, a
+    click's cost growing with the annotator's history. (SQLite's plan: it has no statistics to
+    change its mind; PostgreSQL picks the index from its own, on a table of real size.)"""
+    from datetime import UTC, datetime
+
+    from storage.db import make_engine, upgrade
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'plan.db'}")
+    upgrade(engine)
+    statement = queue._expiring(datetime.now(UTC), 1)
+    sql = statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+    with engine.connect() as connection:
+        plan = [row[-1] for row in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
+    assert plan == [
+        "SEARCH assignment USING INDEX ix_assignment_user_live (user_id=? AND expires_at<?)"
+    ]
