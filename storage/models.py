@@ -375,26 +375,20 @@ class Guideline(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
 
 
+def _live_leases_index(name: str, by: str) -> sa.Index:
+    """The active leases (Assignment.status == active) by `by` and expiry."""
+    active = sa.text("status = 'active'")
+    return sa.Index(name, by, "expires_at", sqlite_where=active, postgresql_where=active)
+
+
 class Assignment(SQLModel, table=True):
     __table_args__ = (
         sa.UniqueConstraint("pair_id", "user_id", name="uq_assignment_pair_user"),
         # The live leases (a handful) without scanning every claim ever made: a pair's, and a
-        # user's (the lease they hold, read at every claim; by user_id alone that read walked
-        # every claim the user ever made, a cost growing with their history).
-        sa.Index(
-            "ix_assignment_live",
-            "pair_id",
-            "expires_at",
-            sqlite_where=sa.text("status = 'active'"),
-            postgresql_where=sa.text("status = 'active'"),
-        ),
-        sa.Index(
-            "ix_assignment_user_live",
-            "user_id",
-            "expires_at",
-            sqlite_where=sa.text("status = 'active'"),
-            postgresql_where=sa.text("status = 'active'"),
-        ),
+        # user's (their lapsed ones are marked expired at every claim; by user_id alone that
+        # update walked every claim the user ever made, a cost growing with their history).
+        _live_leases_index("ix_assignment_live", "pair_id"),
+        _live_leases_index("ix_assignment_user_live", "user_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True)
