@@ -120,7 +120,7 @@ async def on_api_threads(request: Request, work: Callable[[], T]) -> T:
     threads (`server.api_threads`) rather than the shared pool of 40. Fifty clients on 40
     threads kept some 25 transactions going at once in a process, each waiting for the GIL after
     every round trip to the database: two threads labeled 1.1x (SQLite) to 1.25x (PostgreSQL)
-    the submits/s (README, "Benchmarks")."""
+    the submits/s (README, "The web app")."""
     state = request.app.state
     limiter = getattr(state, "api_limiter", None)
     if limiter is None:  # made in the event loop, on the first call; nothing awaits in between
