@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from labeling.generation import generate, load_sampler, render_prompt, split_temperatures
+from labeling.generation import (
+    fast_bf16,
+    generate,
+    load_sampler,
+    render_prompt,
+    split_temperatures,
+)
 from storage.settings import GenerationSettings
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -77,6 +83,21 @@ def test_generate_greedy_is_deterministic(policy_dir):
     assert generate(policy_dir, PROMPTS[:2], temperature=0, n=1, max_new_tokens=16) == [
         row[:1] for row in first
     ]
+
+
+@pytest.mark.parametrize(
+    ("amx", "avx512_bf16", "bf16"),
+    [(True, True, True), (False, True, True), (False, False, False)],
+    ids=["amx", "avx512-bf16-alone", "neither"],
+)
+def test_bf16_on_a_cpu_that_multiplies_it_natively(monkeypatch, amx, avx512_bf16, bf16):
+    """An AMX CPU and one with AVX512-BF16 alone (AMD's Zen 4 and later) get bf16; a CPU
+    without AVX512-BF16, where bf16 is emulated, gets fp32."""
+    import torch
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    assert fast_bf16("cpu") is bf16
 
 
 def test_unknown_backend_is_refused():
