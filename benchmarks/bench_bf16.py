@@ -12,29 +12,24 @@ pairs, one run of each.
 
 from __future__ import annotations
 
-import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bench_chat import _smollm2
+from benchmarks.bench_chat import (
+    _smollm2,
+    chat_generation_settings,
+    dpo_round_seconds,
+    seed_records,
+)
 
 
 def _sampling_seconds(model: Path, prompts: list[str], bf16: bool) -> tuple[float, int]:
     import torch
 
     from labeling.generation import load_sampler
-    from storage.settings import DEMO_DEFAULTS, GenerationSettings
 
-    defaults = DEMO_DEFAULTS["chat"]["generation"]
-    settings = GenerationSettings(
-        max_new_tokens=defaults["max_new_tokens"],
-        batch_size=defaults["batch_size"],
-        device="cpu",
-        dtype="bfloat16" if bf16 else "float32",
-    )
-    sampler = load_sampler(model, settings)
+    sampler = load_sampler(model, chat_generation_settings(dtype="bfloat16" if bf16 else "float32"))
     try:
         assert next(sampler.model.parameters()).dtype == (torch.bfloat16 if bf16 else torch.float32)
         start = time.perf_counter()
@@ -44,40 +39,15 @@ def _sampling_seconds(model: Path, prompts: list[str], bf16: bool) -> tuple[floa
         sampler.close()
 
 
-def _dpo_seconds(model: Path, records: list[dict], bf16: bool) -> float:
-    from storage.settings import DEMO_DEFAULTS, DPOSettings
-    from training.dpo import train
-
-    dpo = DPOSettings(**{**DEMO_DEFAULTS["chat"]["dpo"], "bf16": bf16})
-    with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
-        train(
-            init_path=str(model),
-            ref_path=str(model),
-            records=records,
-            dpo=dpo,
-            output_dir=Path(tmp) / "v1",
-        )
-        return time.perf_counter() - start
-
-
 def main(quick: bool = False) -> None:
     import torch
 
-    from labeling.chat_task import SEED_PREFERENCES, chat_prompts
+    from labeling.chat_task import chat_prompts
     from labeling.generation import fast_bf16
 
     model = _smollm2()
     prompts = [text for text, _, split in chat_prompts() if split == "eval"][: 8 if quick else 32]
-    rows = [json.loads(line) for line in SEED_PREFERENCES.read_text().splitlines()]
-    records = [
-        {
-            "prompt": [{"role": "user", "content": r["prompt"]}],
-            "chosen": [{"role": "assistant", "content": r["chosen"]}],
-            "rejected": [{"role": "assistant", "content": r["rejected"]}],
-        }
-        for r in rows[: 8 if quick else 16]
-    ]
+    records = seed_records(8 if quick else 16)
     order = (False, True) if quick else (False, True, False, True)
     tokens_per_s: dict[bool, list[float]] = {False: [], True: []}
     pairs_per_s: dict[bool, list[float]] = {False: [], True: []}
@@ -88,7 +58,7 @@ def main(quick: bool = False) -> None:
             f"sampling {'bf16' if bf16 else 'fp32'}: {tokens} tokens in {seconds:.1f}s", flush=True
         )
     for bf16 in order:
-        seconds = _dpo_seconds(model, records, bf16)
+        seconds, _ = dpo_round_seconds(model, records, bf16=bf16)
         pairs_per_s[bf16].append(len(records) / seconds)
         print(
             f"DPO {'bf16' if bf16 else 'fp32'}: {len(records)} pairs in {seconds:.1f}s", flush=True

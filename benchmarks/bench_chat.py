@@ -38,18 +38,60 @@ def _smollm2() -> Path:
     return out
 
 
-def bench_generation(quick: bool) -> dict:
-    from labeling.chat_task import chat_prompts
-    from labeling.generation import load_sampler
+def chat_generation_settings(**overrides):
+    """The chat demo's batch and reply length, on the CPU; `overrides`: other fields (dtype)."""
     from storage.settings import DEMO_DEFAULTS, GenerationSettings
 
     defaults = DEMO_DEFAULTS["chat"]["generation"]
+    return GenerationSettings(
+        max_new_tokens=defaults["max_new_tokens"],
+        batch_size=defaults["batch_size"],
+        device="cpu",
+        **overrides,
+    )
+
+
+def seed_records(n: int) -> list[dict]:
+    """The first `n` shipped seed preferences as DPO records (conversational)."""
+    from labeling.chat_task import SEED_PREFERENCES
+
+    rows = [json.loads(line) for line in SEED_PREFERENCES.read_text().splitlines()][:n]
+    return [
+        {
+            "prompt": [{"role": "user", "content": r["prompt"]}],
+            "chosen": [{"role": "assistant", "content": r["chosen"]}],
+            "rejected": [{"role": "assistant", "content": r["rejected"]}],
+        }
+        for r in rows
+    ]
+
+
+def dpo_round_seconds(model: Path, records: list[dict], **overrides) -> tuple[float, dict]:
+    """One DPO round on `records` with the chat demo's `[dpo]` (`overrides` on top): its
+    seconds and metrics."""
+    from storage.settings import DEMO_DEFAULTS, DPOSettings
+    from training.dpo import train
+
+    dpo = DPOSettings(**{**DEMO_DEFAULTS["chat"]["dpo"], **overrides})
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        metrics = train(
+            init_path=str(model),
+            ref_path=str(model),
+            records=records,
+            dpo=dpo,
+            output_dir=Path(tmp) / "v1",
+        )
+        return time.perf_counter() - start, {**metrics, "lora": dpo.use_lora}
+
+
+def bench_generation(quick: bool) -> dict:
+    from labeling.chat_task import chat_prompts
+    from labeling.generation import load_sampler
+
     n_prompts = 16 if quick else 64
     prompts = [text for text, _, split in chat_prompts() if split == "eval"][:n_prompts]
-    settings = GenerationSettings(
-        max_new_tokens=defaults["max_new_tokens"], batch_size=defaults["batch_size"], device="cpu"
-    )
-    sampler = load_sampler(_smollm2(), settings)
+    sampler = load_sampler(_smollm2(), chat_generation_settings())
     try:
         start = time.perf_counter()
         rows = sampler.sample(prompts, n=4, temperatures=[1.0, 0.7], seed=0)
@@ -75,39 +117,12 @@ def bench_generation(quick: bool) -> dict:
 
 
 def bench_dpo(quick: bool) -> dict:
-    from labeling.chat_task import SEED_PREFERENCES
-    from storage.settings import DEMO_DEFAULTS, DPOSettings
-    from training.dpo import train
-
-    rows = [json.loads(line) for line in SEED_PREFERENCES.read_text().splitlines()]
-    rows = rows[:16] if quick else rows[:64]
-    records = [
-        {
-            "prompt": [{"role": "user", "content": r["prompt"]}],
-            "chosen": [{"role": "assistant", "content": r["chosen"]}],
-            "rejected": [{"role": "assistant", "content": r["rejected"]}],
-        }
-        for r in rows
-    ]
+    records = seed_records(16 if quick else 64)
     model = _smollm2()
-
-    def round_seconds(records: list[dict], **overrides) -> tuple[float, dict]:
-        dpo = DPOSettings(**{**DEMO_DEFAULTS["chat"]["dpo"], **overrides})
-        with tempfile.TemporaryDirectory() as tmp:
-            start = time.perf_counter()
-            metrics = train(
-                init_path=str(model),
-                ref_path=str(model),
-                records=records,
-                dpo=dpo,
-                output_dir=Path(tmp) / "v1",
-            )
-            return time.perf_counter() - start, {**metrics, "lora": dpo.use_lora}
-
-    seconds, metrics = round_seconds(records)
+    seconds, metrics = dpo_round_seconds(model, records)
     # the baseline: float32 on the first 16 pairs (two steps), seconds per pair
     base_records = records[:16]
-    base_seconds, _ = round_seconds(base_records, bf16=False)
+    base_seconds, _ = dpo_round_seconds(model, base_records, bf16=False)
     per_pair, base_per_pair = seconds / len(records), base_seconds / len(base_records)
     return {
         "pairs": len(records),
