@@ -7,8 +7,10 @@ when the labeling iteration reached its human-label quota, then runs the oldest 
 a time (a process-wide lock; `queue_training` refuses a second active training job across
 processes). `prefloop.train-interval` and `prefloop.train-cron` queue training on a timer when
 `loop.interval_minutes` / `loop.cron` are set. The dispatch also runs an admin's request for
-evaluation pairs (a job row too) and the human gate's check (training/human_eval.py). So a request made by another process (a second
-replica, the CLI) is picked up too, and one made just before a crash is still there after it.
+evaluation pairs (a job row too) and the human gate's check (training/human_eval.py). So a
+request made by another process (a second replica, the CLI) is picked up too, and one made just
+before a crash is still there after it. A tick with nothing queued while a round is labeled draws
+what the next evaluation will need (`prepare_while_labeling`), once.
 
 One scheduler per database: `start_scheduler` first takes the database's scheduler lock
 (`storage.scheduler_lock`), and a second process that tries (another replica started without
@@ -27,13 +29,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from storage import crud, jobs
 from storage.db import transaction
-from storage.models import JobStatus
+from storage.models import IterationState, JobStatus
 from storage.runtime import Runtime
 from storage.scheduler_lock import SchedulerLock, acquire_scheduler_lock
 
@@ -192,10 +195,32 @@ def dispatch(data_dir: str) -> None:
             elif job.kind == EVAL_PAIRS:
                 run_eval_pairs_job(engine=rt.engine, settings=settings, job_id=job.id)
             break  # one job per tick; the next tick takes the next one
+        if not queued and settings.eval.prepare_while_labeling:
+            prepare_while_labeling(rt, settings)
     except Exception:
         log.exception("scheduler dispatch failed")
     finally:
         _busy.release()
+
+
+def prepare_while_labeling(rt: Runtime, settings) -> None:
+    """An idle tick while a round is being labeled: draw what the next evaluation needs
+    (`training.evaluate.prepare_baselines`; nothing once done)."""
+    from training.evaluate import prepare_baselines
+
+    with transaction(rt.engine, readonly=True) as session:
+        iteration = crud.current_iteration(session=session)
+    if iteration is None or iteration.state != IterationState.labeling:
+        return
+    started = time.monotonic()
+    written = prepare_baselines(engine=rt.engine, settings=settings)
+    if written:
+        log.info(
+            "evaluation baselines prepared while iteration %s is labeled, in %.0f s: %s",
+            iteration.k,
+            time.monotonic() - started,
+            ", ".join(written),
+        )
 
 
 def timed_training(data_dir: str) -> None:

@@ -346,6 +346,13 @@ class EvalSettings(Section):
         description="Judge points a held-out pair's two replies must differ by to count: pairs "
         "the judge barely separates are coin flips for any policy, and only add noise.",
     )
+    prepare_while_labeling: bool = Field(
+        True,
+        description="While a round is being labeled and the scheduler has nothing queued, draw "
+        "and score what the next evaluation compares its candidate with (pi_0's held-out "
+        "replies and log-probabilities, the deployed policy's samples), so that the iteration "
+        "after the quota does not wait for it. It runs in the scheduler's process.",
+    )
     human_prompts: int = Field(
         64,
         ge=0,
@@ -721,6 +728,7 @@ EDITABLE_KEYS: tuple[str, ...] = (
     "eval.gate",
     "eval.human_prompts",
     "eval.human_share",
+    "eval.prepare_while_labeling",
     "eval.human_min_votes",
     "eval.human_threshold",
 )

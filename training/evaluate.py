@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -229,12 +230,7 @@ def evaluate_candidate(
     if proxy is True:
         proxy = proxy_scorer(engine=engine, settings=settings)
     judge = gold_judge(settings)
-    wants_heldout = (
-        judge is not None
-        and settings.eval.implicit_reward
-        and implicit_reward_samples(settings) > 1
-        and candidate_version != first.version
-    )
+    wants_heldout = scores_implicit_reward(settings, judge) and candidate_version != first.version
     # before the win-rate: pi_0's draw for it also serves pi_0's win-rate samples (cached_samples)
     heldout = (
         heldout_implicit_reward(
@@ -259,6 +255,16 @@ def evaluate_candidate(
     return result
 
 
+def scores_implicit_reward(settings: Settings, judge: Judge | None) -> bool:
+    """Whether evaluations score the held-out implicit reward: a judge to rank pi_0's replies,
+    `eval.implicit_reward` on, and two or more replies a prompt to pair."""
+    return (
+        judge is not None
+        and settings.eval.implicit_reward
+        and implicit_reward_samples(settings) > 1
+    )
+
+
 def implicit_reward_samples(settings: Settings) -> int:
     """pi_0's replies per held-out prompt for the implicit reward."""
     return settings.eval.implicit_reward_samples or settings.eval.samples_per_prompt
@@ -271,7 +277,27 @@ def heldout_implicit_reward(
     every two of a prompt's, ranked by `judge` (training.implicit_reward; pairs it separates by
     less than `eval.implicit_reward_min_gap` left out); None when no pair is left.
     pi_0's log-probabilities are cached beside its samples."""
-    from training.implicit_reward import implicit_reward, judged_pairs, policy_logprobs
+    from training.implicit_reward import implicit_reward, policy_logprobs
+
+    reference = _reference_logprobs(engine=engine, settings=settings, first=first, judge=judge)
+    if reference is None:
+        return None
+    triples, reference = reference
+    with transaction(engine, readonly=True) as session:
+        policy = crud.get_policy(session=session, version=version)
+    logps = policy_logprobs(policy.path, triples, max_length=settings.dpo.max_length)
+    return {
+        **implicit_reward(logps, reference, beta=settings.dpo.beta),
+        "reference_version": first.version,
+    }
+
+
+def _reference_logprobs(
+    *, engine, settings: Settings, first: Policy, judge: Judge
+) -> tuple[list, list[float]] | None:
+    """The held-out pairs of pi_0's replies (drawn once, cached) and pi_0's log-probabilities of
+    them (scored once, cached beside the replies); None when the judge leaves no pair."""
+    from training.implicit_reward import judged_pairs, policy_logprobs
 
     prompts = eval_prompts(engine=engine, n=settings.eval.n_prompts)
     replies = cached_samples(
@@ -284,22 +310,62 @@ def heldout_implicit_reward(
     triples = judged_pairs(prompts, replies, judge, min_gap=settings.eval.implicit_reward_min_gap)
     if not triples:
         return None
-    with transaction(engine, readonly=True) as session:
-        policy = crud.get_policy(session=session, version=version)
     scoring = {"max_length": settings.dpo.max_length}  # what DPO sees of a pair
     key = hashlib.sha256(
         json.dumps({"pairs": triples, "path": first.path, **scoring}).encode()
     ).hexdigest()[:16]
     path = settings.data_dir / "eval" / f"v{first.version}-logps-{key}.json"
     if path.exists():
-        reference = json.loads(path.read_text())
-    else:
-        reference = policy_logprobs(first.path, triples, **scoring)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(reference))
-        tmp.replace(path)
-    logps = policy_logprobs(policy.path, triples, **scoring)
-    return {
-        **implicit_reward(logps, reference, beta=settings.dpo.beta),
-        "reference_version": first.version,
-    }
+        return triples, json.loads(path.read_text())
+    reference = policy_logprobs(first.path, triples, **scoring)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(reference))
+    tmp.replace(path)
+    return triples, reference
+
+
+_prepare_lock = threading.Lock()
+_prepared: set[str] = set()  # what this process prepared already: a check of it costs no judging
+
+
+def prepare_baselines(*, engine, settings: Settings) -> list[str]:
+    """Draw and score now what the next candidate's evaluation compares it with, so that the
+    evaluation after training finds it cached: pi_0's held-out replies and their
+    log-probabilities (the implicit reward's reference), and the win-rate samples of pi_0 and of
+    the deployed policy. The scheduler runs this while a round is being labeled
+    (`eval.prepare_while_labeling`), which takes pi_0's draw out of the first iteration's
+    turnaround. Returns the cache files it wrote (none when all was there); concurrent calls
+    wait for each other, so nothing is drawn twice."""
+    with _prepare_lock:
+        with transaction(engine, readonly=True) as session:
+            policies = crud.list_policies(session=session)
+            deployed = crud.deployed_policy(session=session)
+        if not policies:
+            return []
+        first = policies[0]
+        versions = {p.version: p for p in (first, deployed) if p is not None}
+        key = json.dumps(
+            [
+                str(settings.data_dir),
+                [(p.version, p.path) for p in versions.values()],
+                settings.eval.model_dump(mode="json"),
+                settings.dpo.max_length,
+            ],
+            sort_keys=True,
+        )
+        if key in _prepared:
+            return []
+        prompts = eval_prompts(engine=engine, n=settings.eval.n_prompts)
+        if not prompts:
+            return []
+        folder = settings.data_dir / "eval"
+        before = set(folder.glob("*.json"))
+        judge = gold_judge(settings)
+        if scores_implicit_reward(settings, judge):
+            _reference_logprobs(engine=engine, settings=settings, first=first, judge=judge)
+        for policy in versions.values():
+            cached_samples(
+                settings=settings, policy=policy, prompts=prompts, seed=settings.eval.seed
+            )
+        _prepared.add(key)
+        return sorted(p.name for p in set(folder.glob("*.json")) - before)
