@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import statistics
 import threading
 from collections.abc import Callable, Sequence
@@ -100,7 +101,7 @@ def cached_samples(
         data_dir=settings.data_dir,
     )
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two writers never share one
     tmp.write_text(json.dumps(responses))
     tmp.replace(path)
     return responses
@@ -318,7 +319,7 @@ def _reference_logprobs(
     if path.exists():
         return triples, json.loads(path.read_text())
     reference = policy_logprobs(first.path, triples, **scoring)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two writers never share one
     tmp.write_text(json.dumps(reference))
     tmp.replace(path)
     return triples, reference
