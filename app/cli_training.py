@@ -239,8 +239,9 @@ def run_loop(
             # What the scheduler draws while people label (eval.prepare_while_labeling), done
             # before the simulated labels, which take no time: the turnaround stays comparable.
             prepared = time.monotonic()
-            if rt.effective_settings().eval.prepare_while_labeling:
-                prepare_baselines(engine=rt.engine, settings=rt.effective_settings())
+            settings = rt.effective_settings()
+            if settings.eval.prepare_while_labeling:
+                prepare_baselines(engine=rt.engine, settings=settings)
             prepared = time.monotonic() - prepared
             _simulate_until_quota(
                 rt,
@@ -363,7 +364,7 @@ def _describe_loop(r: dict) -> str:
         return f"iteration {r['iteration']}: failed: {r['error']}"
     d = r["dpo"]
     heldout = r.get("heldout_reward") or {}
-    seconds = r.get("prepared_seconds", 0.0)
+    seconds = r["prepared_seconds"]
     prepared = f" (evaluation baselines drawn before: {seconds:.0f}s)" if seconds >= 1 else ""
     return (
         f"iteration {r['iteration']}: labels human {r['human_labels']} proxy "

@@ -100,11 +100,17 @@ def cached_samples(
         settings=settings.generation,
         data_dir=settings.data_dir,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two writers never share one
-    tmp.write_text(json.dumps(responses))
-    tmp.replace(path)
+    _write_json(path, responses)
     return responses
+
+
+def _write_json(path, data) -> None:
+    """Write beside and rename, so a reader never sees half a cache file; the temporary name
+    carries the writer's pid, so two writers (the scheduler, a training job) never share one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    tmp.replace(path)
 
 
 def score(
@@ -319,9 +325,7 @@ def _reference_logprobs(
     if path.exists():
         return triples, json.loads(path.read_text())
     reference = policy_logprobs(first.path, triples, **scoring)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # two writers never share one
-    tmp.write_text(json.dumps(reference))
-    tmp.replace(path)
+    _write_json(path, reference)
     return triples, reference
 
 
