@@ -93,9 +93,9 @@ def test_the_scheduler_draws_the_evaluations_baselines_while_a_round_is_labeled(
         first = crud.list_policies(session=session)[0]
     handle = start_scheduler(rt)
     try:
-        for _ in range(600):
-            if len(_eval_files(rt)) == 2:
-                break
+        # a bound against a hang only: the draw takes seconds, the bound is ten minutes
+        deadline = time.monotonic() + 600
+        while len(_eval_files(rt)) < 2 and time.monotonic() < deadline:
             time.sleep(0.2)
     finally:
         handle.shutdown(wait=True)
