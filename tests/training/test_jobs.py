@@ -128,3 +128,30 @@ def test_latest_scope_trains_the_first_iteration_on_the_seed_too(engine, tmp_pat
     assert (job.params["iterations"], job.params["with_seed"]) == ([1], False)
     rows = load_preferences(engine=engine, iterations=[1], with_seed=False)
     assert [r.pair_id for r in rows] == [later.id]
+
+
+@pytest.mark.parametrize(("reference", "ref_version"), [("sft", 0), ("previous", None)])
+def test_the_reference_setting_names_the_jobs_reference_model(
+    engine, tmp_path, reference, ref_version
+):
+    """`loop.reference`: DPO against pi_0 (the first policy), or against the deployed pi_k
+    it starts from (no reference of its own: the job takes its init model as the reference)."""
+    from storage import crud
+    from storage.models import IterationState
+    from storage.settings import load_settings
+    from tests.factories import make_policy
+    from training.iteration import queue_training
+
+    with transaction(engine) as session:
+        make_policy(session, version=0, deployed=False)
+        make_policy(session, version=1)
+        iteration = crud.start_iteration(
+            session=session, policy_in_id=None, human_quota=1, human_budget=1
+        )
+        crud.set_iteration_state(
+            session=session, iteration_id=iteration.id, state=IterationState.labeling
+        )
+    settings = load_settings(tmp_path, loop={"reference": reference})
+    job = queue_training(engine=engine, settings=settings)
+    assert job.params["init_version"] == 1
+    assert job.params["ref_version"] == ref_version
