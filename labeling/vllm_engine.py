@@ -47,6 +47,7 @@ from labeling.generation import (
     resolve_device,
     split_temperatures,
 )
+from storage.files import write_atomic
 from storage.settings import GenerationSettings
 
 log = logging.getLogger("prefloop.vllm")
@@ -197,9 +198,7 @@ def write_check_reference(path: str | Path) -> None:
         "sequences": sequences,
         "logprobs": reference_logprobs(path, sequences),
     }
-    tmp = Path(path) / f".{CHECK_FILE}.tmp"
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, Path(path) / CHECK_FILE)
+    write_atomic(Path(path) / CHECK_FILE, json.dumps(data))
 
 
 def stored_reference(path: str | Path, sequences: Sequence[Sequence[int]]) -> list | None:

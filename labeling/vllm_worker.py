@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from labeling.generation import PromptLike, Sample
+from storage.files import write_atomic
 from storage.settings import GenerationSettings
 
 log = logging.getLogger("prefloop.worker")
@@ -354,13 +355,7 @@ class Worker:
 
 
 def _write_address(data_dir: Path, info: dict[str, Any]) -> None:
-    path = data_dir / ADDRESS_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # the key is a secret
-    with os.fdopen(fd, "w") as f:
-        json.dump(info, f)
-    os.replace(tmp, path)
+    write_atomic(data_dir / ADDRESS_FILE, json.dumps(info), mode=0o600)  # the key is a secret
 
 
 def _serve_connection(conn: Connection, work: queue.Queue, worker: Worker) -> None:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from labeling.demo_task import NAMES, demo_corpus, demo_prompts, gold_judge, reference_reply
+from storage.files import write_atomic
 
 BUILD_FILE = "prefloop_demo.json"
 BUILD_VERSION = 3
@@ -430,15 +431,7 @@ def demo_sample_quality(
     prompts = [text for text, split in demo_prompts() if split == "eval"][:n_prompts]
     stats = sample_gold_distribution(policy_dir, prompts, n_per_prompt=n_per_prompt, seed=seed)
     build["samples"] = {"params": params, "seconds": round(time.monotonic() - started, 2), **stats}
-    # Written beside and renamed, so a reader of the record never sees half of it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{BUILD_FILE}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(build, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomic(path, json.dumps(build, indent=2) + "\n")  # a reader never sees half of it
     return build["samples"]
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
 import threading
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from typing import Any
 
 from storage import crud, pairs
 from storage.db import transaction
+from storage.files import write_atomic
 from storage.models import Policy
 from storage.policies import set_policy_metrics
 from storage.settings import Settings
@@ -105,12 +105,8 @@ def cached_samples(
 
 
 def _write_json(path, data) -> None:
-    """Write beside and rename, so a reader never sees half a cache file; the temporary name
-    carries the writer's pid, so two writers (the scheduler, a training job) never share one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    tmp.replace(path)
+    """A cache file written whole (the scheduler and a training job may write one at once)."""
+    write_atomic(path, json.dumps(data))
 
 
 def score(
