@@ -100,13 +100,8 @@ def cached_samples(
         settings=settings.generation,
         data_dir=settings.data_dir,
     )
-    _write_json(path, responses)
+    write_atomic(path, json.dumps(responses))  # the scheduler and a training job may both write
     return responses
-
-
-def _write_json(path, data) -> None:
-    """A cache file written whole (the scheduler and a training job may write one at once)."""
-    write_atomic(path, json.dumps(data))
 
 
 def score(
@@ -321,7 +316,7 @@ def _reference_logprobs(
     if path.exists():
         return triples, json.loads(path.read_text())
     reference = policy_logprobs(first.path, triples, **scoring)
-    _write_json(path, reference)
+    write_atomic(path, json.dumps(reference))
     return triples, reference
 
 
