@@ -78,12 +78,7 @@ def _screen(
         message = "The queue is empty: every pair has its labels. Check again later."
     else:
         message = ""
-    stats = queue.queue_stats(
-        session=session,
-        user_id=user.id,
-        queued_short=ctx.queued_short(session),
-        holds_pair=None if labeling.paused else claim is not None,
-    )
+    stats = ctx.queue_stats(session, user.id, None if labeling.paused else claim is not None)
     return Screen(
         user,
         stats,

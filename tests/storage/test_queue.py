@@ -33,10 +33,14 @@ def _setup(engine, n_pairs=3, n_users=2, **pair_fields):
     return users, pairs
 
 
-def claim(engine, user_id, **kwargs):
+def claim_next(session, user_id, **kwargs):
     kwargs.setdefault("lease_seconds", 600)
+    return queue.claim_next_pair(session=session, user_id=user_id, **kwargs)
+
+
+def claim(engine, user_id, **kwargs):
     with transaction(engine) as session:
-        return queue.claim_next_pair(session=session, user_id=user_id, **kwargs)
+        return claim_next(session, user_id, **kwargs)
 
 
 def submit(engine, user_id, pair_id, choice="left", **kwargs):
@@ -44,6 +48,18 @@ def submit(engine, user_id, pair_id, choice="left", **kwargs):
         return queue.submit_label(
             session=session, user_id=user_id, pair_id=pair_id, shown_choice=choice, **kwargs
         )
+
+
+@pytest.mark.postgres
+def test_a_postgres_claim_runs_on_generic_plans_for_its_own_transaction_alone(postgres_engine):
+    (user, _), _ = _setup(postgres_engine)
+    mode = sa.text("SHOW plan_cache_mode")
+    with transaction(postgres_engine) as session:
+        assert session.connection().execute(mode).scalar_one() == "auto"
+        assert claim_next(session, user) is not None
+        assert session.connection().execute(mode).scalar_one() == "force_generic_plan"
+    with transaction(postgres_engine) as session:  # the pool's same connection, reset
+        assert session.connection().execute(mode).scalar_one() == "auto"
 
 
 def test_claim_shows_the_pair_and_reload_returns_the_same_claim(engine):
@@ -164,6 +180,7 @@ def test_only_queued_human_routes_are_claimable(engine):
         assert queue.queue_stats(session=session, user_id=user) == {
             "labeled_today": 0,
             "queue_left": 1,
+            "queued_short": 1,  # the audit pair alone: the others are done or discarded
         }
     c = claim(engine, user)
     assert c.pair_id == audit_id
@@ -172,6 +189,7 @@ def test_only_queued_human_routes_are_claimable(engine):
         assert queue.queue_stats(session=session, user_id=user) == {
             "labeled_today": 1,
             "queue_left": 0,
+            "queued_short": 0,
         }
 
 
@@ -250,7 +268,7 @@ def test_queue_stats_with_a_count_given_subtracts_what_this_user_cannot_get(engi
         stale = queue.queue_stats(session=session, user_id=ann, queued_short=0)
         mine = queue.queue_stats(session=session, user_id=bob, queued_short=3)
         told = queue.queue_stats(session=session, user_id=bob, queued_short=3, holds_pair=True)
-    assert exact == given == {"labeled_today": 0, "queue_left": 2}
+    assert exact == given == {"labeled_today": 0, "queue_left": 2, "queued_short": 3}
     assert told == mine  # the caller that has just claimed may say so instead of a query
     assert stale["queue_left"] == 0  # an old, smaller count never gives a negative
     assert held is not None and mine["queue_left"] == 3  # bob's own held pair counts for him
