@@ -7,7 +7,8 @@ label?next, each the best of 3 alternating rounds, against GET /healthz):
   2. PostgreSQL, one replica with --workers 2;
   3. PostgreSQL, two replicas with --workers 2 each, the clients spread over both as a
      round-robin load balancer would.
-The ratios are against the SQLite single server with --workers 2 (the faster baseline).
+The ratios are against both SQLite single servers: --workers 1 (`prefloop serve`'s default) and
+--workers 2 (the faster).
 Then the integrity run: two replicas on PostgreSQL, 50 annotators (half through the API, half
 through the page), one replica killed with kill -9 a third of the way in, its clients moving to
 the other; it prints acknowledged / stored / lost / duplicates / over-assigned, which must be
@@ -105,14 +106,15 @@ def main(quick: bool = False) -> None:
             finally:
                 os.environ.pop("PREFLOOP_DATABASE_URL")
                 drop()
-        base = sqlite[2]
         for replicas, rates in results.items():
-            print(
-                f"PostgreSQL {replicas} replica(s) x 2 workers against SQLite 1 server x 2 "
-                f"workers: Gradio page {rates['gradio'] / base['gradio']:.2f}x, JSON API "
-                f"{rates['api'] / base['api']:.2f}x (target for 2 replicas: >= 1.00x)",
-                flush=True,
-            )
+            for workers, base in sqlite.items():
+                print(
+                    f"PostgreSQL {replicas} replica(s) x 2 workers against SQLite 1 server x "
+                    f"{workers} worker(s): Gradio page {rates['gradio'] / base['gradio']:.2f}x, "
+                    f"JSON API {rates['api'] / base['api']:.2f}x (target for 2 replicas: >= "
+                    "1.00x)",
+                    flush=True,
+                )
         url, drop = _fresh_postgres(pg)
         os.environ["PREFLOOP_DATABASE_URL"] = url
         try:
