@@ -214,11 +214,6 @@ class LabelingSettings(Section):
         "gold_rate of their claims, the share over their first 100 claims unchanged while "
         "min_gold_seen <= 100 x gold_rate.",
     )
-
-    @property
-    def first_gold_claims(self) -> int:
-        """How many of an annotator's first claims go to gold pairs (`gold_first`)."""
-        return self.min_gold_seen if self.gold_first else 0
     too_fast_seconds: float = Field(
         2.0,
         ge=0.0,
@@ -244,6 +239,11 @@ class LabelingSettings(Section):
         if len(set(value)) != len(value):
             raise ValueError("the same criterion twice")
         return value
+
+    @property
+    def first_gold_claims(self) -> int:
+        """How many of an annotator's first claims go to gold pairs (`gold_first`)."""
+        return self.min_gold_seen if self.gold_first else 0
 
 
 class LoopSettings(Section):
