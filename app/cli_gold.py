@@ -117,18 +117,14 @@ def gold_status(
         "min_gold_accuracy": labeling.min_gold_accuracy,
         "min_gold_seen": labeling.min_gold_seen,
         "gold_filter": labeling.gold_filter,
-        "gold_first": labeling.gold_first,
         "annotators": rows,
     }
     if as_json:
         typer.echo(json.dumps(report))
         return
-    first = (
-        f", each annotator's first {labeling.min_gold_seen} at once" if labeling.gold_first else ""
-    )
     typer.echo(
         f"{counts['pairs']} gold pairs, {counts['labels']} gold labels; shown at "
-        f"{labeling.gold_rate:g}{first}; flagged under {labeling.min_gold_accuracy:g} after "
+        f"{labeling.gold_rate:g}; flagged under {labeling.min_gold_accuracy:g} after "
         f"{labeling.min_gold_seen} ({'left out' if labeling.gold_filter else 'flag only'})"
     )
     typer.echo(f"{'annotator':<24} {'gold':>5} {'right':>6} {'accuracy':>9}  flag")

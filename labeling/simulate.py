@@ -13,8 +13,7 @@ a reward), so by default only the difference of two scores matters and no pair i
 A careless annotator (`careless`: {i: share}) answers at random on that share of its pairs, any of
 the four answers (A, B, tie, both bad) as a careless click would be, and like the others the rest
 of the time: what gold pairs are there to catch. Gold
-pairs come at `labeling.gold_rate`, each annotator's first ones at once (`labeling.gold_first`),
-as for people.
+pairs come at `labeling.gold_rate` as for people.
 """
 
 from __future__ import annotations
@@ -109,7 +108,6 @@ def simulate_labels(
                 lease_seconds=lease,
                 eval_share=settings.eval.human_share,
                 gold_rate=settings.labeling.gold_rate,
-                gold_first=settings.labeling.first_gold_claims,
                 rng=rng,
             )
         if claim is None:

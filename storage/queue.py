@@ -285,7 +285,6 @@ def claim_next_pair(
     lease_seconds: int,
     eval_share: float = 0.0,
     gold_rate: float = 0.0,
-    gold_first: int = 0,
     rng: random.Random | None = None,
     now: datetime | None = None,
 ) -> Claim | None:
@@ -294,8 +293,7 @@ def claim_next_pair(
     `eval_share` (`eval.human_share`): the share of the user's claims that go to evaluation
     pairs while both queues have pairs for them (0: evaluation pairs only when no preference
     pair is left; 1: evaluation pairs first). `gold_rate` (`labeling.gold_rate`): the share that
-    go to gold pairs the user has not had, while there is other work for them, and their first
-    `gold_first` gold pairs before anything else (`labeling.gold_first`). The A/B order
+    go to gold pairs the user has not had, while there is other work for them. The A/B order
     shown is drawn from `rng` and kept on the assignment. `now` is for tests."""
     now = now or utcnow()
     if is_sqlite(session.get_bind()):
@@ -315,7 +313,7 @@ def claim_next_pair(
 
     swapped = (rng or random).random() < 0.5
     expires_at = now + timedelta(seconds=lease_seconds)
-    for queue in _queue_order(session, user_id, eval_share, gold_rate, gold_first):
+    for queue in _queue_order(session, user_id, eval_share, gold_rate):
         if is_sqlite(session.get_bind()):
             pair_id = _claim_sqlite(session, user_id, now, expires_at, swapped, queue)
             if pair_id is not None:
@@ -353,24 +351,10 @@ def _of_route(route: Route) -> sa.ColumnElement[int]:
     return sa.func.coalesce(sa.func.sum(sa.case((_PAIR.c.route == route.value, 1), else_=0)), 0)
 
 
-# The user's gold claims ever, counted up to `gold_first` (a few rows whatever their history).
-_GOLD_PAIR, _GOLD_CLAIM = _PAIR.alias("gold_pair"), _ASSIGNMENT.alias("gold_claim")
-_FIRST_GOLD_CLAIMS = (
-    sa.select(sa.func.count())
-    .select_from(
-        sa.select(sa.literal_column("1"))
-        .select_from(_GOLD_CLAIM.join(_GOLD_PAIR, _GOLD_PAIR.c.id == _GOLD_CLAIM.c.pair_id))
-        .where(_GOLD_CLAIM.c.user_id == _USER_ID, _GOLD_PAIR.c.route == Route.gold.value)
-        .limit(sa.bindparam("gold_first", type_=sa.Integer()))
-        .subquery("first_gold")
-    )
-    .scalar_subquery()
+# (claims, evaluation claims, gold claims) among the user's latest EVAL_SHARE_WINDOW
+_RECENT_MIX = sa.select(sa.func.count(), _of_route(Route.eval), _of_route(Route.gold)).select_from(
+    _RECENT.join(_PAIR, _PAIR.c.id == _RECENT.c.pair_id)
 )
-# (claims, evaluation claims, gold claims) among the user's latest EVAL_SHARE_WINDOW, and their
-# gold claims ever up to `gold_first`
-_RECENT_MIX = sa.select(
-    sa.func.count(), _of_route(Route.eval), _of_route(Route.gold), _FIRST_GOLD_CLAIMS
-).select_from(_RECENT.join(_PAIR, _PAIR.c.id == _RECENT.c.pair_id))
 
 
 def _due(claims: int, of_kind: int, share: float) -> bool:
@@ -382,22 +366,20 @@ def _due(claims: int, of_kind: int, share: float) -> bool:
 
 
 def _queue_order(
-    session: Session, user_id: int, eval_share: float, gold_rate: float = 0.0, gold_first: int = 0
+    session: Session, user_id: int, eval_share: float, gold_rate: float = 0.0
 ) -> tuple[_Queue, ...]:
     """The queues in the order this claim tries them. With no evaluation or gold pair waiting,
-    the preference queue alone, at the cost of one statement of two index probes. A gold pair
-    is due at `gold_rate`, and on each of the user's first `gold_first` gold claims at once."""
+    the preference queue alone, at the cost of one statement of two index probes."""
     evaluation, gold = run_core(session, _WAITING).one()
     gold = gold and gold_rate > 0
     if not (evaluation or gold):
         return (_PREFERENCES,)
-    params = {"user_id": user_id, "gold_first": gold_first}
-    claims, of_eval, of_gold, first_gold = run_core(session, _RECENT_MIX, params).one()
+    claims, of_eval, of_gold = run_core(session, _RECENT_MIX, {"user_id": user_id}).one()
     order = (_PREFERENCES,)
     if evaluation:
         eval_first = _due(claims, of_eval, eval_share)
         order = (_EVALUATION, _PREFERENCES) if eval_first else (_PREFERENCES, _EVALUATION)
-    if gold and (first_gold < gold_first or _due(claims, of_gold, gold_rate)):
+    if gold and _due(claims, of_gold, gold_rate):
         order = (_GOLD, *order)
     return order
 
@@ -748,7 +730,6 @@ def claim_for_labeling(
         lease_seconds=labeling.lease_seconds,
         eval_share=eval_share,
         gold_rate=labeling.gold_rate,
-        gold_first=labeling.first_gold_claims,
         now=now,
     )
 

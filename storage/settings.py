@@ -207,13 +207,6 @@ class LabelingSettings(Section):
         description="Leave flagged annotators' labels out of DPO data, the proxy's refit and the "
         "export (off: flag them only).",
     )
-    gold_first: bool = Field(
-        True,
-        description="An annotator's first min_gold_seen claims go to gold pairs (with gold_rate "
-        "above 0), so that their accuracy is known before their labels are trained on; then "
-        "gold_rate of their claims, the share over their first 100 claims unchanged while "
-        "min_gold_seen <= 100 x gold_rate.",
-    )
     too_fast_seconds: float = Field(
         2.0,
         ge=0.0,
@@ -239,11 +232,6 @@ class LabelingSettings(Section):
         if len(set(value)) != len(value):
             raise ValueError("the same criterion twice")
         return value
-
-    @property
-    def first_gold_claims(self) -> int:
-        """How many of an annotator's first claims go to gold pairs (`gold_first`)."""
-        return self.min_gold_seen if self.gold_first else 0
 
 
 class LoopSettings(Section):
@@ -723,7 +711,6 @@ EDITABLE_KEYS: tuple[str, ...] = (
     "labeling.min_gold_accuracy",
     "labeling.min_gold_seen",
     "labeling.gold_filter",
-    "labeling.gold_first",
     "labeling.criteria",
     "labeling.too_fast_seconds",
     "loop.human_quota",

@@ -149,13 +149,7 @@ def gold_html(ctx: AppContext) -> str:
     rule = (
         f"Flagged under {labeling.min_gold_accuracy:g} gold accuracy after "
         f"{labeling.min_gold_seen} gold pairs; gold pairs come at {labeling.gold_rate:g} of the "
-        "claims"
-        + (
-            f", an annotator's first {labeling.min_gold_seen} at once"
-            if labeling.gold_first
-            else ""
-        )
-        + ". A flagged annotator's labels are "
+        "claims. A flagged annotator's labels are "
         + (
             "left out of training, the proxy's refit and the export"
             if labeling.gold_filter

@@ -57,9 +57,6 @@ def world(engine, tmp_path):
             session=session,
             items=[gold.GoldIn(crud.PromptIn("a gold prompt"), "good", "bad", Choice.a)],
         )
-        # The gold pair comes at gold_rate alone, as for an annotator past their first gold
-        # pairs (`labeling.gold_first`: test_a_new_annotators_first_claims_are_gold_pairs).
-        crud.set_overrides(session=session, values={"labeling.gold_first": False}, user_id=None)
     client = TestClient(build_app(engine, tmp_path))
     return client, tokens, pair_ids
 
@@ -602,33 +599,6 @@ def test_gold_pairs_through_the_api_imported_marked_measured_lifted_and_audited(
         since = session.exec(select(crud.User).where(crud.User.name == "ann")).one().gold_since
     assert actions == ["gold.import", "gold.mark", "gold.lift", "gold.remove"]
     assert since is not None
-
-
-def test_a_new_annotators_first_claims_are_gold_pairs(world, engine):
-    from storage.models import Pair, Route
-
-    client, tokens, _ = world
-    with transaction(engine) as session:
-        crud.set_overrides(  # the default, gold_first on; two gold pairs to vet a newcomer
-            session=session,
-            values={"labeling.gold_first": True, "labeling.min_gold_seen": 2},
-            user_id=None,
-        )
-        gold.add_gold_pairs(
-            session=session,
-            items=[gold.GoldIn(crud.PromptIn("one more gold prompt"), "good", "bad", Choice.a)],
-        )
-        newcomer = auth(issue_token(session, make_user(session, name="newcomer")))
-    routes = []
-    for _ in range(3):
-        pair = client.get("/api/v1/pairs/next", headers=newcomer).json()["pair"]
-        with transaction(engine, readonly=True) as session:
-            routes.append(session.get(Pair, pair["pair_id"]).route)
-        labeled = client.post(
-            f"/api/v1/pairs/{pair['pair_id']}/label", json={"choice": "left"}, headers=newcomer
-        )
-        assert labeled.status_code == 200
-    assert routes == [Route.gold, Route.gold, Route.human]
 
 
 def test_disagreements_and_a_decision_through_the_api(world, engine):

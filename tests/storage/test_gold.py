@@ -72,28 +72,6 @@ def test_imported_gold_pairs_are_queued_for_everyone_and_duplicates_skipped(engi
     assert set(answers.values()) == {Choice.a} and len(answers) == 3
 
 
-def test_an_annotators_first_gold_pairs_come_first_and_the_share_stays_the_rate(engine):
-    with transaction(engine) as session:
-        ann = make_user(session).id
-        make_pairs(session, 20)
-        gold.add_gold_pairs(session=session, items=_gold_items(30))
-
-    def gold_at(user_id, n, gold_first):
-        routes = []
-        for _ in range(n):
-            claim = _claim(engine, user_id, gold_rate=0.25, gold_first=gold_first)
-            routes.append(_route(engine, claim.pair_id))
-            _label(engine, user_id, claim, right=True)
-        return [i for i, route in enumerate(routes) if route == "gold"]
-
-    # the first three at once (their accuracy is known before their labels train anything),
-    # then none until gold is due again at a quarter: four of sixteen, as without them
-    assert gold_at(ann, 16, gold_first=3) == [0, 1, 2, 15]
-    with transaction(engine) as session:
-        bob = make_user(session).id
-    assert gold_at(bob, 8, gold_first=0) == [3, 7]  # off: every fourth from the fourth
-
-
 def test_gold_pairs_come_at_the_gold_rate_once_each_and_never_for_want_of_work(engine):
     with transaction(engine) as session:
         ann, bob = make_user(session).id, make_user(session).id
