@@ -930,13 +930,6 @@ _LABELED_SINCE = sa.select(sa.func.count(_LABEL.c.id)).where(
 # and the processes' CPU times, 50 clients).
 _STATS = sa.select(_LABELED_SINCE.scalar_subquery(), _TAKEN.scalar_subquery())
 _STATS_COUNTING = _STATS.add_columns(*_QUEUED_SHORT)
-_COUNTS = sa.select(*_QUEUED_SHORT)
-
-
-def count_queued_short(*, session: Session) -> int:
-    """Queued pairs short of their labels, preference and evaluation pairs: index-only counts
-    over the claim indexes, the one part of `queue_stats` whose cost grows with the queue."""
-    return sum(run_core(session, _COUNTS).one())
 
 
 def queue_stats(
@@ -951,9 +944,10 @@ def queue_stats(
     (the one they hold included), queued_short: the queue's count it was reckoned from}.
 
     The pairs free for this user are counted as: queued pairs short of labels, preference and
-    evaluation pairs (`count_queued_short`, or `queued_short` when the caller has it from a
-    moment ago), less those this user has claimed before or that live leases fill (both found from the
-    assignments, a few rows), never by checking every pair. `holds_pair`: whether the user
+    evaluation pairs (index-only counts over the claim indexes, the one part whose cost grows
+    with the queue; or `queued_short` when the caller has it from a moment ago), less those
+    this user has claimed before or that live leases fill (both found from the assignments, a
+    few rows), never by checking every pair. `holds_pair`: whether the user
     holds a lease, when the caller knows (it has just claimed in this transaction)."""
     now = now or utcnow()
     midnight = now.replace(hour=0, minute=0, second=0, microsecond=0)

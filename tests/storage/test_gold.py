@@ -77,7 +77,8 @@ def test_gold_pairs_come_at_the_gold_rate_once_each_and_never_for_want_of_work(e
         ann, bob = make_user(session).id, make_user(session).id
         make_pairs(session, 20)
         gold.add_gold_pairs(session=session, items=_gold_items(30))
-        assert queue.count_queued_short(session=session) == 20  # gold pairs are no work left
+        # gold pairs are no work left
+        assert queue.queue_stats(session=session, user_id=ann)["queued_short"] == 20
 
     def kinds(user_id, n, rate):
         out = []
