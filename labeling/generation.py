@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from storage.settings import GenerationSettings
+from storage.text import model_text
 
 PromptLike = str | list[dict[str, str]]
 
@@ -231,7 +232,7 @@ class TransformersSampler:
                 row = tokens[i * len(per_prompt) + j]
                 samples.append(
                     Sample(
-                        text=texts[i * len(per_prompt) + j].strip(),
+                        text=model_text(texts[i * len(per_prompt) + j].strip()),
                         temperature=temperature,
                         top_p=settings.top_p if temperature else 1.0,
                         max_new_tokens=settings.max_new_tokens,

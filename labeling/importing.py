@@ -28,6 +28,7 @@ from storage.crud import PromptIn, prompt_hash
 from storage.gold import GoldIn
 from storage.models import Choice, Split
 from storage.preferences import SeedPreferenceIn
+from storage.text import nul_at
 
 MAX_PROMPT_CHARS = 100_000
 MAX_RESPONSE_CHARS = 100_000
@@ -284,8 +285,8 @@ def _check_text(value: Any, where: _Where, line: int, field: str, limit: int, wh
         raise where.error(line, field, f"empty {what}")
     if len(text) > limit:
         raise where.error(line, field, f"{what} of {len(text):,} characters (limit {limit:,})")
-    if "\x00" in text:
-        at = text.index("\x00")
+    at = nul_at(text)
+    if at is not None:
         raise where.error(
             line,
             field,

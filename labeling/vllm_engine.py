@@ -49,6 +49,7 @@ from labeling.generation import (
 )
 from storage.files import write_atomic
 from storage.settings import GenerationSettings
+from storage.text import model_text
 
 log = logging.getLogger("prefloop.vllm")
 
@@ -580,7 +581,7 @@ class VLLMEngine:
                 for completion in output.outputs * copies:
                     rows[i].append(
                         Sample(
-                            text=completion.text.strip(),
+                            text=model_text(completion.text.strip()),
                             temperature=temperature,
                             top_p=params[i].top_p,
                             max_new_tokens=settings.max_new_tokens,

@@ -32,6 +32,7 @@ from storage.models import (
     User,
     utcnow,
 )
+from storage.text import may_exist
 
 
 class NotFound(LookupError):
@@ -47,8 +48,8 @@ class Conflict(ValueError):
 
 def create_user(*, session: Session, name: str, role: Role, password_hash: str | None) -> User:
     name = name.strip()
-    if not name or len(name) > 64 or any(c.isspace() for c in name):
-        raise ValueError(f"user name {name!r}: 1-64 characters, no spaces")
+    if not name or len(name) > 64 or not name.isprintable() or " " in name:
+        raise ValueError(f"user name {name!r}: 1-64 printable characters, no spaces")
     if session.exec(select(User).where(User.name == name)).first() is not None:
         raise Conflict(f"user {name!r} exists already")
     user = User(name=name, role=Role(role), password_hash=password_hash)
@@ -79,6 +80,8 @@ def user_check(*, session: Session, user_id: int) -> sa.Row | None:
 
 
 def get_user_by_name(*, session: Session, name: str) -> User | None:
+    if not may_exist(name):
+        return None
     return session.exec(select(User).where(User.name == name)).first()
 
 

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlmodel import Session
 
 from storage.models import Guideline, User
+from storage.text import refuse_nul
 
 MAX_GUIDELINE_CHARS = 100_000
 
@@ -34,8 +35,7 @@ def publish(*, session: Session, text: str, user_id: int | None) -> Guideline:
         raise ValueError("text: the guidelines are empty")
     if len(text) > MAX_GUIDELINE_CHARS:
         raise ValueError(f"text: at most {MAX_GUIDELINE_CHARS:,} characters (got {len(text):,})")
-    if "\x00" in text:
-        raise ValueError("text: a NUL character (\\x00) cannot be stored")
+    refuse_nul("text", text)
     now = current(session=session)
     if now is not None and now[1] == text:
         raise ValueError(f"text: the same as version {now[0]}, in force already")

@@ -82,6 +82,7 @@ from storage.models import (
     User,
 )
 from storage.pairs import LabeledPair, labeled_pairs
+from storage.text import may_exist
 
 # Which source decides a pair that has labels from several (a review only when human is selected).
 SOURCE_PRECEDENCE = (LabelSource.review, LabelSource.human, LabelSource.seed, LabelSource.proxy)
@@ -163,7 +164,9 @@ def iter_preferences(
     if annotators is not None:
         label_filter = [
             Label.source == LabelSource.human,
-            Label.user_id.in_(sa.select(User.id).where(User.name.in_(annotators))),
+            Label.user_id.in_(
+                sa.select(User.id).where(User.name.in_([n for n in annotators if may_exist(n)]))
+            ),
         ]
     label_filter += _not_flagged(session, gold)
 

@@ -68,6 +68,7 @@ from storage.models import (
     User,
     utcnow,
 )
+from storage.text import refuse_nul
 
 if TYPE_CHECKING:
     from storage.settings import LabelingSettings
@@ -664,6 +665,7 @@ def submit_label(
         raise ValueError(f"seconds: must be >= 0 (got {seconds!r})")
     if reason is not None and len(reason) > MAX_REASON_CHARS:
         raise ValueError(f"reason: at most {MAX_REASON_CHARS} characters (got {len(reason)})")
+    refuse_nul("reason", reason)
     postgres = not is_sqlite(session.get_bind())
     params = {"pair_id": pair_id, "user_id": user_id}
     # The claim, the pair and any label of the user's, in one statement (locked on PostgreSQL).

@@ -30,6 +30,7 @@ from storage.models import (
     User,
     utcnow,
 )
+from storage.text import refuse_nul
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,7 @@ def settle(
     """The admin `user_id` (None: on the command line, unnamed) decides the pair: a `review`
     label, replacing an earlier decision, and the pair done. Flushes."""
     choice = Choice(choice)
+    refuse_nul("note", note)
     pair = session.get(Pair, pair_id)
     if pair is None:
         raise NotFound(f"no pair {pair_id}")

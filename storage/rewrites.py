@@ -27,6 +27,7 @@ from storage.models import (
     Route,
     utcnow,
 )
+from storage.text import refuse_nul
 
 MAX_REWRITE_CHARS = 100_000
 
@@ -37,8 +38,7 @@ def check_rewrite(text: object) -> str:
         raise ValueError("rewrite: the edited reply is empty")
     if len(text) > MAX_REWRITE_CHARS:
         raise ValueError(f"rewrite: at most {MAX_REWRITE_CHARS:,} characters (got {len(text):,})")
-    if "\x00" in text:
-        raise ValueError("rewrite: a NUL character (\\x00) cannot be stored")
+    refuse_nul("rewrite", text)
     return text.strip()
 
 

@@ -155,6 +155,27 @@ def tiny_causal_lm(out_dir: Path) -> Path:
     return out_dir
 
 
+def nul_writing_lm(out_dir: Path) -> Path:
+    """`tiny_causal_lm` made to write nothing but its byte-level token for NUL (U+0000), as any
+    byte-level model may: every layer's output zeroed, so the last hidden state is the constant
+    token embedding, which only the NUL row of the head scores."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tiny_causal_lm(out_dir)
+    nul = AutoTokenizer.from_pretrained(out_dir).convert_tokens_to_ids("\u0100")  # byte 0x00
+    model = AutoModelForCausalLM.from_pretrained(out_dir)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.model.embed_tokens.weight.fill_(1.0)
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[nul] = 1.0
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
 def dpo_margin(policy_path: str, ref_path: str, pairs: list[tuple[str, str, str]]) -> float:
     """Mean DPO implicit reward margin log(pi/ref)(chosen) - log(pi/ref)(rejected) over
     (prompt, chosen, rejected) triples, teacher-forced through the chat template."""

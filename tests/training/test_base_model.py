@@ -169,3 +169,35 @@ def test_one_dpo_step_on_smollm2_raises_the_chosen_reply_over_the_rejected(smoll
     assert metrics["steps"] == 1
     triples = [(r["prompt"], r["chosen"], r["rejected"]) for r in rows]
     assert dpo_margin(str(tmp_path / "v1"), str(smollm2_dir), triples) > 0.5
+
+
+def test_a_model_writing_nul_characters_gets_its_round_stored_on_either_database(
+    tmp_path, database
+):
+    """A byte-level model may write a NUL (SmolLM2's token 190 is one), which PostgreSQL cannot
+    store: the round's replies are kept, each NUL as U+FFFD, on SQLite and PostgreSQL alike."""
+    from sqlmodel import select
+
+    from storage.db import transaction
+    from storage.models import Response
+    from storage.runtime import open_runtime
+    from tests.training.conftest import nul_writing_lm
+
+    data = str(tmp_path / "data")
+    assert (
+        _init("--policy", str(nul_writing_lm(tmp_path / "nul")), "--data-dir", data).exit_code == 0
+    )
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "say hello"}\n{"prompt": "and once more"}\n')
+    assert (
+        runner.invoke(cli, ["prompts", "import", str(prompts), "--data-dir", data]).exit_code == 0
+    )
+    result = runner.invoke(cli, ["generate", "--data-dir", data])
+    assert result.exit_code == 0, result.output
+    rt = open_runtime(Path(data))
+    try:
+        with transaction(rt.engine, readonly=True) as session:
+            texts = session.exec(select(Response.text)).all()
+    finally:
+        rt.engine.dispose()
+    assert len(texts) >= 2 and all(t and set(t) == {"\ufffd"} for t in texts), texts
