@@ -7,7 +7,18 @@ from itertools import count
 from sqlmodel import Session
 
 from storage import crud
-from storage.models import Pair, PolicyStatus, Response, Role, Split, User
+from storage.models import (
+    Choice,
+    Label,
+    LabelSource,
+    Pair,
+    PairStatus,
+    PolicyStatus,
+    Response,
+    Role,
+    Split,
+    User,
+)
 
 _n = count(1)
 
@@ -48,3 +59,22 @@ def make_pairs(session: Session, n: int, **pair_fields) -> list[Pair]:
         pairs.append(pair)
     session.flush()
     return pairs
+
+
+def label_pair(session: Session, pair: Pair, *choices: str, users, reasons=()) -> None:
+    """Human labels on `pair`, one per user in order (a reason each where `reasons` has one),
+    and the pair done."""
+    for n, (user, choice) in enumerate(zip(users, choices, strict=False)):
+        reason = reasons[n] if n < len(reasons) else None
+        session.add(
+            Label(
+                pair_id=pair.id,
+                user_id=user.id,
+                source=LabelSource.human,
+                choice=Choice(choice),
+                reason=reason,
+            )
+        )
+    pair.n_labels, pair.status = len(choices), PairStatus.done
+    session.add(pair)
+    session.flush()

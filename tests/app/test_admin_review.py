@@ -14,7 +14,7 @@ from storage.models import Choice, Label, LabelSource, Pair, PairStatus, Role
 from storage.runtime import open_runtime
 from tests.app.live_server import seed_users
 from tests.app.test_server import _as_user, _handlers
-from tests.factories import make_pairs
+from tests.factories import label_pair, make_pairs
 
 
 @pytest.fixture
@@ -29,19 +29,8 @@ def disputed_pair(ctx, choices=("a", "b"), reasons=("<script>alert(1)</script>",
     """A pair labeled by ann and bob, who disagree."""
     with transaction(ctx.rt.engine) as session:
         (pair,) = make_pairs(session, 1, overlap=2)
-        for name, choice, reason in zip(("ann", "bob"), choices, reasons, strict=True):
-            user = crud.get_user_by_name(session=session, name=name)
-            session.add(
-                Label(
-                    pair_id=pair.id,
-                    user_id=user.id,
-                    source=LabelSource.human,
-                    choice=Choice(choice),
-                    reason=reason,
-                )
-            )
-        pair.n_labels, pair.status = 2, PairStatus.done
-        session.add(pair)
+        users = [crud.get_user_by_name(session=session, name=n) for n in ("ann", "bob")]
+        label_pair(session, pair, *choices, users=users, reasons=reasons)
         return pair.id
 
 

@@ -12,7 +12,7 @@ from storage.db import transaction
 from storage.models import Audit, Pair, Route
 from storage.runtime import open_runtime
 from tests.app.test_cli import run, status
-from tests.factories import make_pairs, make_user
+from tests.factories import label_pair, make_pairs, make_user
 from tests.labeling.test_importing import write_jsonl
 
 
@@ -71,19 +71,14 @@ def test_gold_import_mark_status_lift_unmark_all_audited(data_dir, tmp_path):
 
 
 def test_review_list_and_settle(data_dir):
-    from storage.models import Choice, Label, LabelSource, PairStatus, Role
+    from storage.models import Role
 
     engine = open_runtime(data_dir).engine
     with transaction(engine) as session:
         ann, bob = make_user(session, name="ann"), make_user(session, name="bob")
         make_user(session, name="boss", role=Role.admin)
         (pair,) = make_pairs(session, 1, overlap=2)
-        for user, choice in ((ann, Choice.a), (bob, Choice.b)):
-            session.add(
-                Label(pair_id=pair.id, user_id=user.id, source=LabelSource.human, choice=choice)
-            )
-        pair.n_labels, pair.status = 2, PairStatus.done
-        session.add(pair)
+        label_pair(session, pair, "a", "b", users=(ann, bob))
     listed = json.loads(run("review", "list", "--json", "--data-dir", data_dir).output)
     assert listed["total"] == 1 and listed["pairs"][0]["pair_id"] == pair.id
     assert "1 pairs whose labels disagree" in run("review", "list", "--data-dir", data_dir).output

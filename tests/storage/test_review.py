@@ -7,38 +7,23 @@ import pytest
 
 from storage import crud, review
 from storage.db import transaction
-from storage.models import Choice, Label, LabelSource, Pair, PairStatus, Role, Route
+from storage.models import Label, Pair, PairStatus, Role, Route
 from storage.preferences import iter_preferences, proxy_labels
-from tests.factories import make_pairs, make_user
-
-
-def _labels(session, pair, *choices, users, reasons=()):
-    for n, (user, choice) in enumerate(zip(users, choices, strict=False)):
-        reason = reasons[n] if n < len(reasons) else None
-        session.add(
-            Label(
-                pair_id=pair.id,
-                user_id=user.id,
-                source=LabelSource.human,
-                choice=Choice(choice),
-                reason=reason,
-            )
-        )
-    pair.n_labels, pair.status = len(choices), PairStatus.done
-    session.add(pair)
-    session.flush()
+from tests.factories import label_pair, make_pairs, make_user
 
 
 def test_disagreeing_pairs_are_listed_with_texts_labels_and_reasons(engine):
     with transaction(engine) as session:
         ann, bob, cat = (make_user(session, name=n) for n in ("ann", "bob", "cat"))
         split, unanimous, single, tie_vs_a, vote = make_pairs(session, 5, overlap=2)
-        _labels(session, split, "a", "b", users=(ann, bob), reasons=("clearer", "<b>shorter</b>"))
-        _labels(session, unanimous, "a", "a", users=(ann, bob))
-        _labels(session, single, "b", users=(cat,))
-        _labels(session, tie_vs_a, "tie", "a", "a", users=(ann, bob, cat))
+        label_pair(
+            session, split, "a", "b", users=(ann, bob), reasons=("clearer", "<b>shorter</b>")
+        )
+        label_pair(session, unanimous, "a", "a", users=(ann, bob))
+        label_pair(session, single, "b", users=(cat,))
+        label_pair(session, tie_vs_a, "tie", "a", "a", users=(ann, bob, cat))
         vote.route = Route.eval
-        _labels(session, vote, "a", "b", users=(ann, bob))
+        label_pair(session, vote, "a", "b", users=(ann, bob))
         total, pairs = review.disagreements(session=session)
     assert total == 2 and [p.pair_id for p in pairs] == [split.id, tie_vs_a.id]
     first = pairs[0]
@@ -56,8 +41,8 @@ def test_a_decision_settles_the_pair_for_dpo_and_export_and_replaces_the_last(en
         ann, bob = make_user(session, name="ann"), make_user(session, name="bob")
         boss = make_user(session, name="boss", role=Role.admin)
         split, other = make_pairs(session, 2, overlap=2)
-        _labels(session, split, "a", "b", users=(ann, bob))
-        _labels(session, other, "a", "a", users=(ann, bob))
+        label_pair(session, split, "a", "b", users=(ann, bob))
+        label_pair(session, other, "a", "a", users=(ann, bob))
         assert {row.pair_id for row in iter_preferences(session=session)} == {other.id}  # a draw
         review.settle(session=session, pair_id=split.id, choice="b", user_id=boss.id, note="why")
         rows = {row.pair_id: row for row in iter_preferences(session=session)}
@@ -90,7 +75,7 @@ def test_who_may_not_settle_what(engine):
         ann = make_user(session, name="ann")
         boss = make_user(session, name="boss", role=Role.admin)
         (pair,) = make_pairs(session, 1, overlap=2)
-        _labels(session, pair, "a", "b", users=(ann, boss))
+        label_pair(session, pair, "a", "b", users=(ann, boss))
         (vote,) = make_pairs(session, 1, route=Route.eval, strategy=PairStrategy.eval)
         (gone,) = make_pairs(session, 1, status=PairStatus.discarded)
         with pytest.raises(crud.Conflict, match="yourself"):

@@ -9,10 +9,10 @@ from sqlmodel import select
 
 from storage import crud, queue, review
 from storage.db import transaction
-from storage.models import Choice, Label, LabelSource, PairStatus, Role
+from storage.models import Label, LabelSource, Role
 from storage.preferences import iter_preferences
 from storage.text import model_text
-from tests.factories import make_pairs, make_user
+from tests.factories import label_pair, make_pairs, make_user
 
 
 def test_a_reason_with_a_nul_is_refused_and_the_pair_stays_claimed(engine):
@@ -38,12 +38,7 @@ def test_a_review_note_with_a_nul_is_refused_and_the_pair_stays_unsettled(engine
         ann, bob = make_user(session, name="ann"), make_user(session, name="bob")
         boss = make_user(session, name="boss", role=Role.admin)
         (pair,) = make_pairs(session, 1, overlap=2)
-        for user, choice in ((ann, Choice.a), (bob, Choice.b)):
-            session.add(
-                Label(pair_id=pair.id, user_id=user.id, source=LabelSource.human, choice=choice)
-            )
-        pair.n_labels, pair.status = 2, PairStatus.done
-        session.add(pair)
+        label_pair(session, pair, "a", "b", users=(ann, bob))
     with pytest.raises(ValueError, match=r"note: a NUL character"), transaction(engine) as session:
         review.settle(session=session, pair_id=pair.id, choice="a", user_id=boss.id, note="a\x00")
     with transaction(engine, readonly=True) as session:
@@ -55,10 +50,7 @@ def test_names_with_a_nul_are_refused_and_find_no_one(engine):
     with transaction(engine) as session:
         make_user(session, name="ann")
         (pair,) = make_pairs(session, 1)
-        ann = crud.get_user_by_name(session=session, name="ann")
-        session.add(Label(pair_id=pair.id, user_id=ann.id, source=LabelSource.human, choice="a"))
-        pair.n_labels, pair.status = 1, PairStatus.done
-        session.add(pair)
+        label_pair(session, pair, "a", users=(crud.get_user_by_name(session=session, name="ann"),))
     with pytest.raises(ValueError, match="printable"), transaction(engine) as session:
         crud.create_user(session=session, name="bo\x00b", role=Role.annotator, password_hash=None)
     with transaction(engine, readonly=True) as session:
