@@ -28,6 +28,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
 
+from storage.text import to_json
+
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 # PostgreSQL: a pooled connection idle this long is checked with a round trip before use. A busy
 # server's connections are never idle that long, and they need no check: the first error that
@@ -102,6 +104,7 @@ def make_engine(url: str, *, echo: bool = False, pool=None) -> Engine:
             # writer); the default pool of 5 + 10 timed out under 32 threads.
             pool_size=10,
             max_overflow=54,
+            json_serializer=to_json,
         )
         path = _sqlite_file(engine)
         _configure_sqlite(engine, path)
@@ -119,6 +122,7 @@ def make_engine(url: str, *, echo: bool = False, pool=None) -> Engine:
         max_overflow=pool.max_overflow,
         pool_timeout=pool.pool_timeout,
         connect_args=connect_args,
+        json_serializer=to_json,
     )
     _ping_when_idle(engine)
     return engine

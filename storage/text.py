@@ -1,5 +1,11 @@
-"""Text in the database: PostgreSQL cannot hold a NUL character (U+0000) in a text column, nor
-take one as a query's parameter, and SQLite can. The same data is stored on both, so:
+"""What PostgreSQL cannot hold and SQLite can, stored the same on both.
+
+JSON columns: NaN and the infinities are no JSON; Python writes them as tokens that SQLite keeps
+and PostgreSQL refuses, failing the write (a diverged DPO round's loss, say). Both store null
+(`to_json`, every engine's JSON serializer).
+
+Text: PostgreSQL cannot hold a NUL character (U+0000) in a text column, nor take one as a query's
+parameter. So:
 
 - what a person gives (a reason, a note, guidelines, a rewrite, an imported text, a name) is
   refused with its field named (`refuse_nul`);
@@ -8,6 +14,10 @@ take one as a query's parameter, and SQLite can. The same data is stored on both
 - a lookup by a text that holds one finds nothing, without asking the database (`may_exist`)."""
 
 from __future__ import annotations
+
+import json
+import math
+from typing import Any
 
 NUL = "\x00"
 REPLACEMENT = "\ufffd"
@@ -36,3 +46,21 @@ def model_text(text: str) -> str:
 def may_exist(text: str) -> bool:
     """Whether a stored text can equal `text` (none holds a NUL)."""
     return NUL not in text
+
+
+def to_json(value: Any) -> str:
+    """A JSON column's text, each non-finite float as null."""
+    try:
+        return json.dumps(value, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(value), allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value

@@ -41,6 +41,10 @@ def _labelled_positions_only(device) -> bool:
     return True
 
 
+class DivergedError(RuntimeError):
+    """Training left weights that are NaN or infinite."""
+
+
 def dpo_config_kwargs(dpo: DPOSettings, output_dir: str | Path) -> dict[str, Any]:
     """The keyword arguments of TRL's `DPOConfig` for prefloop's DPO settings (`dpo.trl_args`
     last, so they win)."""
@@ -66,6 +70,9 @@ def dpo_config_kwargs(dpo: DPOSettings, output_dir: str | Path) -> dict[str, Any
         "report_to": [],
         "save_strategy": "no",
         "logging_steps": 1,
+        # A NaN or infinite loss is logged as it is (stored as null), not as the mean of the
+        # steps before it: a diverging round shows in its progress.
+        "logging_nan_inf_filter": False,
         "disable_tqdm": True,
         "dataloader_num_workers": 0,
         # Under DDP every parameter takes part in the loss: no extra pass looking for unused ones.
@@ -174,6 +181,16 @@ def train(
     started = time.monotonic()
     output = trainer.train()
     seconds = time.monotonic() - started
+    diverged = next(
+        (name for name, p in trainer.model.named_parameters() if not torch.isfinite(p).all()), None
+    )
+    if diverged is not None:
+        # A step whose loss is NaN or infinite leaves such weights, and nothing would be saved
+        # that can generate: the round fails here, before a candidate exists.
+        raise DivergedError(
+            f"DPO diverged: {diverged} is not finite after {trainer.state.global_step} steps at "
+            f"learning rate {dpo.learning_rate:g}; lower dpo.learning_rate"
+        )
     if dpo.use_lora:
         # A deployed policy is a complete model, not an adapter.
         if trainer.is_world_process_zero():

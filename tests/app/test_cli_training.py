@@ -74,3 +74,36 @@ def test_a_failed_generation_job_stops_the_loop(data_dir):
     result, seconds = _loop(data_dir, "--iterations", "1")  # no policy at all
     assert result.exit_code == 1 and seconds < TIMEOUT, result.output
     assert "generate job 1 failed: GenerationError: no deployed policy" in result.output
+
+
+def test_a_diverging_dpo_round_fails_its_iteration_and_leaves_no_candidate(data_dir):
+    """A learning rate that sends the loss to NaN: the round fails naming the setting to lower,
+    registers no candidate and leaves nothing in policies/, and pi_0 stays deployed."""
+    from storage.models import Policy, PolicyStatus
+    from tests.training.conftest import tiny_causal_lm
+
+    model = tiny_causal_lm(data_dir / "policies" / "v0")
+    with (data_dir / "prefloop.toml").open("a") as f:
+        f.write("[dpo]\nlearning_rate = 1e9\nper_device_train_batch_size = 2\n")
+    rt = open_runtime(data_dir)
+    with transaction(rt.engine) as session:
+        policy = crud.create_policy(
+            session=session, version=0, path=str(model), status=PolicyStatus.deployed
+        )
+        iteration = crud.start_iteration(
+            session=session, policy_in_id=policy.id, human_quota=4, human_budget=4
+        )
+        make_pairs(session, 4, iteration_id=iteration.id)
+        crud.set_iteration_state(
+            session=session, iteration_id=iteration.id, state=IterationState.labeling
+        )
+    result, seconds = _loop(data_dir, "--iterations", "1", "--json")
+    assert result.exit_code == 1 and seconds < TIMEOUT, result.output
+    (line,) = [json.loads(x) for x in result.stdout.splitlines() if x.startswith("{")]
+    assert (line["iteration"], line["decision"]) == (0, "failed")
+    assert "DPO diverged" in line["error"] and "lower dpo.learning_rate" in line["error"]
+    with transaction(rt.engine, readonly=True) as session:
+        policies = session.exec(select(Policy.version, Policy.status)).all()
+    assert policies == [(0, PolicyStatus.deployed)]
+    assert sorted(p.name for p in (data_dir / "policies").iterdir()) == ["v0"]
+    rt.engine.dispose()

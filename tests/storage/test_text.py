@@ -4,6 +4,8 @@ would refuse the query); a model's reply keeps its text, the NUL shown as U+FFFD
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from sqlmodel import select
 
@@ -12,7 +14,7 @@ from storage.db import transaction
 from storage.models import Label, LabelSource, Role
 from storage.preferences import iter_preferences
 from storage.text import model_text
-from tests.factories import label_pair, make_pairs, make_user
+from tests.factories import label_pair, make_pairs, make_policy, make_user
 
 
 def test_a_reason_with_a_nul_is_refused_and_the_pair_stays_claimed(engine):
@@ -65,3 +67,14 @@ def test_names_with_a_nul_are_refused_and_find_no_one(engine):
 def test_a_models_nul_is_kept_as_the_replacement_character():
     assert model_text("a\x00b\x00") == "a\ufffdb\ufffd"
     assert model_text("plain") == "plain"
+
+
+def test_non_finite_floats_in_a_json_column_are_stored_as_null(engine):
+    metrics = {"loss": float("nan"), "eval": {"margin": float("inf"), "steps": [1.5, -math.inf]}}
+    with transaction(engine) as session:
+        policy = make_policy(session, deployed=False)
+        policy.metrics = {**metrics, "n_pairs": 64}
+        session.add(policy)
+    with transaction(engine, readonly=True) as session:
+        stored = crud.get_policy(session=session, version=0).metrics
+    assert stored == {"loss": None, "eval": {"margin": None, "steps": [1.5, None]}, "n_pairs": 64}
