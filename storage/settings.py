@@ -261,6 +261,10 @@ class LoopSettings(Section):
     )
 
 
+# The DPO losses of TRL that read `label_smoothing`.
+SMOOTHED_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
+
+
 class DPOSettings(Section):
     beta: float = Field(0.1, gt=0.0)
     loss_type: str = "sigmoid"
@@ -274,7 +278,13 @@ class DPOSettings(Section):
     per_device_train_batch_size: int = Field(16, ge=1)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_length: int = Field(256, ge=8)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=0.5)
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=0.5,
+        description="The share of labels taken to be flipped, for the losses that model it "
+        "(loss_type robust, exo_pair, aot, aot_unpaired); TRL's sigmoid loss has no such term.",
+    )
     seed: int = 0
     use_lora: bool = False
     lora_r: int = Field(16, ge=1)
@@ -304,6 +314,20 @@ class DPOSettings(Section):
         "decided by its labels' judgments on that criterion (one labeling pass, several data "
         "sets). Unset: the overall choice.",
     )
+
+    @field_validator("label_smoothing")
+    @classmethod
+    def _smoothing_has_a_loss(cls, value: float, info) -> float:
+        # TRL 1.x applies label_smoothing in these losses only; its sigmoid loss (the default,
+        # which took it as cDPO before) ignores it, so the setting would change nothing.
+        loss_type = info.data.get("loss_type", "sigmoid")
+        if value and loss_type not in SMOOTHED_LOSSES:
+            raise ValueError(
+                f"does nothing with loss_type {loss_type!r}: TRL uses it only in "
+                f"{', '.join(SMOOTHED_LOSSES)}. For labels flipped with probability "
+                f'{value:g}, set loss_type = "robust"'
+            )
+        return value
 
 
 class EvalSettings(Section):

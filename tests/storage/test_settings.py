@@ -120,3 +120,13 @@ def test_a_job_queued_before_an_upgrade_runs_on_its_settings(tmp_path):
     (tmp_path / "prefloop.toml").write_text("[routing]\nrecheck = false\n")
     with pytest.raises(SettingsError, match="routing.recheck"):
         load_settings(tmp_path)
+
+
+def test_label_smoothing_is_refused_with_a_loss_that_ignores_it(tmp_path):
+    """TRL's sigmoid DPO loss has no label-smoothing term: a setting that would change nothing is
+    refused, naming the losses that read it; with one of them it is taken."""
+    (tmp_path / "prefloop.toml").write_text("[dpo]\nlabel_smoothing = 0.2\n")
+    with pytest.raises(SettingsError, match=r"dpo\.label_smoothing: .*'sigmoid'.*\"robust\""):
+        load_settings(tmp_path)
+    (tmp_path / "prefloop.toml").write_text('[dpo]\nlabel_smoothing = 0.2\nloss_type = "robust"\n')
+    assert load_settings(tmp_path).dpo.label_smoothing == 0.2
