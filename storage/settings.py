@@ -261,7 +261,25 @@ class LoopSettings(Section):
     )
 
 
-# The DPO losses of TRL that read `label_smoothing`.
+# TRL 1.16's DPO losses (`DPOConfig.loss_type`; an unknown one fails only at the first step), and
+# those that read `label_smoothing`.
+DPO_LOSSES = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
 SMOOTHED_LOSSES = ("robust", "exo_pair", "aot", "aot_unpaired")
 
 
@@ -314,6 +332,13 @@ class DPOSettings(Section):
         "decided by its labels' judgments on that criterion (one labeling pass, several data "
         "sets). Unset: the overall choice.",
     )
+
+    @field_validator("loss_type")
+    @classmethod
+    def _known_loss(cls, value: str) -> str:
+        if value not in DPO_LOSSES:
+            raise ValueError(f"{value!r} is no DPO loss of TRL's: one of {', '.join(DPO_LOSSES)}")
+        return value
 
     @field_validator("label_smoothing")
     @classmethod

@@ -130,3 +130,22 @@ def test_label_smoothing_is_refused_with_a_loss_that_ignores_it(tmp_path):
         load_settings(tmp_path)
     (tmp_path / "prefloop.toml").write_text('[dpo]\nlabel_smoothing = 0.2\nloss_type = "robust"\n')
     assert load_settings(tmp_path).dpo.label_smoothing == 0.2
+
+
+def test_an_unknown_dpo_loss_is_refused_at_load_not_at_the_first_step(tmp_path):
+    (tmp_path / "prefloop.toml").write_text('[dpo]\nloss_type = "sigmod"\n')
+    with pytest.raises(SettingsError, match=r"dpo\.loss_type: .*'sigmod' is no DPO loss.*ipo"):
+        load_settings(tmp_path)
+
+
+def test_the_dpo_losses_are_trls():
+    """The losses the settings accept are those TRL's installed DPOConfig names (an upgrade of the
+    lock that adds or drops one fails here, not at a round's first step)."""
+    import re
+
+    from trl import DPOConfig
+
+    from storage.settings import DPO_LOSSES
+
+    help_text = DPOConfig.__dataclass_fields__["loss_type"].metadata["help"]
+    assert set(re.findall(r"`'(\w+)'`", help_text)) == set(DPO_LOSSES)
