@@ -40,7 +40,10 @@ def train(
     rt = runtime(data_dir)
     try:
         report = train_iteration(
-            engine=rt.engine, settings=rt.effective_settings(), continue_loop=next_round
+            engine=rt.engine,
+            settings=rt.effective_settings(),
+            continue_loop=next_round,
+            require_data=True,
         )
     except crud.Conflict as exc:
         raise fail(str(exc)) from None

@@ -257,7 +257,9 @@ def request_training(rt: Runtime, user_id: int | None) -> int:
     or running already."""
     from training.iteration import queue_training
 
-    job = queue_training(engine=rt.engine, settings=rt.effective_settings(), user_id=user_id)
+    job = queue_training(
+        engine=rt.engine, settings=rt.effective_settings(), user_id=user_id, require_data=True
+    )
     _wake(rt)
     return job.id
 

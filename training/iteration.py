@@ -25,6 +25,7 @@ from storage.db import transaction
 from storage.gold import GoldRule
 from storage.models import Iteration, IterationState, Job, JobStatus, PolicyStatus
 from storage.policies import finish_iteration, set_iteration_metrics
+from storage.preferences import iter_preferences
 from storage.settings import Settings
 from training import deploy as deploying
 from training.runner import run_with_retries
@@ -97,11 +98,15 @@ def queue_training(
     user_id: int | None = None,
     refit_proxy: bool = True,
     evaluate: bool = True,
+    require_data: bool = False,
 ) -> Job:
     """Move the labeling iteration to `training` and queue its training job (one transaction).
     The job refits the proxy first and evaluates its candidate after (each can be left out).
 
-    Refuses (crud.Conflict) when no iteration is labeling or a training job is active."""
+    Refuses (crud.Conflict) when no iteration is labeling or a training job is active, and, with
+    `require_data` (a person's "train now"), when the round has no decided pair to train on yet:
+    the iteration stays open for labels rather than failing. (The quota's trigger still fails an
+    iteration whose labels decided nothing: waiting would not change that.)"""
     with transaction(engine) as session:
         iteration = crud.current_iteration(session=session)
         if iteration is None or iteration.state != IterationState.labeling:
@@ -114,6 +119,11 @@ def queue_training(
         if deployed is None:
             raise crud.Conflict("no deployed policy to start from")
         first = crud.list_policies(session=session)[0]
+        scope = None if settings.loop.data_scope == "all" else [iteration.k]
+        if require_data and not _has_preferences(session, settings, scope, iteration.k == 0):
+            raise crud.Conflict(
+                f"iteration {iteration.k} has no decided pair to train on yet: label some first"
+            )
         crud.set_iteration_state(
             session=session, iteration_id=iteration.id, state=IterationState.training
         )
@@ -126,7 +136,7 @@ def queue_training(
                 "iteration_k": iteration.k,
                 "init_version": deployed.version,
                 "ref_version": first.version if settings.loop.reference == "sft" else None,
-                "iterations": None if settings.loop.data_scope == "all" else [iteration.k],
+                "iterations": scope,
                 # seed preferences are iteration-0 data: the first iteration trains on them
                 "with_seed": iteration.k == 0,
                 "refit_proxy": refit_proxy,
@@ -144,6 +154,20 @@ def queue_training(
                 detail={"iteration": iteration.k, "job_id": job.id},
             )
         return job
+
+
+def _has_preferences(session, settings: Settings, iterations, with_seed: bool) -> bool:
+    """Whether the job would find a pair to train on (what `training.dpo.load_preferences`
+    reads: the same scope, gold filter and criterion)."""
+    rows = iter_preferences(
+        session=session,
+        iterations=iterations,
+        with_seed=with_seed,
+        gold=GoldRule.filtering(settings.labeling),
+        criterion=settings.dpo.criterion,
+        batch_size=1,
+    )
+    return next(rows, None) is not None
 
 
 def fail_iteration(*, engine, iteration_id: int, error: str) -> None:
@@ -227,13 +251,16 @@ def train_iteration(
     job_id: int | None = None,
     continue_loop: bool | None = None,
     on_start=None,
+    require_data: bool = False,
 ) -> IterationReport:
     """Train the labeling iteration now: queue (unless `job_id` is given), train, evaluate,
     gate, deploy, and (`continue_loop`, default `loop.auto_continue`) generate the next
     iteration's pairs."""
     started = time.monotonic()
     if job_id is None:
-        job_id = queue_training(engine=engine, settings=settings, user_id=user_id).id
+        job_id = queue_training(
+            engine=engine, settings=settings, user_id=user_id, require_data=require_data
+        ).id
     with transaction(engine, readonly=True) as session:
         first = jobs.get_job(session=session, job_id=job_id)
         iteration = crud.get_iteration(session=session, iteration_id=first.iteration_id)

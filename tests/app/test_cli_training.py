@@ -107,3 +107,43 @@ def test_a_diverging_dpo_round_fails_its_iteration_and_leaves_no_candidate(data_
     assert policies == [(0, PolicyStatus.deployed)]
     assert sorted(p.name for p in (data_dir / "policies").iterdir()) == ["v0"]
     rt.engine.dispose()
+
+
+def test_training_asked_for_before_a_decided_pair_is_refused_and_the_round_stays_open(data_dir):
+    """`prefloop train` and the admin's "train now" on a round without a decided pair (none
+    labeled, or only ties) say so and change nothing: the iteration keeps labeling, no job."""
+    from app.scheduler import request_training
+    from tests.factories import label_pair, make_user
+
+    rt = open_runtime(data_dir)
+    with transaction(rt.engine) as session:
+        policy = make_policy(session)
+        iteration = crud.start_iteration(
+            session=session, policy_in_id=policy.id, human_quota=2, human_budget=2
+        )
+        tied, later = make_pairs(session, 2, iteration_id=iteration.id)
+        crud.set_iteration_state(
+            session=session, iteration_id=iteration.id, state=IterationState.labeling
+        )
+        ann = make_user(session, name="ann")
+    refusal = "iteration 0 has no decided pair to train on yet: label some first"
+    result = CliRunner().invoke(cli, ["train", "--data-dir", str(data_dir)])
+    assert result.exit_code == 1 and refusal in result.output, result.output
+    with transaction(rt.engine) as session:
+        label_pair(session, tied, "tie", users=(ann,))
+    with pytest.raises(crud.Conflict, match=refusal):
+        request_training(rt, user_id=None)
+    with transaction(rt.engine, readonly=True) as session:
+        assert crud.get_iteration(session=session, iteration_id=iteration.id).state == (
+            IterationState.labeling
+        )
+        assert session.exec(select(Job)).all() == []
+    with transaction(rt.engine) as session:
+        label_pair(session, later, "b", users=(ann,))
+    job_id = request_training(rt, user_id=None)
+    with transaction(rt.engine, readonly=True) as session:
+        assert session.get(Job, job_id).kind == "train"
+        assert crud.get_iteration(session=session, iteration_id=iteration.id).state == (
+            IterationState.training
+        )
+    rt.engine.dispose()
