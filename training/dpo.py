@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from labeling.generation import fast_bf16
 from storage.db import transaction
-from storage.settings import DPOSettings
+from storage.settings import DPOSettings, Settings
 
 
 def score_only_completions() -> None:
@@ -122,28 +122,44 @@ def preference_records(rows: Iterable[Any], *, chat: bool) -> list[dict[str, Any
     return records
 
 
+def training_preferences(
+    *,
+    session,
+    iterations: list[int] | None,
+    with_seed: bool = False,
+    settings: Settings | None = None,
+    batch_size: int = 1000,
+) -> Iterator[Any]:
+    """The decided pairs a training job trains on (`storage.preferences.iter_preferences`);
+    under `settings`, the flagged annotators' labels left out (`labeling.gold_filter`) and each
+    pair decided by its labels' judgments on `dpo.criterion` when that is set."""
+    from storage.gold import GoldRule
+    from storage.preferences import iter_preferences
+
+    return iter_preferences(
+        session=session,
+        iterations=iterations,
+        with_seed=with_seed,
+        gold=GoldRule.filtering(settings.labeling) if settings else None,
+        criterion=settings.dpo.criterion if settings else None,
+        batch_size=batch_size,
+    )
+
+
 def load_preferences(
     *,
     engine,
     iterations: list[int] | None,
     with_seed: bool = False,
-    gold: Any = None,
-    criterion: str | None = None,
+    settings: Settings | None = None,
 ) -> list[Any]:
-    """The decided pairs DPO trains on (`storage.preferences.iter_preferences`); `gold`: a
-    `storage.gold.GoldRule` whose flagged annotators' labels do not count; `criterion`
-    (`dpo.criterion`): decide each pair by its labels' judgments on it."""
-    from storage.preferences import iter_preferences
-
+    """`training_preferences`, all of them, in a transaction of their own."""
     with transaction(engine, readonly=True) as session:
-        rows = iter_preferences(
-            session=session,
-            iterations=iterations,
-            with_seed=with_seed,
-            gold=gold,
-            criterion=criterion,
+        return list(
+            training_preferences(
+                session=session, iterations=iterations, with_seed=with_seed, settings=settings
+            )
         )
-        return list(rows)
 
 
 def train(

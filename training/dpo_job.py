@@ -44,7 +44,6 @@ from typing import Any
 
 from storage import crud, jobs
 from storage.db import make_engine, transaction
-from storage.gold import GoldRule
 from storage.models import IterationState, JobStatus, Policy, PolicyStatus
 from storage.settings import from_snapshot, load_settings
 from training.dpo import load_preferences, preference_records, train
@@ -159,8 +158,7 @@ def run_job(*, engine, data_dir: Path, job_id: int) -> Policy | None:
         engine=engine,
         iterations=params.get("iterations"),
         with_seed=bool(params.get("with_seed")),
-        gold=GoldRule.filtering(settings.labeling),
-        criterion=dpo.criterion,
+        settings=settings,
     )
     if not rows:
         on = f", criterion {dpo.criterion}" if dpo.criterion else ""

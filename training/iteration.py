@@ -25,9 +25,9 @@ from storage.db import transaction
 from storage.gold import GoldRule
 from storage.models import Iteration, IterationState, Job, JobStatus, PolicyStatus
 from storage.policies import finish_iteration, set_iteration_metrics
-from storage.preferences import iter_preferences
 from storage.settings import Settings
 from training import deploy as deploying
+from training.dpo import training_preferences
 from training.runner import run_with_retries
 
 log = logging.getLogger("prefloop.iteration")
@@ -120,7 +120,8 @@ def queue_training(
             raise crud.Conflict("no deployed policy to start from")
         first = crud.list_policies(session=session)[0]
         scope = None if settings.loop.data_scope == "all" else [iteration.k]
-        if require_data and not _has_preferences(session, settings, scope, iteration.k == 0):
+        with_seed = iteration.k == 0  # seed preferences are iteration-0 data
+        if require_data and not _has_preferences(session, settings, scope, with_seed):
             raise crud.Conflict(
                 f"iteration {iteration.k} has no decided pair to train on yet: label some first"
             )
@@ -137,8 +138,7 @@ def queue_training(
                 "init_version": deployed.version,
                 "ref_version": first.version if settings.loop.reference == "sft" else None,
                 "iterations": scope,
-                # seed preferences are iteration-0 data: the first iteration trains on them
-                "with_seed": iteration.k == 0,
+                "with_seed": with_seed,
                 "refit_proxy": refit_proxy,
                 "evaluate": evaluate,
                 # The settings in effect now (admins' run-time changes included), for the child.
@@ -157,14 +157,12 @@ def queue_training(
 
 
 def _has_preferences(session, settings: Settings, iterations, with_seed: bool) -> bool:
-    """Whether the job would find a pair to train on (what `training.dpo.load_preferences`
-    reads: the same scope, gold filter and criterion)."""
-    rows = iter_preferences(
+    """Whether the training job would find a pair to train on."""
+    rows = training_preferences(
         session=session,
         iterations=iterations,
         with_seed=with_seed,
-        gold=GoldRule.filtering(settings.labeling),
-        criterion=settings.dpo.criterion,
+        settings=settings,
         batch_size=1,
     )
     return next(rows, None) is not None
