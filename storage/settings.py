@@ -247,6 +247,11 @@ class LoopSettings(Section):
     reference: Literal["sft", "previous"] = Field(
         "sft", description="DPO reference model: pi_0 (the paper's default) or pi_k."
     )
+    start: Literal["deployed", "sft"] = Field(
+        "deployed",
+        description="What a round's DPO starts from: the deployed pi_k (iterative), or pi_0 "
+        "again, retrained on all the pairs so far (needs data_scope = 'all').",
+    )
     auto_continue: bool = Field(
         True, description="After a deploy (or a rejection), generate the next round."
     )
@@ -259,6 +264,16 @@ class LoopSettings(Section):
     stale_after_seconds: float = Field(
         600.0, gt=0, description="A running job without a heartbeat this long counts as dead."
     )
+
+    @model_validator(mode="after")
+    def _restart_keeps_the_data(self) -> LoopSettings:
+        if self.start == "sft" and self.data_scope != "all":
+            raise ValueError(
+                "loop.start = 'sft' retrains pi_0 every round: with loop.data_scope = "
+                f"{self.data_scope!r} it would forget the earlier rounds' pairs; set "
+                "data_scope = 'all'"
+            )
+        return self
 
 
 # TRL 1.16's DPO losses (`DPOConfig.loss_type`; an unknown one fails only at the first step), and
@@ -766,6 +781,7 @@ EDITABLE_KEYS: tuple[str, ...] = (
     "loop.interval_minutes",
     "loop.data_scope",
     "loop.reference",
+    "loop.start",
     "dpo.beta",
     "dpo.loss_type",
     "dpo.learning_rate",

@@ -135,7 +135,7 @@ def queue_training(
             params={
                 "iteration_id": iteration.id,
                 "iteration_k": iteration.k,
-                "init_version": deployed.version,
+                "init_version": first.version if settings.loop.start == "sft" else deployed.version,
                 "ref_version": first.version if settings.loop.reference == "sft" else None,
                 "iterations": scope,
                 "with_seed": with_seed,

@@ -132,6 +132,16 @@ def test_label_smoothing_is_refused_with_a_loss_that_ignores_it(tmp_path):
     assert load_settings(tmp_path).dpo.label_smoothing == 0.2
 
 
+def test_retraining_pi_0_every_round_needs_every_rounds_pairs(tmp_path):
+    """`loop.start = 'sft'` on the latest round's pairs alone would throw the earlier rounds
+    away: refused, naming both keys; with data_scope 'all' it is taken."""
+    (tmp_path / "prefloop.toml").write_text('[loop]\nstart = "sft"\ndata_scope = "latest"\n')
+    with pytest.raises(SettingsError, match=r"loop\.start = 'sft'.*data_scope = 'latest'"):
+        load_settings(tmp_path)
+    (tmp_path / "prefloop.toml").write_text('[loop]\nstart = "sft"\ndata_scope = "all"\n')
+    assert load_settings(tmp_path).loop.start == "sft"
+
+
 def test_an_unknown_dpo_loss_is_refused_at_load_not_at_the_first_step(tmp_path):
     (tmp_path / "prefloop.toml").write_text('[dpo]\nloss_type = "sigmod"\n')
     with pytest.raises(SettingsError, match=r"dpo\.loss_type: .*'sigmod' is no DPO loss.*ipo"):

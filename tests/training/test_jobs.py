@@ -155,3 +155,31 @@ def test_the_reference_setting_names_the_jobs_reference_model(
     job = queue_training(engine=engine, settings=settings)
     assert job.params["init_version"] == 1
     assert job.params["ref_version"] == ref_version
+
+
+@pytest.mark.parametrize(("start", "init_version"), [("deployed", 1), ("sft", 0)])
+def test_the_start_setting_names_the_model_a_round_trains_from(
+    engine, tmp_path, start, init_version
+):
+    """`loop.start`: a round's DPO starts from the deployed pi_k, or from pi_0 again, trained on
+    every round's pairs (data_scope 'all': no iteration filter, the seed pairs included)."""
+    from storage import crud
+    from storage.models import IterationState
+    from storage.settings import load_settings
+    from tests.factories import make_policy
+    from training.iteration import queue_training
+
+    with transaction(engine) as session:
+        make_policy(session, version=0, deployed=False)
+        make_policy(session, version=1)
+        iteration = crud.start_iteration(
+            session=session, policy_in_id=None, human_quota=1, human_budget=1
+        )
+        crud.set_iteration_state(
+            session=session, iteration_id=iteration.id, state=IterationState.labeling
+        )
+    settings = load_settings(tmp_path, loop={"start": start, "data_scope": "all"})
+    job = queue_training(engine=engine, settings=settings)
+    assert job.params["init_version"] == init_version
+    assert job.params["ref_version"] == 0
+    assert job.params["iterations"] is None
