@@ -135,7 +135,7 @@ def head_to_head_arms(a: dict, b: dict) -> dict:
     settings = settings.model_copy(
         update={"eval": settings.eval.model_copy(update={"samples_per_prompt": FINAL_EVAL_SAMPLES})}
     )
-    prompts = eval_prompts(engine=rt.engine, n=settings.eval.n_prompts)
+    prompts = eval_prompts(engine=rt.engine, settings=settings, n=settings.eval.n_prompts)
     return compare(
         settings=settings,
         a=Policy(version=a["policy"]["version"], path=a["policy"]["path"]),

@@ -236,7 +236,9 @@ def main(quick: bool = False) -> None:
         )
         _, offline_policy = bench_offline(policy, work, human_labels=human, flags=flags)
         settings = online["settings"]
-        prompts = eval_prompts(engine=_engine(settings), n=settings.eval.n_prompts)
+        prompts = eval_prompts(
+            engine=_engine(settings), settings=settings, n=settings.eval.n_prompts
+        )
         head = compare(
             settings=settings,
             a=online["final"],

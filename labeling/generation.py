@@ -32,6 +32,7 @@ for the sampler's life.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,6 +111,77 @@ def render_prompt(tokenizer, prompt: PromptLike) -> tuple[str, bool]:
     if isinstance(prompt, str):
         return prompt, False
     return "\n".join(m["content"] for m in prompt), False
+
+
+_WINDOW_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def context_window(config) -> int | None:
+    """The longest sequence (prompt and reply, in tokens) a model config says the model takes:
+    its position table; None when the config names none."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in _WINDOW_KEYS:
+        value = getattr(text, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _tokenizer_and_window(policy_path: str) -> tuple[Any, int | None]:
+    from transformers import AutoConfig, AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(policy_path), context_window(
+        AutoConfig.from_pretrained(policy_path)
+    )
+
+
+@dataclass(frozen=True)
+class ContextFit:
+    """Which prompts leave a policy room for a whole reply: a prompt fits when its tokens, as
+    both samplers feed it (the chat template's rendering), plus `max_new_tokens` are within the
+    model's context window. vLLM refuses a prompt longer than its window, failing the call, and
+    transformers would sample past the positions the model was trained on (or past the table of
+    a model with learned positions): a round or an evaluation leaves such prompts out.
+
+        fit = ContextFit.of(policy_path, max_new_tokens=160, setting="generation.max_new_tokens")
+        fit.fits("Explain DPO")  # -> True"""
+
+    tokenizer: Any
+    window: int | None
+    max_new_tokens: int
+    setting: str  # where max_new_tokens comes from, for messages
+
+    @classmethod
+    def of(
+        cls,
+        policy_path: str | Path,
+        *,
+        max_new_tokens: int,
+        setting: str = "generation.max_new_tokens",
+    ) -> ContextFit:
+        tokenizer, window = _tokenizer_and_window(str(policy_path))
+        return cls(tokenizer, window, max_new_tokens, setting)
+
+    def tokens(self, prompt: PromptLike) -> int:
+        text, has_special = render_prompt(self.tokenizer, prompt)
+        return len(self.tokenizer(text, add_special_tokens=not has_special)["input_ids"])
+
+    def fits(self, prompt: PromptLike) -> bool:
+        return self.window is None or self.tokens(prompt) + self.max_new_tokens <= self.window
+
+    def limit(self) -> str:
+        """The rule, for a message: the window and the reply's share of it."""
+        if self.window is not None and self.max_new_tokens >= self.window:
+            return (
+                f"the policy's context is {self.window} tokens and {self.setting} "
+                f"({self.max_new_tokens}) leaves none for a prompt: lower {self.setting}"
+            )
+        room = None if self.window is None else self.window - self.max_new_tokens
+        return (
+            f"a prompt may have up to {room} tokens: the policy's context of {self.window} less "
+            f"{self.setting} ({self.max_new_tokens})"
+        )
 
 
 def resolve_device(device: str) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from labeling.generation import Sample, load_sampler
+from labeling.generation import ContextFit, Sample, load_sampler
 from labeling.pairing import select_pairs
 from labeling.proxy import Proxy, load_proxy
 from labeling.routing import route_pairs
@@ -69,6 +69,29 @@ def _sample_all(
         if bar is not None:
             bar.update(len(chunk))
     return rows
+
+
+def _fitting_prompts(
+    *, engine: Engine, n: int, seed: int, fit: ContextFit
+) -> tuple[list[tuple[int, str, Any]], list[int]]:
+    """Up to `n` train prompts in `storage.pairs.train_prompts`' order that leave the policy room
+    for a reply, as (id, text, messages), and the ids of those passed over as too long (a
+    never-sampled prompt stays first in that order, so every round meets it again)."""
+    limit = n
+    while True:
+        with transaction(engine, readonly=True) as session:
+            rows = [
+                (p.id, p.text, p.messages)
+                for p in pairs.train_prompts(session=session, limit=limit, seed=seed)
+            ]
+        fitting, too_long = [], []
+        for row in rows:
+            if len(fitting) == n:
+                break
+            (fitting if fit.fits(row[2] or row[1]) else too_long).append(row)
+        if len(fitting) == n or len(rows) < limit:
+            return fitting, [row[0] for row in too_long]
+        limit = n + len(too_long)
 
 
 def generate_iteration(
@@ -128,14 +151,27 @@ def _run(
     seed = gen.seed + 1_000 * k
     rng = random.Random(seed)
     with transaction(engine, readonly=True) as session:
-        prompts = pairs.train_prompts(session=session, limit=n_prompts, seed=seed)
-        prompt_rows = [(p.id, p.text, p.messages) for p in prompts]
         parent = crud.get_policy_by_id(session=session, policy_id=parent_id) if parent_id else None
         parent_path = parent.path if parent else None
         versions = {policy_id: crud.get_policy_by_id(session=session, policy_id=policy_id).version}
         if parent is not None:
             versions[parent.id] = parent.version
+    fit = ContextFit.of(policy_path, max_new_tokens=gen.max_new_tokens)
+    prompt_rows, too_long = _fitting_prompts(engine=engine, n=n_prompts, seed=seed, fit=fit)
+    if too_long:
+        log.warning(
+            "iteration %s: %d train prompts left out, too long for the policy (%s): ids %s",
+            k,
+            len(too_long),
+            fit.limit(),
+            ", ".join(str(pid) for pid in too_long[:20]) + (" ..." if len(too_long) > 20 else ""),
+        )
     if not prompt_rows:
+        if too_long:
+            raise GenerationError(
+                f"every active train prompt ({len(too_long)}) is too long for the policy: "
+                f"{fit.limit()}"
+            )
         raise GenerationError("no active train prompts: import some with `prefloop prompts import`")
     inputs = [messages or text for _, text, messages in prompt_rows]
 
@@ -282,6 +318,7 @@ def _run(
         "iteration_id": iteration_id,
         "policy_id": policy_id,
         "prompts": len(prompt_rows),
+        "prompts_too_long": len(too_long),
         "responses": n_samples,
         "strategy": strategy.value,
         "proxy": proxy.agent,

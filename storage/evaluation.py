@@ -47,9 +47,9 @@ class EvalSlot:
     text_b: str  # from policy `b`
 
 
-def eval_prompts(*, session: Session, limit: int) -> list[tuple[int, str]]:
-    """(id, text) of the first `limit` active held-out prompts in id order: the prompts the
-    automatic evaluation samples (`storage.pairs.eval_prompt_texts`)."""
+def eval_prompts(*, session: Session, limit: int | None) -> list[tuple[int, str]]:
+    """(id, text) of the first `limit` active held-out prompts in id order (None: all of them),
+    from which the evaluation takes those that fit the policy (`training.evaluate.held_out_prompts`)."""
     query = (
         sa.select(Prompt.id, Prompt.text)
         .where(Prompt.split == Split.eval, Prompt.active)

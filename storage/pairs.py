@@ -76,17 +76,6 @@ def train_prompts(*, session: Session, limit: int, seed: int = 0) -> list[Prompt
     return list(session.exec(query))
 
 
-def eval_prompt_texts(*, session: Session, limit: int) -> list[str]:
-    """The first `limit` active held-out prompts' texts, in id order: the same set every iteration."""
-    query = (
-        select(Prompt.text)
-        .where(Prompt.split == Split.eval, Prompt.active)
-        .order_by(Prompt.id)
-        .limit(limit)
-    )
-    return list(session.exec(query))
-
-
 def add_responses(*, session: Session, responses: list[ResponseIn]) -> list[Response]:
     rows = [Response(**vars(r)) for r in responses]
     session.add_all(rows)

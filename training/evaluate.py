@@ -12,26 +12,68 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import statistics
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from storage import crud, pairs
+from storage import crud, evaluation
 from storage.db import transaction
 from storage.files import write_atomic
 from storage.models import Policy
 from storage.policies import set_policy_metrics
 from storage.settings import Settings
 
+log = logging.getLogger("prefloop.evaluate")
+
 Judge = Callable[[str, str], float]  # (prompt, response) -> score
 Scorer = Callable[[Sequence[str], Sequence[str]], Sequence[float]]  # batched (prompts, responses)
 
 
-def eval_prompts(*, engine, n: int) -> list[str]:
-    """The first `n` active held-out prompts, in id order: the same set every iteration."""
+def held_out_prompts(*, engine, settings: Settings, n: int) -> list[tuple[int, str]]:
+    """(id, text) of the first `n` active held-out prompts, in id order, that leave pi_0 room
+    for an evaluation reply (`labeling.generation.ContextFit`; every version shares pi_0's
+    tokenizer and context): the same set every iteration."""
+    from labeling.generation import ContextFit
+
     with transaction(engine, readonly=True) as session:
-        return pairs.eval_prompt_texts(session=session, limit=n)
+        rows = evaluation.eval_prompts(session=session, limit=None)
+        policies = crud.list_policies(session=session)
+    if not policies:
+        return rows[:n]
+    setting = "eval.max_new_tokens" if settings.eval.max_new_tokens else "generation.max_new_tokens"
+    fit = ContextFit.of(
+        policies[0].path, max_new_tokens=eval_max_new_tokens(settings), setting=setting
+    )
+    kept, too_long = [], []
+    for row in rows:
+        if len(kept) == n:
+            break
+        (kept if fit.fits(row[1]) else too_long).append(row)
+    if too_long and not kept:
+        raise ValueError(
+            f"every active held-out prompt ({len(too_long)}) is too long for the policy: "
+            f"{fit.limit()}"
+        )
+    if too_long:
+        log.warning(
+            "%d held-out prompts left out, too long for the policy (%s): ids %s",
+            len(too_long),
+            fit.limit(),
+            ", ".join(str(pid) for pid, _ in too_long[:20])
+            + (" ..." if len(too_long) > 20 else ""),
+        )
+    return kept
+
+
+def eval_prompts(*, engine, settings: Settings, n: int) -> list[str]:
+    """The texts of `held_out_prompts`."""
+    return [text for _, text in held_out_prompts(engine=engine, settings=settings, n=n)]
+
+
+def eval_max_new_tokens(settings: Settings) -> int:
+    return settings.eval.max_new_tokens or settings.generation.max_new_tokens
 
 
 def win_rate(scores_a: Sequence[float], scores_b: Sequence[float]) -> dict[str, Any]:
@@ -72,7 +114,7 @@ def cached_samples(
     reward are drawn first and also give its win-rate samples."""
     ev = settings.eval
     n = ev.samples_per_prompt if n is None else n
-    max_new = ev.max_new_tokens or settings.generation.max_new_tokens
+    max_new = eval_max_new_tokens(settings)
     params = {
         "prompts": list(prompts),
         "temperature": ev.temperature,
@@ -148,7 +190,7 @@ def head_to_head(
     Returns {"n_prompts", "mean": {judge: A's mean score}, "vs": {"v<b>": {judge: win_rate(...)}}}.
     """
     seed = settings.eval.seed if seed is None else seed
-    prompts = eval_prompts(engine=engine, n=settings.eval.n_prompts)
+    prompts = eval_prompts(engine=engine, settings=settings, n=settings.eval.n_prompts)
     if not prompts:
         raise RuntimeError("no held-out prompts (split 'eval') to evaluate on")
     with transaction(engine, readonly=True) as session:
@@ -297,7 +339,7 @@ def _reference_logprobs(
     them (scored once, cached beside the replies); None when the judge leaves no pair."""
     from training.implicit_reward import judged_pairs, policy_logprobs
 
-    prompts = eval_prompts(engine=engine, n=settings.eval.n_prompts)
+    prompts = eval_prompts(engine=engine, settings=settings, n=settings.eval.n_prompts)
     replies = cached_samples(
         settings=settings,
         policy=first,
@@ -351,7 +393,7 @@ def prepare_baselines(*, engine, settings: Settings) -> list[str]:
         )
         if key in _prepared:
             return []
-        prompts = eval_prompts(engine=engine, n=settings.eval.n_prompts)
+        prompts = eval_prompts(engine=engine, settings=settings, n=settings.eval.n_prompts)
         if not prompts:
             return []
         folder = settings.data_dir / "eval"

@@ -55,7 +55,7 @@ def queue_eval_pairs(
     """Queue blind evaluation pairs of `a_version` against `b_version` on `n_prompts` held-out
     prompts (default `eval.human_prompts`), `eval.samples_per_prompt` pairs each; audited.
     Returns {a, b, prompts, added, present, identical}."""
-    from training.evaluate import cached_samples
+    from training.evaluate import cached_samples, held_out_prompts
 
     n = settings.eval.human_prompts if n_prompts is None else n_prompts
     if n < 1:
@@ -65,7 +65,7 @@ def queue_eval_pairs(
     with transaction(engine, readonly=True) as session:
         a = crud.get_policy(session=session, version=a_version)
         b = crud.get_policy(session=session, version=b_version)
-        rows = evaluation.eval_prompts(session=session, limit=max(n, settings.eval.n_prompts))
+    rows = held_out_prompts(engine=engine, settings=settings, n=max(n, settings.eval.n_prompts))
     if not rows:
         raise RuntimeError("no held-out prompts (split 'eval') to evaluate on")
     ev, seed = settings.eval, settings.eval.seed

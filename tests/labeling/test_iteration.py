@@ -20,8 +20,10 @@ from storage.models import (
     Pair,
     PairStatus,
     PolicyStatus,
+    Prompt,
     Response,
     Route,
+    Split,
     Suggestion,
 )
 from storage.settings import Settings
@@ -220,3 +222,75 @@ def test_second_iteration_pairs_by_the_refit_proxy(engine, tmp_path, policy_dir)
     assert all(r.proxy_version == 1 and r.proxy_reward is not None for r in responses)
     # the least-sampled prompts come first: iteration 1 samples prompts iteration 0 did not
     assert not prompts_first & {p.prompt_id for p in rows}
+
+
+def _add_long_prompt(engine, split: Split) -> int:
+    """A prompt of about 400 of the demo tokenizer's tokens, past the demo policy's 256."""
+    text = "my order arrived broken and the refund page says error, please help " * 30
+    with transaction(engine) as session:
+        crud.add_prompts(session=session, prompts=[crud.PromptIn(text=text, split=split)])
+        return session.exec(sa.select(Prompt.id).where(Prompt.text == text)).scalar_one()
+
+
+def test_a_prompt_too_long_for_the_policy_is_left_out_of_the_round(engine, tmp_path, policy_dir):
+    """A prompt whose tokens and generation.max_new_tokens pass the policy's context window
+    (vLLM refuses it, transformers samples past the trained positions) gets no responses; the
+    round takes the next prompts in its place and counts it."""
+    from labeling.generation import ContextFit
+
+    settings = setup_loop(engine, tmp_path, policy_dir)
+    long_id = _add_long_prompt(engine, Split.train)
+    fit = ContextFit.of(policy_dir, max_new_tokens=24)
+    with transaction(engine, readonly=True) as session:
+        long_text = session.get(Prompt, long_id).text
+        n_train = session.exec(
+            sa.select(sa.func.count(Prompt.id)).where(Prompt.split == Split.train)
+        ).scalar_one()
+    assert fit.window == 256 and fit.tokens(long_text) > 256
+    report = generate_iteration(engine=engine, settings=settings, n_prompts=n_train)
+    assert (report["prompts"], report["prompts_too_long"]) == (n_train - 1, 1)
+    with transaction(engine, readonly=True) as session:
+        prompt_ids = set(session.exec(sa.select(Response.prompt_id)).scalars())
+    assert len(prompt_ids) == n_train - 1 and long_id not in prompt_ids
+
+
+def test_a_reply_budget_that_leaves_no_room_for_a_prompt_fails_the_round_naming_it(
+    engine, tmp_path, policy_dir
+):
+    from labeling.iteration import GenerationError
+
+    settings = setup_loop(engine, tmp_path, policy_dir, generation={"max_new_tokens": 256})
+    with pytest.raises(GenerationError) as info:
+        generate_iteration(engine=engine, settings=settings)
+    assert str(info.value).startswith("every active train prompt (")
+    assert "context is 256 tokens and generation.max_new_tokens (256) leaves none" in str(
+        info.value
+    )
+    with transaction(engine, readonly=True) as session:
+        iteration = session.exec(sa.select(Iteration)).scalar_one()
+        assert iteration.state == IterationState.failed
+        assert session.exec(sa.select(sa.func.count(Response.id))).scalar_one() == 0
+
+
+def test_evaluation_leaves_out_a_held_out_prompt_too_long_for_the_policy(
+    engine, tmp_path, policy_dir
+):
+    """The held-out set is the first eval.n_prompts prompts that fit pi_0 with the evaluation's
+    reply budget (eval.max_new_tokens); with none that fits, the error names the setting."""
+    from storage import evaluation
+    from training.evaluate import held_out_prompts
+
+    settings = setup_loop(engine, tmp_path, policy_dir)
+    long_id = _add_long_prompt(engine, Split.eval)
+    with transaction(engine, readonly=True) as session:
+        stored = evaluation.eval_prompts(session=session, limit=None)
+    assert long_id in [pid for pid, _ in stored]
+    kept = held_out_prompts(engine=engine, settings=settings, n=len(stored))
+    assert kept == [row for row in stored if row[0] != long_id]
+    assert held_out_prompts(engine=engine, settings=settings, n=2) == kept[:2]
+
+    no_room = settings.model_copy(
+        update={"eval": settings.eval.model_copy(update={"max_new_tokens": 300})}
+    )
+    with pytest.raises(ValueError, match=r"eval\.max_new_tokens \(300\) leaves none"):
+        held_out_prompts(engine=engine, settings=no_room, n=4)

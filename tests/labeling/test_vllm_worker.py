@@ -88,7 +88,13 @@ def _close_iteration(engine, iteration_id: int) -> None:
 
 
 def test_two_iterations_share_one_engine_reloaded_after_the_deploy(database, settings):
-    first = generate_iteration(engine=database, settings=settings)
+    # a prompt past SmolLM2's 8192-token window, which vLLM would refuse, failing the call:
+    # the round passes over it (all five prompts considered, four sampled)
+    long_prompt = "word " * 9000
+    with transaction(database) as session:
+        crud.add_prompts(session=session, prompts=[crud.PromptIn(text=long_prompt)])
+    first = generate_iteration(engine=database, settings=settings, n_prompts=5)
+    assert (first["prompts"], first["prompts_too_long"]) == (4, 1)
     assert first["policy_load"]["how"] in ("started", "kept")
     pid = worker_status(settings.data_dir)["pid"]
 

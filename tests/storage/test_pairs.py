@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from storage import crud, pairs
+from storage import crud, evaluation, pairs
 from storage.db import transaction
 from storage.models import PairStatus, Prompt, Route, Split
 from tests.factories import make_pairs, make_prompts
@@ -23,12 +23,13 @@ def test_human_capacity_counts_the_overlap_of_pairs_for_humans(engine):
         assert pairs.human_capacity(session=session, iteration_id=iteration.id) == 2 * 3 + 2
 
 
-def test_eval_prompt_texts_are_the_first_active_held_out_prompts(engine):
+def test_eval_prompts_are_the_first_active_held_out_prompts(engine):
     with transaction(engine) as session:
         make_prompts(session, 2)
         held_out = [session.get(Prompt, i) for i in make_prompts(session, 4, split=Split.eval)]
         held_out.sort(key=lambda prompt: prompt.id)
         held_out[1].active = False
         session.flush()
-        texts = pairs.eval_prompt_texts(session=session, limit=2)
-        assert texts == [held_out[0].text, held_out[2].text]
+        rows = evaluation.eval_prompts(session=session, limit=2)
+        assert rows == [(held_out[0].id, held_out[0].text), (held_out[2].id, held_out[2].text)]
+        assert len(evaluation.eval_prompts(session=session, limit=None)) == 3

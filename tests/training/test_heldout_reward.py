@@ -50,7 +50,7 @@ def test_implicit_reward_samples_pairs_more_of_pi0s_replies_than_the_win_rate_sa
     assert drawn.name.endswith("-n6.json") and [len(r) for r in cached] == [6] * 8
 
     # the win-rate's 2 replies a prompt are the first 2 of that draw: nothing drawn again
-    prompts = eval_prompts(engine=rt.engine, n=8)
+    prompts = eval_prompts(engine=rt.engine, settings=rt.settings, n=8)
     seed = rt.settings.eval.seed
     two = cached_samples(settings=rt.settings, policy=first, prompts=prompts, seed=seed, n=2)
     assert two == [replies[:2] for replies in cached]

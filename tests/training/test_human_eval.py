@@ -49,7 +49,8 @@ def two_versions(data_dir: Path, **eval_settings):
 
 
 def fake_generate(monkeypatch) -> list[tuple[str, int]]:
-    """Replace labeling.generation.generate; returns the list of its calls (version, prompts).
+    """Replace labeling.generation.generate (and the prompts' fit to the model's context, which
+    needs its tokenizer); returns the list of generate's calls (version, prompts).
     Version N answers "vN: <prompt> #i", except that every version gives the same reply to the
     first held-out prompt."""
     calls = []
@@ -63,6 +64,11 @@ def fake_generate(monkeypatch) -> list[tuple[str, int]]:
         ]
 
     monkeypatch.setattr("labeling.generation.generate", generate)
+    # these checkpoints have no tokenizer: every prompt fits their (unknown) context window
+    unbounded = classmethod(
+        lambda cls, path, *, max_new_tokens, setting="": cls(None, None, max_new_tokens, setting)
+    )
+    monkeypatch.setattr("labeling.generation.ContextFit.of", unbounded)
     return calls
 
 
