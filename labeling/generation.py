@@ -142,30 +142,24 @@ class ContextFit:
     both samplers feed it (the chat template's rendering), plus `max_new_tokens` are within the
     model's context window. vLLM refuses a prompt longer than its window, failing the call, and
     transformers would sample past the positions the model was trained on (or past the table of
-    a model with learned positions): a round or an evaluation leaves such prompts out.
+    a model with learned positions): a round or an evaluation leaves such prompts out. The
+    policy's tokenizer and config are read at the first question (once a process and path).
 
-        fit = ContextFit.of(policy_path, max_new_tokens=160, setting="generation.max_new_tokens")
+        fit = ContextFit(policy_path, max_new_tokens=160)
         fit.fits("Explain DPO")  # -> True"""
 
-    tokenizer: Any
-    window: int | None
+    policy_path: str
     max_new_tokens: int
-    setting: str  # where max_new_tokens comes from, for messages
+    setting: str = "generation.max_new_tokens"  # where max_new_tokens comes from, for messages
 
-    @classmethod
-    def of(
-        cls,
-        policy_path: str | Path,
-        *,
-        max_new_tokens: int,
-        setting: str = "generation.max_new_tokens",
-    ) -> ContextFit:
-        tokenizer, window = _tokenizer_and_window(str(policy_path))
-        return cls(tokenizer, window, max_new_tokens, setting)
+    @property
+    def window(self) -> int | None:
+        return _tokenizer_and_window(str(self.policy_path))[1]
 
     def tokens(self, prompt: PromptLike) -> int:
-        text, has_special = render_prompt(self.tokenizer, prompt)
-        return len(self.tokenizer(text, add_special_tokens=not has_special)["input_ids"])
+        tokenizer = _tokenizer_and_window(str(self.policy_path))[0]
+        text, has_special = render_prompt(tokenizer, prompt)
+        return len(tokenizer(text, add_special_tokens=not has_special)["input_ids"])
 
     def fits(self, prompt: PromptLike) -> bool:
         return self.window is None or self.tokens(prompt) + self.max_new_tokens <= self.window

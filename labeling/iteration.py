@@ -156,7 +156,7 @@ def _run(
         versions = {policy_id: crud.get_policy_by_id(session=session, policy_id=policy_id).version}
         if parent is not None:
             versions[parent.id] = parent.version
-    fit = ContextFit.of(policy_path, max_new_tokens=gen.max_new_tokens)
+    fit = ContextFit(policy_path, max_new_tokens=gen.max_new_tokens)
     prompt_rows, too_long = _fitting_prompts(engine=engine, n=n_prompts, seed=seed, fit=fit)
     if too_long:
         log.warning(

@@ -43,7 +43,7 @@ def held_out_prompts(*, engine, settings: Settings, n: int) -> list[tuple[int, s
     if not policies:
         return rows[:n]
     setting = "eval.max_new_tokens" if settings.eval.max_new_tokens else "generation.max_new_tokens"
-    fit = ContextFit.of(
+    fit = ContextFit(
         policies[0].path, max_new_tokens=eval_max_new_tokens(settings), setting=setting
     )
     kept, too_long = [], []

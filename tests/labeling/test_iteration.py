@@ -240,7 +240,7 @@ def test_a_prompt_too_long_for_the_policy_is_left_out_of_the_round(engine, tmp_p
 
     settings = setup_loop(engine, tmp_path, policy_dir)
     long_id = _add_long_prompt(engine, Split.train)
-    fit = ContextFit.of(policy_dir, max_new_tokens=24)
+    fit = ContextFit(policy_dir, max_new_tokens=24)
     with transaction(engine, readonly=True) as session:
         long_text = session.get(Prompt, long_id).text
         n_train = session.exec(

@@ -65,10 +65,7 @@ def fake_generate(monkeypatch) -> list[tuple[str, int]]:
 
     monkeypatch.setattr("labeling.generation.generate", generate)
     # these checkpoints have no tokenizer: every prompt fits their (unknown) context window
-    unbounded = classmethod(
-        lambda cls, path, *, max_new_tokens, setting="": cls(None, None, max_new_tokens, setting)
-    )
-    monkeypatch.setattr("labeling.generation.ContextFit.of", unbounded)
+    monkeypatch.setattr("labeling.generation._tokenizer_and_window", lambda path: (None, None))
     return calls
 
 
