@@ -7,6 +7,7 @@ the checkpoint's install, the proxy refit, the evaluation) is `training.dpo_job`
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Iterable, Iterator
@@ -16,6 +17,8 @@ from typing import Any
 from labeling.generation import fast_bf16
 from storage.db import transaction
 from storage.settings import DPOSettings, Settings
+
+log = logging.getLogger("prefloop.dpo")
 
 
 def score_only_completions() -> None:
@@ -162,6 +165,23 @@ def load_preferences(
         )
 
 
+def max_length_report(dataset, *, n_pairs: int, max_length: int) -> dict[str, int]:
+    """How `dpo.max_length` met the pairs of TRL's tokenized `dataset`: TRL leaves out a pair
+    whose prompt alone fills it (no reply token is left to train on) and cuts a longer pair's
+    replies at it, from their end. Raises when no pair is left."""
+    kept = len(dataset)
+    if kept == 0:
+        raise ValueError(
+            f"every pair's prompt ({n_pairs}) fills dpo.max_length ({max_length} tokens), leaving "
+            "no reply token to train on: raise dpo.max_length"
+        )
+    lengths = zip(
+        dataset["prompt_ids"], dataset["chosen_ids"], dataset["rejected_ids"], strict=True
+    )
+    cut = sum(len(p) + max(len(c), len(r)) > max_length for p, c, r in lengths)
+    return {"pairs_left_out": n_pairs - kept, "pairs_cut": cut}
+
+
 def train(
     *,
     init_path: str,
@@ -194,6 +214,16 @@ def train(
         callbacks=callbacks,
         peft_config=peft_config(dpo),
     )
+    room = max_length_report(trainer.train_dataset, n_pairs=len(records), max_length=dpo.max_length)
+    if room["pairs_left_out"] or room["pairs_cut"]:
+        log.warning(
+            "DPO on %d pairs: %d left out (their prompt fills dpo.max_length, %d tokens), %d with "
+            "replies cut at it",
+            len(records),
+            room["pairs_left_out"],
+            dpo.max_length,
+            room["pairs_cut"],
+        )
     started = time.monotonic()
     output = trainer.train()
     seconds = time.monotonic() - started
@@ -228,6 +258,7 @@ def train(
 
     return {
         "n_pairs": len(records),
+        **room,
         "steps": trainer.state.global_step,
         "train_loss": output.training_loss,
         "first_loss": steps[0]["loss"] if steps else None,
