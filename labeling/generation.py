@@ -127,13 +127,33 @@ def context_window(config) -> int | None:
     return None
 
 
+def cpu_vllm_window(settings: GenerationSettings) -> int:
+    """The longest sequence prefloop's vLLM engine takes on a CPU: a prompt's prefill is never
+    split there (`labeling.vllm_engine`), so one scheduler step must hold a whole sequence, and
+    the engine's window is capped at what a step holds: 8192 tokens, or 4 x max_new_tokens."""
+    return max(8192, settings.max_new_tokens * 4)
+
+
+def sampler_window_cap(settings: GenerationSettings) -> int | None:
+    """What the sampler the settings name caps a model's context window at: `cpu_vllm_window`
+    for vLLM on a CPU; None elsewhere (the model's own window)."""
+    if settings.backend == "vllm" and resolve_device(settings.device) == "cpu":
+        return cpu_vllm_window(settings)
+    return None
+
+
+def model_window(policy_path: str | Path) -> int | None:
+    """`context_window` of the checkpoint at `policy_path`."""
+    from transformers import AutoConfig
+
+    return context_window(AutoConfig.from_pretrained(str(policy_path)))
+
+
 @functools.lru_cache(maxsize=4)
 def _tokenizer_and_window(policy_path: str) -> tuple[Any, int | None]:
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(policy_path), context_window(
-        AutoConfig.from_pretrained(policy_path)
-    )
+    return AutoTokenizer.from_pretrained(policy_path), model_window(policy_path)
 
 
 @dataclass(frozen=True)
@@ -145,16 +165,19 @@ class ContextFit:
     a model with learned positions): a round or an evaluation leaves such prompts out. The
     policy's tokenizer and config are read at the first question (once a process and path).
 
-        fit = ContextFit(policy_path, max_new_tokens=160)
+        fit = ContextFit(policy_path, max_new_tokens=160, cap=sampler_window_cap(settings))
         fit.fits("Explain DPO")  # -> True"""
 
     policy_path: str
     max_new_tokens: int
     setting: str = "generation.max_new_tokens"  # where max_new_tokens comes from, for messages
+    cap: int | None = None  # the sampler's own limit (`sampler_window_cap`)
 
     @property
     def window(self) -> int | None:
-        return _tokenizer_and_window(str(self.policy_path))[1]
+        windows = [_tokenizer_and_window(str(self.policy_path))[1], self.cap]
+        known = [w for w in windows if w is not None]
+        return min(known) if known else None
 
     def tokens(self, prompt: PromptLike) -> int:
         tokenizer = _tokenizer_and_window(str(self.policy_path))[0]

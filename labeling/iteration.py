@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from labeling.generation import ContextFit, Sample, load_sampler
+from labeling.generation import ContextFit, Sample, load_sampler, sampler_window_cap
 from labeling.pairing import select_pairs
 from labeling.proxy import Proxy, load_proxy
 from labeling.routing import route_pairs
@@ -156,7 +156,7 @@ def _run(
         versions = {policy_id: crud.get_policy_by_id(session=session, policy_id=policy_id).version}
         if parent is not None:
             versions[parent.id] = parent.version
-    fit = ContextFit(policy_path, max_new_tokens=gen.max_new_tokens)
+    fit = ContextFit(policy_path, max_new_tokens=gen.max_new_tokens, cap=sampler_window_cap(gen))
     prompt_rows, too_long = _fitting_prompts(engine=engine, n=n_prompts, seed=seed, fit=fit)
     if too_long:
         log.warning(

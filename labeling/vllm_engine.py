@@ -42,7 +42,9 @@ from labeling.generation import (
     PromptLike,
     Sample,
     as_messages,
+    cpu_vllm_window,
     fast_bf16,
+    model_window,
     render_prompt,
     resolve_device,
     split_temperatures,
@@ -318,12 +320,16 @@ class VLLMEngine:
         }
         if current_platform.is_cpu():
             # A seeded request whose prefill is split over steps rewinds its generator, which
-            # only CUDA generators can do: whole prefills only, however long the batch.
+            # only CUDA generators can do: whole prefills only, however long the batch. A step
+            # then holds a whole sequence, so a model whose window is longer than a step (32k
+            # for Qwen2.5, 128k for Llama 3.2) is served with the step's window: vLLM refuses
+            # to start otherwise. Prompts past it are left out before they reach the engine.
+            window = cpu_vllm_window(settings)
             kwargs.update(
-                enable_chunked_prefill=False,
-                max_num_batched_tokens=max(8192, settings.max_new_tokens * 4),
-                enforce_eager=True,
+                enable_chunked_prefill=False, max_num_batched_tokens=window, enforce_eager=True
             )
+            if (model_window(model) or 0) > window:
+                kwargs["max_model_len"] = window
             if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
                 kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_GIB * GiB
         else:

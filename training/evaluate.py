@@ -35,7 +35,7 @@ def held_out_prompts(*, engine, settings: Settings, n: int) -> list[tuple[int, s
     """(id, text) of the first `n` active held-out prompts, in id order, that leave pi_0 room
     for an evaluation reply (`labeling.generation.ContextFit`; every version shares pi_0's
     tokenizer and context): the same set every iteration."""
-    from labeling.generation import ContextFit
+    from labeling.generation import ContextFit, sampler_window_cap
 
     with transaction(engine, readonly=True) as session:
         rows = evaluation.eval_prompts(session=session, limit=None)
@@ -44,7 +44,10 @@ def held_out_prompts(*, engine, settings: Settings, n: int) -> list[tuple[int, s
         return rows[:n]
     setting = "eval.max_new_tokens" if settings.eval.max_new_tokens else "generation.max_new_tokens"
     fit = ContextFit(
-        policies[0].path, max_new_tokens=eval_max_new_tokens(settings), setting=setting
+        policies[0].path,
+        max_new_tokens=eval_max_new_tokens(settings),
+        setting=setting,
+        cap=sampler_window_cap(settings.generation),
     )
     kept, too_long = [], []
     for row in rows:

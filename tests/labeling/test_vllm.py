@@ -4,12 +4,13 @@ The sampling contract both backends share is in test_generation.py."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 
 import pytest
 
-from labeling.generation import render_prompt
+from labeling.generation import ContextFit, render_prompt, sampler_window_cap
 from labeling.vllm_engine import (
     VLLMEngine,
     check_sequences,
@@ -167,3 +168,27 @@ def test_a_lora_policy_is_served_as_an_adapter(engine, smollm2_dir, tmp_path):
     assert engine.load(smollm2_dir)["how"] == "switched" and engine.lora_request is None
     assert engine.load(adapter)["how"] == "adapter"
     assert engine.load(smollm2_dir)["how"] == "switched"
+
+
+def test_a_model_whose_window_passes_a_cpu_step_is_served_with_the_steps(
+    engine, smollm2_dir, tmp_path
+):
+    """On a CPU, vLLM prefills whole prompts, so one step must hold a sequence: a model with a
+    32k window (Qwen2.5's) did not start with 8192-token steps ("max_num_batched_tokens (8192)
+    is smaller than max_model_len (32768)"). It is served with the step's window, and the
+    prompts past that are the ones a round leaves out."""
+    long_window = tmp_path / "long-window"
+    shutil.copytree(smollm2_dir, long_window)
+    config = json.loads((long_window / "config.json").read_text())
+    (long_window / "config.json").write_text(
+        json.dumps(config | {"max_position_embeddings": 32768})
+    )
+
+    report = engine.load(long_window)
+    assert report["how"] == "restarted" and report["check"]["passed"]
+    assert engine.llm.llm_engine.model_config.max_model_len == 8192
+    served = engine.settings.model_copy(update={"backend": "vllm"})
+    fit = ContextFit(long_window, max_new_tokens=32, cap=sampler_window_cap(served))
+    assert fit.window == 8192 and fit.fits("Say hi.") and not fit.fits("word " * 9000)
+    assert engine.sample(["Say hi."], n=1, temperatures=[0.0])[0][0].text
+    assert engine.load(smollm2_dir)["how"] == "restarted"
