@@ -187,6 +187,18 @@ class ContextFit:
     def fits(self, prompt: PromptLike) -> bool:
         return self.window is None or self.tokens(prompt) + self.max_new_tokens <= self.window
 
+    def why_not(self, prompt: PromptLike) -> str | None:
+        """None when the policy can answer `prompt`; else "too long", or the message with which
+        its chat template refuses the conversation (a template may refuse a system turn, as
+        Gemma's does, or turns that do not alternate, as Mistral's does; the whole sampling call
+        failed on it)."""
+        from jinja2 import TemplateError
+
+        try:
+            return None if self.fits(prompt) else "too long"
+        except TemplateError as exc:
+            return f"refused by the chat template: {exc}"
+
     def limit(self) -> str:
         """The rule, for a message: the window and the reply's share of it."""
         if self.window is not None and self.max_new_tokens >= self.window:

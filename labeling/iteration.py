@@ -73,10 +73,10 @@ def _sample_all(
 
 def _fitting_prompts(
     *, engine: Engine, n: int, seed: int, fit: ContextFit
-) -> tuple[list[tuple[int, str, Any]], list[int]]:
-    """Up to `n` train prompts in `storage.pairs.train_prompts`' order that leave the policy room
-    for a reply, as (id, text, messages), and the ids of those passed over as too long (a
-    never-sampled prompt stays first in that order, so every round meets it again)."""
+) -> tuple[list[tuple[int, str, Any]], dict[str, list[int]]]:
+    """Up to `n` train prompts in `storage.pairs.train_prompts`' order that the policy can
+    answer (`ContextFit.why_not`), as (id, text, messages), and the ids of those passed over by
+    reason (a never-sampled prompt stays first in that order, so every round meets it again)."""
     limit = n
     while True:
         with transaction(engine, readonly=True) as session:
@@ -84,14 +84,18 @@ def _fitting_prompts(
                 (p.id, p.text, p.messages)
                 for p in pairs.train_prompts(session=session, limit=limit, seed=seed)
             ]
-        fitting, too_long = [], []
+        fitting, passed = [], {}
         for row in rows:
             if len(fitting) == n:
                 break
-            (fitting if fit.fits(row[2] or row[1]) else too_long).append(row)
+            reason = fit.why_not(row[2] or row[1])
+            if reason is None:
+                fitting.append(row)
+            else:
+                passed.setdefault(reason, []).append(row[0])
         if len(fitting) == n or len(rows) < limit:
-            return fitting, [row[0] for row in too_long]
-        limit = n + len(too_long)
+            return fitting, passed
+        limit = n + sum(len(ids) for ids in passed.values())
 
 
 def generate_iteration(
@@ -157,21 +161,22 @@ def _run(
         if parent is not None:
             versions[parent.id] = parent.version
     fit = ContextFit(policy_path, max_new_tokens=gen.max_new_tokens, cap=sampler_window_cap(gen))
-    prompt_rows, too_long = _fitting_prompts(engine=engine, n=n_prompts, seed=seed, fit=fit)
-    if too_long:
+    prompt_rows, passed = _fitting_prompts(engine=engine, n=n_prompts, seed=seed, fit=fit)
+    too_long = passed.get("too long", [])
+    refused = {reason: ids for reason, ids in passed.items() if reason != "too long"}
+    for reason, ids in passed.items():
         log.warning(
-            "iteration %s: %d train prompts left out, too long for the policy (%s): ids %s",
+            "iteration %s: %d train prompts left out, %s: ids %s",
             k,
-            len(too_long),
-            fit.limit(),
-            ", ".join(str(pid) for pid in too_long[:20]) + (" ..." if len(too_long) > 20 else ""),
+            len(ids),
+            f"too long for the policy ({fit.limit()})" if ids is too_long else reason,
+            ", ".join(str(pid) for pid in ids[:20]) + (" ..." if len(ids) > 20 else ""),
         )
     if not prompt_rows:
-        if too_long:
-            raise GenerationError(
-                f"every active train prompt ({len(too_long)}) is too long for the policy: "
-                f"{fit.limit()}"
-            )
+        if passed:
+            reasons = [f"{len(too_long)} too long for the policy ({fit.limit()})"] * bool(too_long)
+            reasons += [f"{len(ids)} {reason}" for reason, ids in refused.items()]
+            raise GenerationError(f"no active train prompt can be sampled: {'; '.join(reasons)}")
         raise GenerationError("no active train prompts: import some with `prefloop prompts import`")
     inputs = [messages or text for _, text, messages in prompt_rows]
 
@@ -319,6 +324,7 @@ def _run(
         "policy_id": policy_id,
         "prompts": len(prompt_rows),
         "prompts_too_long": len(too_long),
+        "prompts_refused_by_template": sum(len(ids) for ids in refused.values()),
         "responses": n_samples,
         "strategy": strategy.value,
         "proxy": proxy.agent,

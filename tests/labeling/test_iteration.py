@@ -262,10 +262,9 @@ def test_a_reply_budget_that_leaves_no_room_for_a_prompt_fails_the_round_naming_
     settings = setup_loop(engine, tmp_path, policy_dir, generation={"max_new_tokens": 256})
     with pytest.raises(GenerationError) as info:
         generate_iteration(engine=engine, settings=settings)
-    assert str(info.value).startswith("every active train prompt (")
-    assert "context is 256 tokens and generation.max_new_tokens (256) leaves none" in str(
-        info.value
-    )
+    assert str(info.value).startswith("no active train prompt can be sampled: ")
+    assert " too long for the policy (the policy's context is 256 tokens and " in str(info.value)
+    assert "generation.max_new_tokens (256) leaves none for a prompt" in str(info.value)
     with transaction(engine, readonly=True) as session:
         iteration = session.exec(sa.select(Iteration)).scalar_one()
         assert iteration.state == IterationState.failed
@@ -294,3 +293,40 @@ def test_evaluation_leaves_out_a_held_out_prompt_too_long_for_the_policy(
     )
     with pytest.raises(ValueError, match=r"eval\.max_new_tokens \(300\) leaves none"):
         held_out_prompts(engine=engine, settings=no_room, n=4)
+
+
+def test_a_conversation_the_chat_template_refuses_is_left_out_of_the_round(
+    engine, tmp_path, policy_dir
+):
+    """A chat template may refuse a conversation (Gemma's a system turn, Mistral's turns that do
+    not alternate); the sampling call failed the round on it. The round passes over it, counted,
+    and samples the others."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    strict = shutil.copytree(policy_dir, tmp_path / "strict")
+    tokenizer = AutoTokenizer.from_pretrained(strict)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "{{ m['content'] }}\n{% endfor %}"
+    )
+    tokenizer.save_pretrained(strict)
+    settings = setup_loop(engine, tmp_path, strict)
+    system = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "where is my order?"},
+    ]
+    with transaction(engine) as session:
+        crud.add_prompts(session=session, prompts=[crud.PromptIn(text="", messages=system)])
+        refused_id = session.exec(sa.select(sa.func.max(Prompt.id))).scalar_one()
+        n_train = session.exec(
+            sa.select(sa.func.count(Prompt.id)).where(Prompt.split == Split.train)
+        ).scalar_one()
+    report = generate_iteration(engine=engine, settings=settings, n_prompts=n_train)
+    assert (report["prompts"], report["prompts_refused_by_template"]) == (n_train - 1, 1)
+    assert report["prompts_too_long"] == 0
+    with transaction(engine, readonly=True) as session:
+        prompt_ids = set(session.exec(sa.select(Response.prompt_id)).scalars())
+    assert len(prompt_ids) == n_train - 1 and refused_id not in prompt_ids
