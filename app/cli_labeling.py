@@ -43,8 +43,15 @@ def generate(
         typer.echo(json.dumps(report))
         return
     routes = ", ".join(f"{k} {v}" for k, v in report["routes"].items())
+    left_out = report["prompts_too_long"], report["prompts_refused_by_template"]
+    passed = (
+        f" (passed over: {left_out[0]} too long for the policy, {left_out[1]} refused by its "
+        "chat template; their ids are in the log)"
+        if any(left_out)
+        else ""
+    )
     typer.echo(
-        f"iteration {report['iteration_k']}: {report['prompts']} prompts, "
+        f"iteration {report['iteration_k']}: {report['prompts']} prompts{passed}, "
         f"{report['responses']} responses ({report['samples_per_second']} samples/s), "
         f"{report['pairs']} pairs by {report['strategy']} with {report['proxy']} ({routes}; "
         f"{report['over_budget']} over the human budget) in {report['seconds']}s"

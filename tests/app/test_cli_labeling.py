@@ -62,6 +62,20 @@ def test_generate_label_quality(data_dir):
     assert again.exit_code == 1 and "still labeling" in again.output
 
 
+def test_generate_says_how_many_prompts_it_passed_over_and_logs_which(data_dir, caplog):
+    rt = open_runtime(data_dir)
+    long_text = "my parcel never came and the tracking page is empty, what now " * 40
+    with transaction(rt.engine) as session:
+        crud.add_prompts(session=session, prompts=[crud.PromptIn(text=long_text)])
+    rt.engine.dispose()
+    # 20 demo prompts (some of them held out) and the long one: the round considers all
+    out = run("generate", "--prompts", "30", "--data-dir", data_dir).output
+    assert "prompts (passed over: 1 too long for the policy, 0 refused by its chat template;" in out
+    assert "1 train prompts left out, too long for the policy (a prompt may have up to 232 " in (
+        caplog.text
+    )
+
+
 def test_label_without_simulate_points_to_the_browser(data_dir):
     result = run("label", "--data-dir", data_dir, ok=False)
     assert result.exit_code == 1 and "prefloop serve" in result.output
