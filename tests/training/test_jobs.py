@@ -130,12 +130,21 @@ def test_latest_scope_trains_the_first_iteration_on_the_seed_too(engine, tmp_pat
     assert [r.pair_id for r in rows] == [later.id]
 
 
-@pytest.mark.parametrize(("reference", "ref_version"), [("sft", 0), ("previous", None)])
-def test_the_reference_setting_names_the_jobs_reference_model(
-    engine, tmp_path, reference, ref_version
+@pytest.mark.parametrize(
+    ("loop", "init_version", "ref_version"),
+    [
+        ({"reference": "sft"}, 1, 0),
+        ({"reference": "previous"}, 1, None),
+        ({"start": "sft", "data_scope": "all"}, 0, 0),
+    ],
+)
+def test_the_loop_settings_name_the_models_a_round_trains_from_and_against(
+    engine, tmp_path, loop, init_version, ref_version
 ):
-    """`loop.reference`: DPO against pi_0 (the first policy), or against the deployed pi_k
-    it starts from (no reference of its own: the job takes its init model as the reference)."""
+    """`loop.reference`: DPO against pi_0 (the first policy), or against the deployed pi_k it
+    starts from (no reference of its own: the job takes its init model as the reference).
+    `loop.start`: the round starts from the deployed pi_k, or from pi_0 again, trained on every
+    round's pairs (data_scope 'all': no iteration filter, the seed pairs included)."""
     from storage import crud
     from storage.models import IterationState
     from storage.settings import load_settings
@@ -151,35 +160,7 @@ def test_the_reference_setting_names_the_jobs_reference_model(
         crud.set_iteration_state(
             session=session, iteration_id=iteration.id, state=IterationState.labeling
         )
-    settings = load_settings(tmp_path, loop={"reference": reference})
-    job = queue_training(engine=engine, settings=settings)
-    assert job.params["init_version"] == 1
-    assert job.params["ref_version"] == ref_version
-
-
-@pytest.mark.parametrize(("start", "init_version"), [("deployed", 1), ("sft", 0)])
-def test_the_start_setting_names_the_model_a_round_trains_from(
-    engine, tmp_path, start, init_version
-):
-    """`loop.start`: a round's DPO starts from the deployed pi_k, or from pi_0 again, trained on
-    every round's pairs (data_scope 'all': no iteration filter, the seed pairs included)."""
-    from storage import crud
-    from storage.models import IterationState
-    from storage.settings import load_settings
-    from tests.factories import make_policy
-    from training.iteration import queue_training
-
-    with transaction(engine) as session:
-        make_policy(session, version=0, deployed=False)
-        make_policy(session, version=1)
-        iteration = crud.start_iteration(
-            session=session, policy_in_id=None, human_quota=1, human_budget=1
-        )
-        crud.set_iteration_state(
-            session=session, iteration_id=iteration.id, state=IterationState.labeling
-        )
-    settings = load_settings(tmp_path, loop={"start": start, "data_scope": "all"})
-    job = queue_training(engine=engine, settings=settings)
+    job = queue_training(engine=engine, settings=load_settings(tmp_path, loop=loop))
     assert job.params["init_version"] == init_version
-    assert job.params["ref_version"] == 0
+    assert job.params["ref_version"] == ref_version
     assert job.params["iterations"] is None
