@@ -169,7 +169,7 @@ def _run(
             "iteration %s: %d train prompts left out, %s: ids %s",
             k,
             len(ids),
-            f"too long for the policy ({fit.limit()})" if ids is too_long else reason,
+            f"too long for the policy ({fit.limit()})" if reason == "too long" else reason,
             ", ".join(str(pid) for pid in ids[:20]) + (" ..." if len(ids) > 20 else ""),
         )
     if not prompt_rows:
