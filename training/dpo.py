@@ -165,6 +165,27 @@ def load_preferences(
         )
 
 
+def refused_by_template(records: list[dict[str, Any]], tokenizer) -> dict[int, str]:
+    """The conversational records (by index) whose prompt and reply the tokenizer's chat
+    template refuses, with its message: Gemma's refuses a system turn, Mistral's turns that do
+    not alternate. An imported seed pair can hold such a conversation (a round never samples
+    one: `labeling.generation.ContextFit.why_not`), and TRL's tokenization raised on it."""
+    from jinja2 import TemplateError
+
+    refused: dict[int, str] = {}
+    if not getattr(tokenizer, "chat_template", None):
+        return refused
+    for i, record in enumerate(records):
+        if not isinstance(record["prompt"], list):
+            continue
+        try:
+            for reply in (record["chosen"], record["rejected"]):
+                tokenizer.apply_chat_template(record["prompt"] + reply, tokenize=False)
+        except TemplateError as exc:
+            refused[i] = str(exc)
+    return refused
+
+
 def max_length_report(dataset, *, n_pairs: int, max_length: int) -> dict[str, int]:
     """How `dpo.max_length` met the pairs of TRL's tokenized `dataset`: TRL leaves out a pair
     whose prompt alone fills it (no reply token is left to train on) and cuts a longer pair's
@@ -201,6 +222,22 @@ def train(
     torch.set_num_threads(dpo.threads)
     score_only_completions()
     tokenizer = AutoTokenizer.from_pretrained(init_path)
+    n_pairs = len(records)
+    refused = refused_by_template(records, tokenizer)
+    if refused:
+        first = next(iter(refused.values()))
+        if len(refused) == n_pairs:
+            raise ValueError(
+                f"the chat template of {init_path} refuses every pair's conversation ({n_pairs}): "
+                f"{first}"
+            )
+        log.warning(
+            "DPO: %d of %d pairs left out, their conversation refused by the chat template: %s",
+            len(refused),
+            n_pairs,
+            first,
+        )
+        records = [record for i, record in enumerate(records) if i not in refused]
     ref_model = None
     if ref_path is not None and Path(ref_path).resolve() != Path(init_path).resolve():
         ref_model = AutoModelForCausalLM.from_pretrained(ref_path)
@@ -215,6 +252,7 @@ def train(
         peft_config=peft_config(dpo),
     )
     room = max_length_report(trainer.train_dataset, n_pairs=len(records), max_length=dpo.max_length)
+    room["pairs_refused_by_template"] = len(refused)
     if room["pairs_left_out"] or room["pairs_cut"]:
         log.warning(
             "DPO on %d pairs: %d left out (their prompt fills dpo.max_length, %d tokens), %d with "
@@ -257,7 +295,7 @@ def train(
         return sum(values) / len(values) if values else None
 
     return {
-        "n_pairs": len(records),
+        "n_pairs": n_pairs,
         **room,
         "steps": trainer.state.global_step,
         "train_loss": output.training_loss,
