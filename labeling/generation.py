@@ -156,6 +156,14 @@ def _tokenizer_and_window(policy_path: str) -> tuple[Any, int | None]:
     return AutoTokenizer.from_pretrained(policy_path), model_window(policy_path)
 
 
+TOO_LONG = "too long"  # `ContextFit.why_not`'s reason for a prompt past the window
+
+
+def some_ids(ids: Sequence[int], shown: int = 20) -> str:
+    """The first `shown` of `ids` for a log line, "..." after them when there are more."""
+    return ", ".join(str(i) for i in ids[:shown]) + (" ..." if len(ids) > shown else "")
+
+
 @dataclass(frozen=True)
 class ContextFit:
     """Which prompts leave a policy room for a whole reply: a prompt fits when its tokens, as
@@ -188,14 +196,14 @@ class ContextFit:
         return self.window is None or self.tokens(prompt) + self.max_new_tokens <= self.window
 
     def why_not(self, prompt: PromptLike) -> str | None:
-        """None when the policy can answer `prompt`; else "too long", or the message with which
+        """None when the policy can answer `prompt`; else TOO_LONG, or the message with which
         its chat template refuses the conversation (a template may refuse a system turn, as
         Gemma's does, or turns that do not alternate, as Mistral's does; the whole sampling call
         failed on it)."""
         from jinja2 import TemplateError
 
         try:
-            return None if self.fits(prompt) else "too long"
+            return None if self.fits(prompt) else TOO_LONG
         except TemplateError as exc:
             return f"refused by the chat template: {exc}"
 

@@ -19,7 +19,14 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from labeling.generation import ContextFit, Sample, load_sampler, sampler_window_cap
+from labeling.generation import (
+    TOO_LONG,
+    ContextFit,
+    Sample,
+    load_sampler,
+    sampler_window_cap,
+    some_ids,
+)
 from labeling.pairing import select_pairs
 from labeling.proxy import Proxy, load_proxy
 from labeling.routing import route_pairs
@@ -162,15 +169,15 @@ def _run(
             versions[parent.id] = parent.version
     fit = ContextFit(policy_path, max_new_tokens=gen.max_new_tokens, cap=sampler_window_cap(gen))
     prompt_rows, passed = _fitting_prompts(engine=engine, n=n_prompts, seed=seed, fit=fit)
-    too_long = passed.get("too long", [])
-    refused = {reason: ids for reason, ids in passed.items() if reason != "too long"}
+    too_long = passed.get(TOO_LONG, [])
+    refused = {reason: ids for reason, ids in passed.items() if reason != TOO_LONG}
     for reason, ids in passed.items():
         log.warning(
             "iteration %s: %d train prompts left out, %s: ids %s",
             k,
             len(ids),
-            f"too long for the policy ({fit.limit()})" if reason == "too long" else reason,
-            ", ".join(str(pid) for pid in ids[:20]) + (" ..." if len(ids) > 20 else ""),
+            f"too long for the policy ({fit.limit()})" if reason == TOO_LONG else reason,
+            some_ids(ids),
         )
     if not prompt_rows:
         if passed:

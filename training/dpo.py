@@ -252,7 +252,6 @@ def train(
         peft_config=peft_config(dpo),
     )
     room = max_length_report(trainer.train_dataset, n_pairs=len(records), max_length=dpo.max_length)
-    room["pairs_refused_by_template"] = len(refused)
     if room["pairs_left_out"] or room["pairs_cut"]:
         log.warning(
             "DPO on %d pairs: %d left out (their prompt fills dpo.max_length, %d tokens), %d with "
@@ -296,6 +295,7 @@ def train(
 
     return {
         "n_pairs": n_pairs,
+        "pairs_refused_by_template": len(refused),
         **room,
         "steps": trainer.state.global_step,
         "train_loss": output.training_loss,

@@ -35,7 +35,7 @@ def held_out_prompts(*, engine, settings: Settings, n: int) -> list[tuple[int, s
     """(id, text) of the first `n` active held-out prompts, in id order, that leave pi_0 room
     for an evaluation reply (`labeling.generation.ContextFit`; every version shares pi_0's
     tokenizer and context): the same set every iteration."""
-    from labeling.generation import ContextFit, sampler_window_cap
+    from labeling.generation import ContextFit, sampler_window_cap, some_ids
 
     with transaction(engine, readonly=True) as session:
         rows = evaluation.eval_prompts(session=session, limit=None)
@@ -64,8 +64,7 @@ def held_out_prompts(*, engine, settings: Settings, n: int) -> list[tuple[int, s
             "%d held-out prompts left out, too long for the policy (%s): ids %s",
             len(too_long),
             fit.limit(),
-            ", ".join(str(pid) for pid, _ in too_long[:20])
-            + (" ..." if len(too_long) > 20 else ""),
+            some_ids([pid for pid, _ in too_long]),
         )
     return kept
 
