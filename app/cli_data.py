@@ -38,14 +38,16 @@ def prompts_import(
     data_dir: DataDir = DEFAULT_DATA_DIR,
 ) -> None:
     """Import prompts; duplicates are skipped and counted. A bad file imports nothing."""
-    from labeling.importing import ImportFileError, read_prompts
+    from labeling.importing import ImportFileError, read_prompt_rows
+    from labeling.iteration import unanswerable, unanswerable_note
 
     try:
-        records = read_prompts(
+        rows = read_prompt_rows(
             file, text_field=text_field, messages_field=messages_field, eval_share=eval_share
         )
     except ImportFileError as exc:
         raise fail(str(exc)) from None
+    places, records = zip(*rows, strict=True)
     rt = runtime(data_dir)
     with transaction(rt.engine) as session:
         added, skipped = crud.add_prompts(session=session, prompts=records)
@@ -59,6 +61,9 @@ def prompts_import(
     typer.echo(
         f"{file}: {added} prompts added, {skipped} duplicates skipped ({n_eval} of the file eval)"
     )
+    found = unanswerable(engine=rt.engine, settings=rt.effective_settings(), prompts=records)
+    if found:
+        typer.echo(f"{file}: {unanswerable_note(found, places)}", err=True)
 
 
 @prefs_cli.command("import")

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from storage.settings import GenerationSettings
+from storage.settings import GenerationSettings, Settings
 from storage.text import model_text
 
 PromptLike = str | list[dict[str, str]]
@@ -219,6 +219,27 @@ class ContextFit:
             f"a prompt may have up to {room} tokens: the policy's context of {self.window} less "
             f"{self.setting} ({self.max_new_tokens})"
         )
+
+
+def round_fit(policy_path: str, settings: Settings) -> ContextFit:
+    """What a generation round's sampler fits: `generation.max_new_tokens` on `policy_path`."""
+    gen = settings.generation
+    return ContextFit(policy_path, max_new_tokens=gen.max_new_tokens, cap=sampler_window_cap(gen))
+
+
+def eval_max_new_tokens(settings: Settings) -> int:
+    return settings.eval.max_new_tokens or settings.generation.max_new_tokens
+
+
+def eval_fit(policy_path: str, settings: Settings) -> ContextFit:
+    """What an evaluation's sampler fits: `eval_max_new_tokens` on `policy_path` (pi_0's)."""
+    setting = "eval.max_new_tokens" if settings.eval.max_new_tokens else "generation.max_new_tokens"
+    return ContextFit(
+        policy_path,
+        max_new_tokens=eval_max_new_tokens(settings),
+        setting=setting,
+        cap=sampler_window_cap(settings.generation),
+    )
 
 
 def resolve_device(device: str) -> str:

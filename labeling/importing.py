@@ -394,19 +394,36 @@ def read_prompts(
     A row gives its prompt as text (`text_field`) or chat messages (`messages_field`, ending on
     the user's turn). `eval_share` holds that share of the rows without an explicit `split` out
     as eval prompts, chosen by content hash: the same file always gives the same split."""
+    rows = read_prompt_rows(
+        path, text_field=text_field, messages_field=messages_field, eval_share=eval_share
+    )
+    return [record for _, record in rows]
+
+
+def read_prompt_rows(
+    path: Path | str,
+    *,
+    text_field: str = "prompt",
+    messages_field: str = "messages",
+    eval_share: float = 0.0,
+) -> list[tuple[str, PromptIn]]:
+    """`read_prompts` with where each record is in the file ("line 4", "row 12"), for messages
+    about single prompts."""
     if not 0.0 <= eval_share < 1.0:
         raise ValueError(f"eval_share must be within [0, 1), got {eval_share}")
     path = Path(path)
     where, rows = _rows(path, required=[(text_field, messages_field)])
     records: list[PromptIn] = []
+    places: list[str] = []
     unsplit: list[int] = []  # rows without their own split: the holdout draws from these
     for line, row in rows:
         records.append(_prompt(row, where, line, text_field, messages_field))
+        places.append(f"{where.unit} {line}")
         if _split(row, where, line) is None:
             unsplit.append(len(records) - 1)
     if not records:
         raise ImportFileError(path, None, None, "empty file: no prompts")
-    return hold_out(records, unsplit, eval_share)
+    return list(zip(places, hold_out(records, unsplit, eval_share), strict=True))
 
 
 def hold_out(records: list[PromptIn], candidates: list[int], share: float) -> list[PromptIn]:

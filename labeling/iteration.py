@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -23,16 +24,18 @@ from labeling.generation import (
     TOO_LONG,
     ContextFit,
     Sample,
+    eval_fit,
     load_sampler,
-    sampler_window_cap,
+    round_fit,
     some_ids,
 )
 from labeling.pairing import select_pairs
 from labeling.proxy import Proxy, load_proxy
 from labeling.routing import route_pairs
 from storage import crud, pairs
+from storage.crud import PromptIn
 from storage.db import transaction
-from storage.models import IterationState, PairStrategy, Route
+from storage.models import IterationState, PairStrategy, Route, Split
 from storage.settings import Settings
 
 log = logging.getLogger("prefloop.generate")
@@ -105,6 +108,49 @@ def _fitting_prompts(
         limit = n + sum(len(ids) for ids in passed.values())
 
 
+def unanswerable(
+    *, engine: Engine, settings: Settings, prompts: Sequence[PromptIn]
+) -> dict[str, list[int]]:
+    """The indexes of `prompts` that a round (a train prompt, on the deployed policy) or an
+    evaluation (an eval prompt, on pi_0) would pass over, by reason (`ContextFit.why_not`; too
+    long with the limit it passes); none before a policy is registered. For an import to say."""
+    with transaction(engine, readonly=True) as session:
+        policies = crud.list_policies(session=session)
+        deployed = crud.deployed_policy(session=session)
+    if not policies:
+        return {}
+    fits = {
+        Split.train: round_fit((deployed or policies[-1]).path, settings),
+        Split.eval: eval_fit(policies[0].path, settings),
+    }
+    found: dict[str, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        fit = fits[prompt.split]
+        reason = fit.why_not(prompt.messages or prompt.text)
+        if reason == TOO_LONG:
+            reason = f"too long for the policy ({fit.limit()})"
+        if reason is not None:
+            found.setdefault(reason, []).append(i)
+    return found
+
+
+def unanswerable_note(found: dict[str, list[int]], places: Sequence[str], shown: int = 10) -> str:
+    """`unanswerable`'s answer for the person importing, each prompt named by its place in the
+    file; empty when there is nothing to say."""
+    if not found:
+        return ""
+    parts = [
+        f"{len(ixs)} {reason}: {', '.join(places[i] for i in ixs[:shown])}"
+        + (f" and {len(ixs) - shown} more" if len(ixs) > shown else "")
+        for reason, ixs in found.items()
+    ]
+    n = sum(len(ixs) for ixs in found.values())
+    return (
+        f"{n} of these prompts cannot be sampled by the policy, and rounds and evaluations pass "
+        f"them over (they are stored all the same): {'; '.join(parts)}"
+    )
+
+
 def generate_iteration(
     *,
     engine: Engine,
@@ -167,7 +213,7 @@ def _run(
         versions = {policy_id: crud.get_policy_by_id(session=session, policy_id=policy_id).version}
         if parent is not None:
             versions[parent.id] = parent.version
-    fit = ContextFit(policy_path, max_new_tokens=gen.max_new_tokens, cap=sampler_window_cap(gen))
+    fit = round_fit(policy_path, settings)
     prompt_rows, passed = _fitting_prompts(engine=engine, n=n_prompts, seed=seed, fit=fit)
     too_long = passed.get(TOO_LONG, [])
     refused = {reason: ids for reason, ids in passed.items() if reason != TOO_LONG}

@@ -78,3 +78,21 @@ def label_pair(session: Session, pair: Pair, *choices: str, users, reasons=()) -
     pair.n_labels, pair.status = len(choices), PairStatus.done
     session.add(pair)
     session.flush()
+
+
+def refusing_system_turns(policy_dir, dest):
+    """A copy of the policy at `policy_dir` in `dest` whose chat template refuses a system turn,
+    as Gemma's does; returns `dest`."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    shutil.copytree(policy_dir, dest)
+    tokenizer = AutoTokenizer.from_pretrained(dest)
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "{{ m['content'] }}\n{% endfor %}"
+    )
+    tokenizer.save_pretrained(dest)
+    return dest

@@ -35,20 +35,14 @@ def held_out_prompts(*, engine, settings: Settings, n: int) -> list[tuple[int, s
     """(id, text) of the first `n` active held-out prompts, in id order, that leave pi_0 room
     for an evaluation reply (`labeling.generation.ContextFit`; every version shares pi_0's
     tokenizer and context): the same set every iteration."""
-    from labeling.generation import ContextFit, sampler_window_cap, some_ids
+    from labeling.generation import eval_fit, some_ids
 
     with transaction(engine, readonly=True) as session:
         rows = evaluation.eval_prompts(session=session, limit=None)
         policies = crud.list_policies(session=session)
     if not policies:
         return rows[:n]
-    setting = "eval.max_new_tokens" if settings.eval.max_new_tokens else "generation.max_new_tokens"
-    fit = ContextFit(
-        policies[0].path,
-        max_new_tokens=eval_max_new_tokens(settings),
-        setting=setting,
-        cap=sampler_window_cap(settings.generation),
-    )
+    fit = eval_fit(policies[0].path, settings)
     kept, too_long = [], []
     for row in rows:
         if len(kept) == n:
@@ -72,10 +66,6 @@ def held_out_prompts(*, engine, settings: Settings, n: int) -> list[tuple[int, s
 def eval_prompts(*, engine, settings: Settings, n: int) -> list[str]:
     """The texts of `held_out_prompts`."""
     return [text for _, text in held_out_prompts(engine=engine, settings=settings, n=n)]
-
-
-def eval_max_new_tokens(settings: Settings) -> int:
-    return settings.eval.max_new_tokens or settings.generation.max_new_tokens
 
 
 def win_rate(scores_a: Sequence[float], scores_b: Sequence[float]) -> dict[str, Any]:
@@ -114,6 +104,8 @@ def cached_samples(
     prompt serves a smaller `n` with the first `n` of each (the fewest that suffice, so a data
     directory's answer never changes once drawn): pi_0's held-out replies for the implicit
     reward are drawn first and also give its win-rate samples."""
+    from labeling.generation import eval_max_new_tokens
+
     ev = settings.eval
     n = ev.samples_per_prompt if n is None else n
     max_new = eval_max_new_tokens(settings)

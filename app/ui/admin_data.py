@@ -35,16 +35,22 @@ def _error(text: str) -> str:
     return f'<pre class="pf-error" role="alert">{escape(text)}</pre>'
 
 
+def _warning(text: str) -> str:
+    return f'<p class="pf-warning" role="status">{escape(text)}</p>'
+
+
 def upload_prompts(ctx: AppContext, admin_id: int, path: str, name: str, text_field: str) -> str:
-    from labeling.importing import ImportFileError, read_prompts
+    from labeling.importing import ImportFileError, read_prompt_rows
+    from labeling.iteration import unanswerable, unanswerable_note
 
     try:
-        records = read_prompts(path, text_field=text_field or "prompt")
+        rows = read_prompt_rows(path, text_field=text_field or "prompt")
     except ImportFileError as exc:
         # Name the file as the admin knows it, not Gradio's temporary copy.
         where = name + (f", {exc.unit} {exc.line}" if exc.line else "")
         where += f", field {exc.field!r}" if exc.field else ""
         return _error(f"{where}: {exc.problem}. Nothing was imported.")
+    places, records = zip(*rows, strict=True)
     with transaction(ctx.rt.engine) as session:
         added, skipped = crud.add_prompts(session=session, prompts=records)
         crud.record_audit(
@@ -53,7 +59,11 @@ def upload_prompts(ctx: AppContext, admin_id: int, path: str, name: str, text_fi
             action="prompts.import",
             detail={"file": name, "added": added, "skipped": skipped},
         )
-    return _ok(f"{name}: {added} prompts added, {skipped} duplicates skipped.")
+    done = _ok(f"{name}: {added} prompts added, {skipped} duplicates skipped.")
+    found = unanswerable(
+        engine=ctx.rt.engine, settings=ctx.rt.effective_settings(), prompts=records
+    )
+    return done + (_warning(f"{name}: {unanswerable_note(found, places)}") if found else "")
 
 
 def _items(value: Any, field: str) -> list[str]:

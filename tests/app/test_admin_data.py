@@ -14,7 +14,7 @@ from app.ui.admin_data import build_data
 from app.ui.guard import AppContext, Refused
 from storage import crud
 from storage.db import transaction, upgrade
-from storage.models import Role
+from storage.models import PolicyStatus, Role
 from storage.runtime import open_runtime
 from tests.app.live_server import seed_users
 from tests.app.test_server import _as_user, _handlers
@@ -148,3 +148,29 @@ def test_an_upload_error_names_the_file_and_the_item_or_line(ctx, tmp_path):
     assert "prompts.jsonl, line 2" in upload(str(bad_lines), "prompt", as_boss)
     with transaction(ctx.rt.engine, readonly=True) as session:
         assert crud.table_counts(session=session)["prompt"] == 0
+
+
+def test_an_upload_names_the_prompts_the_policy_cannot_answer(ctx, tmp_path, demo_policy_dir):
+    from tests.factories import refusing_system_turns
+
+    strict = refusing_system_turns(demo_policy_dir, tmp_path / "strict")
+    with transaction(ctx.rt.engine) as session:
+        crud.create_policy(
+            session=session, version=0, path=str(strict), status=PolicyStatus.deployed
+        )
+    with gr.Blocks() as blocks:
+        build_data(ctx)
+    upload = _handlers(blocks)["prompts_upload"]
+    as_boss = _as_user(ctx, seed_users(ctx.rt, {"boss": Role.admin})["boss"])
+    system = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "hi"}]
+    path = tmp_path / "prompts.json"
+    path.write_text(json.dumps([{"prompt": "where is my refund?"}, {"messages": system}]))
+    message = upload(str(path), "prompt", as_boss)
+    assert "2 prompts added, 0 duplicates skipped." in message
+    assert (
+        '<p class="pf-warning" role="status">prompts.json: 1 of these prompts cannot be sampled '
+        "by the policy, and rounds and evaluations pass them over (they are stored all the "
+        "same): 1 refused by the chat template: System role not supported: item 2</p>"
+    ) in message
+    with transaction(ctx.rt.engine, readonly=True) as session:
+        assert crud.table_counts(session=session)["prompt"] == 2

@@ -76,6 +76,28 @@ def test_generate_says_how_many_prompts_it_passed_over_and_logs_which(data_dir, 
     )
 
 
+def test_prompts_import_names_the_prompts_the_policy_cannot_answer(data_dir, tmp_path):
+    """A prompt that leaves the policy no room for a reply is stored, and every round passes it
+    over: the import says which lines, and why, when it stores them rather than at each round."""
+    long_text = "my parcel never came and the tracking page is empty, what now " * 40
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"prompt": "where is my refund?"}, {"prompt": long_text}]
+    rows += [{"prompt": "an eval one, " + long_text, "split": "eval"}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = run("prompts", "import", str(path), "--data-dir", data_dir)
+    assert "3 prompts added, 0 duplicates skipped (1 of the file eval)" in result.stdout
+    assert result.stderr.strip() == (
+        f"{path}: 2 of these prompts cannot be sampled by the policy, and rounds and evaluations "
+        "pass them over (they are stored all the same): 2 too long for the policy (a prompt may "
+        "have up to 232 tokens: the policy's context of 256 less generation.max_new_tokens "
+        "(24)): line 2, line 3"
+    )
+    fine = tmp_path / "fine.jsonl"
+    fine.write_text(json.dumps({"prompt": "my order came broken"}) + "\n")
+    result = run("prompts", "import", str(fine), "--data-dir", data_dir)
+    assert "1 prompts added" in result.stdout and result.stderr == ""
+
+
 def test_label_without_simulate_points_to_the_browser(data_dir):
     result = run("label", "--data-dir", data_dir, ok=False)
     assert result.exit_code == 1 and "prefloop serve" in result.output

@@ -301,18 +301,9 @@ def test_a_conversation_the_chat_template_refuses_is_left_out_of_the_round(
     """A chat template may refuse a conversation (Gemma's a system turn, Mistral's turns that do
     not alternate); the sampling call failed the round on it. The round passes over it, counted,
     and samples the others."""
-    import shutil
+    from tests.factories import refusing_system_turns
 
-    from transformers import AutoTokenizer
-
-    strict = shutil.copytree(policy_dir, tmp_path / "strict")
-    tokenizer = AutoTokenizer.from_pretrained(strict)
-    tokenizer.chat_template = (
-        "{% for m in messages %}{% if m['role'] == 'system' %}"
-        "{{ raise_exception('System role not supported') }}{% endif %}"
-        "{{ m['content'] }}\n{% endfor %}"
-    )
-    tokenizer.save_pretrained(strict)
+    strict = refusing_system_turns(policy_dir, tmp_path / "strict")
     settings = setup_loop(engine, tmp_path, strict)
     system = [
         {"role": "system", "content": "You are terse."},
