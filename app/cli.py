@@ -33,6 +33,8 @@ cli = typer.Typer(
     help="Human-in-the-loop annotation and training for online iterative RLHF.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Help as written: rich markup ate "[policy]" and markdown "<data-dir>" from the texts.
+    rich_markup_mode=None,
 )
 db_cli = typer.Typer(help="Database schema.", no_args_is_help=True)
 users_cli = typer.Typer(help="Annotators and admins.", no_args_is_help=True)

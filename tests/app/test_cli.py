@@ -31,6 +31,13 @@ def status(data_dir: str) -> dict:
     return json.loads(run("status", "--json", "--data-dir", data_dir).output)
 
 
+def test_help_shows_the_texts_as_written():
+    """Rich markup read "[policy]" as a style tag and dropped it ("Default:  init_path")."""
+    words = " ".join(run("init", "--help").output.split())
+    assert "register pi_0 (--policy, or [policy] init_path)" in words
+    assert "Default: [policy] init_path." in words
+
+
 def test_init_creates_one_admin_and_is_safe_twice(tmp_path, monkeypatch):
     monkeypatch.delenv("PREFLOOP_ADMIN_PASSWORD", raising=False)
     first = run("init", "--data-dir", str(tmp_path)).output
