@@ -65,8 +65,13 @@ def _describe(report: dict[str, Any]) -> str:
         f"iteration {report['iteration_k']}: candidate v{report['candidate_version']} "
         f"{report['decision']} ({gate.get('judge')} win-rate {rate} vs v{gate.get('opponent')}, "
         f"threshold {gate.get('threshold')}); DPO on {train.get('n_pairs')} pairs, loss "
-        f"{train.get('final_loss')}, margin {train.get('reward_margin')}; {report['seconds']}s"
+        f"{_figure(train.get('final_loss'))}, margin {_figure(train.get('reward_margin'))}; "
+        f"{report['seconds']:.0f}s"
     )
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
 
 
 def deploy(
@@ -360,9 +365,7 @@ def _loop_report(
 
 
 def _describe_loop(r: dict) -> str:
-    def fmt(x):
-        return "n/a" if x is None else f"{x:.3f}"
-
+    fmt = _figure
     if r["decision"] == "failed":
         return f"iteration {r['iteration']}: failed: {r['error']}"
     d = r["dpo"]
