@@ -190,7 +190,10 @@ class ContextFit:
     def tokens(self, prompt: PromptLike) -> int:
         tokenizer = _tokenizer_and_window(str(self.policy_path))[0]
         text, has_special = render_prompt(tokenizer, prompt)
-        return len(tokenizer(text, add_special_tokens=not has_special)["input_ids"])
+        # verbose=False: a prompt past the model's window is what is being asked about here,
+        # not a mistake to warn of ("Token indices sequence length is longer than ...")
+        ids = tokenizer(text, add_special_tokens=not has_special, verbose=False)["input_ids"]
+        return len(ids)
 
     def fits(self, prompt: PromptLike) -> bool:
         return self.window is None or self.tokens(prompt) + self.max_new_tokens <= self.window

@@ -36,6 +36,7 @@ from storage import crud, pairs
 from storage.crud import PromptIn
 from storage.db import transaction
 from storage.models import IterationState, PairStrategy, Route, Split
+from storage.policies import set_iteration_metrics
 from storage.settings import Settings
 
 log = logging.getLogger("prefloop.generate")
@@ -365,23 +366,30 @@ def _run(
                 )
             )
         pairs.add_pairs(session=session, pairs=pair_rows)
+        n_samples = sum(len(g) for g in groups)
+        counts = {
+            "prompts": len(prompt_rows),
+            "prompts_too_long": len(too_long),
+            "prompts_refused_by_template": sum(len(ids) for ids in refused.values()),
+            "responses": n_samples,
+            "pairs": len(pair_rows),
+        }
+        # on the iteration, for the admin view's timeline (the job's log has the ids)
+        set_iteration_metrics(
+            session=session, iteration_id=iteration_id, metrics={"generation": counts}
+        )
         crud.set_iteration_state(
             session=session, iteration_id=iteration_id, state=IterationState.labeling
         )
 
-    n_samples = sum(len(g) for g in groups)
     route_counts = {r.value: sum(1 for x in routes if x == r) for r in Route}
     return {
         "iteration_k": k,
         "iteration_id": iteration_id,
         "policy_id": policy_id,
-        "prompts": len(prompt_rows),
-        "prompts_too_long": len(too_long),
-        "prompts_refused_by_template": sum(len(ids) for ids in refused.values()),
-        "responses": n_samples,
+        **counts,
         "strategy": strategy.value,
         "proxy": proxy.agent,
-        "pairs": len(pair_rows),
         "routes": route_counts,
         "over_budget": sum(1 for x in routes if x is None),
         "unpaired": dropped_identical,

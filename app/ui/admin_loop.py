@@ -26,6 +26,19 @@ def _bar(fraction: float) -> str:
     return f'<span class="pf-bar" title="{pct:.0f}%"><span style="width:{pct:.0f}%"></span></span>'
 
 
+def _passed_over(counts: dict) -> str:
+    """A round's prompts it could not sample, for its row (their ids are in its log)."""
+    reasons = [
+        (counts.get("prompts_too_long", 0), "too long for the policy"),
+        (counts.get("prompts_refused_by_template", 0), "refused by its chat template"),
+    ]
+    said = [f"{n} {why}" for n, why in reasons if n]
+    if not said:
+        return ""
+    said = f"{counts.get('prompts', 0)} prompts sampled; passed over: {', '.join(said)}"
+    return f'<div class="pf-warning">{escape(said)} (their ids are in the round&#x27;s log)</div>'
+
+
 def timeline_html(ctx: AppContext) -> str:
     """The iterations (newest first) with their human-label progress, then recent jobs."""
     with transaction(ctx.rt.engine, readonly=True) as session:
@@ -57,6 +70,7 @@ def timeline_html(ctx: AppContext) -> str:
                 if t
             )
             error = f'<div class="pf-error">{escape(it.error)}</div>' if it.error else ""
+            error += _passed_over(it.metrics.get("generation", {}))
             rows += (
                 f'<tr data-k="{it.k}"><td>{it.k}</td>'
                 f'<td class="pf-state pf-state-{escape(it.state)}">{escape(it.state)}</td>'

@@ -74,6 +74,18 @@ def test_generate_says_how_many_prompts_it_passed_over_and_logs_which(data_dir, 
     assert "1 train prompts left out, too long for the policy (a prompt may have up to 232 " in (
         caplog.text
     )
+    assert "Token indices sequence length" not in caplog.text  # what is asked, not a mistake
+    # and the admin view's timeline says so on the iteration's row
+    from app.ui.admin_loop import timeline_html
+    from app.ui.guard import AppContext
+
+    rt = open_runtime(data_dir)
+    timeline = timeline_html(AppContext(rt=rt, secret=b"s" * 32))
+    rt.engine.dispose()
+    assert (
+        '<div class="pf-warning">15 prompts sampled; passed over: 1 too long for the policy '
+        "(their ids are in the round&#x27;s log)</div>"
+    ) in timeline
 
 
 def test_prompts_import_names_the_prompts_the_policy_cannot_answer(data_dir, tmp_path):
