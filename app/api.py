@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -92,6 +92,13 @@ MAX_K = 2**31 - 1
 
 class ApiError(BaseModel):
     detail: str
+
+
+class BodyIn(BaseModel):
+    """A request body: a field it does not know is refused by name (422, `extra_forbidden` at
+    ["body", field]), where a misspelled "reasons" was dropped without a word."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 ERRORS = {
@@ -215,7 +222,7 @@ def _not_blank(value: str) -> str:
     return value
 
 
-class RewriteIn(BaseModel):
+class RewriteIn(BodyIn):
     side: Literal["left", "right"] = Field(description="The response you rewrote, as shown.")
     text: str = Field(min_length=1, max_length=100_000, description="Your better version.")
 
@@ -225,7 +232,7 @@ class RewriteIn(BaseModel):
         return _without_nul(value)
 
 
-class LabelIn(BaseModel):
+class LabelIn(BodyIn):
     choice: Literal["left", "right", "tie", "both_bad"] = Field(
         description="In the order you were shown the pair."
     )
@@ -620,7 +627,7 @@ class LeaderboardOut(BaseModel):
     head_to_head: list[HeadToHeadOut] = Field(description="Every two versions that met.")
 
 
-class EvalPairsIn(BaseModel):
+class EvalPairsIn(BodyIn):
     a: int = Field(ge=0, le=MAX_K, description="A policy version.")
     b: int = Field(ge=0, le=MAX_K, description="The version to compare it with.")
     prompts: int | None = Field(
@@ -718,7 +725,7 @@ def eval_votes(
 # gold pairs (admins)
 
 
-class GoldPairIn(BaseModel):
+class GoldPairIn(BodyIn):
     prompt: str = Field(min_length=1, max_length=100_000)
     a: str = Field(min_length=1, max_length=100_000)
     b: str = Field(min_length=1, max_length=100_000)
@@ -730,7 +737,7 @@ class GoldPairIn(BaseModel):
         return _not_blank(_without_nul(value)).strip()
 
 
-class GoldImportIn(BaseModel):
+class GoldImportIn(BodyIn):
     pairs: list[GoldPairIn] = Field(min_length=1, max_length=10_000)
 
 
@@ -739,7 +746,7 @@ class GoldImportOut(BaseModel):
     skipped: int = Field(description="Already stored (same prompt and responses), or repeated.")
 
 
-class GoldMarkIn(BaseModel):
+class GoldMarkIn(BodyIn):
     answer: Literal["a", "b", "tie", "both_bad"] = Field(
         description="The pair's answer, about its stored a and b (not a shown order)."
     )
@@ -902,7 +909,7 @@ class DisagreementsOut(BaseModel):
     pairs: list[ReviewPairOut] = Field(description="The oldest first, from `offset`.")
 
 
-class DecisionIn(BaseModel):
+class DecisionIn(BodyIn):
     choice: Literal["a", "b", "tie", "both_bad"] = Field(
         description="About the pair's stored a and b (not a shown order)."
     )
@@ -982,7 +989,7 @@ class GuidelinesOut(BaseModel):
     text: str | None = Field(description="Markdown, written by an admin.")
 
 
-class GuidelinesIn(BaseModel):
+class GuidelinesIn(BodyIn):
     text: str = Field(min_length=1, max_length=100_000, description="Markdown.")
 
     @field_validator("text")

@@ -343,6 +343,8 @@ def strict_json(text: str):
         ("{}", "choice"),
         ('{"choice": "left", "reason": NaN}', "reason"),
         ('{"choice": "left", "reason": 5}', "reason"),
+        ('{"choice": "left", "reasons": "clearer"}', "reasons"),  # misspelled: not dropped
+        ('{"choice": "left", "rewrite": {"side": "left", "text": "x", "txt": "y"}}', "rewrite"),
         ("NaN", None),
         ("[Infinity]", None),
     ],
