@@ -49,6 +49,7 @@ def prompts_import(
         raise fail(str(exc)) from None
     places, records = zip(*rows, strict=True)
     rt = runtime(data_dir)
+    found = unanswerable(engine=rt.engine, settings=rt.effective_settings(), prompts=records)
     with transaction(rt.engine) as session:
         added, skipped = crud.add_prompts(session=session, prompts=records)
         crud.record_audit(
@@ -61,7 +62,6 @@ def prompts_import(
     typer.echo(
         f"{file}: {added} prompts added, {skipped} duplicates skipped ({n_eval} of the file eval)"
     )
-    found = unanswerable(engine=rt.engine, settings=rt.effective_settings(), prompts=records)
     if found:
         typer.echo(f"{file}: {unanswerable_note(found, places)}", err=True)
 

@@ -16,6 +16,7 @@ import logging
 import random
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -114,7 +115,9 @@ def unanswerable(
 ) -> dict[str, list[int]]:
     """The indexes of `prompts` that a round (a train prompt, on the deployed policy) or an
     evaluation (an eval prompt, on pi_0) would pass over, by reason (`ContextFit.why_not`; too
-    long with the limit it passes); none before a policy is registered. For an import to say."""
+    long with the limit it passes); none before a policy is registered. For an import to say.
+    A policy whose directory is not on this host (a replica that serves only, without the
+    scheduler's policies) is not asked."""
     with transaction(engine, readonly=True) as session:
         policies = crud.list_policies(session=session)
         deployed = crud.deployed_policy(session=session)
@@ -124,9 +127,12 @@ def unanswerable(
         Split.train: round_fit((deployed or policies[-1]).path, settings),
         Split.eval: eval_fit(policies[0].path, settings),
     }
+    fits = {split: fit for split, fit in fits.items() if Path(fit.policy_path).is_dir()}
     found: dict[str, list[int]] = {}
     for i, prompt in enumerate(prompts):
-        fit = fits[prompt.split]
+        fit = fits.get(prompt.split)
+        if fit is None:
+            continue
         reason = fit.why_not(prompt.messages or prompt.text)
         if reason == TOO_LONG:
             reason = f"too long for the policy ({fit.limit()})"

@@ -51,6 +51,8 @@ def upload_prompts(ctx: AppContext, admin_id: int, path: str, name: str, text_fi
         where += f", field {exc.field!r}" if exc.field else ""
         return _error(f"{where}: {exc.problem}. Nothing was imported.")
     places, records = zip(*rows, strict=True)
+    settings = ctx.rt.effective_settings()
+    found = unanswerable(engine=ctx.rt.engine, settings=settings, prompts=records)
     with transaction(ctx.rt.engine) as session:
         added, skipped = crud.add_prompts(session=session, prompts=records)
         crud.record_audit(
@@ -60,9 +62,6 @@ def upload_prompts(ctx: AppContext, admin_id: int, path: str, name: str, text_fi
             detail={"file": name, "added": added, "skipped": skipped},
         )
     done = _ok(f"{name}: {added} prompts added, {skipped} duplicates skipped.")
-    found = unanswerable(
-        engine=ctx.rt.engine, settings=ctx.rt.effective_settings(), prompts=records
-    )
     return done + (_warning(f"{name}: {unanswerable_note(found, places)}") if found else "")
 
 

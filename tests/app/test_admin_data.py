@@ -174,3 +174,28 @@ def test_an_upload_names_the_prompts_the_policy_cannot_answer(ctx, tmp_path, dem
     ) in message
     with transaction(ctx.rt.engine, readonly=True) as session:
         assert crud.table_counts(session=session)["prompt"] == 2
+
+
+def test_an_upload_on_a_replica_without_the_policies_says_nothing_of_them(ctx, tmp_path):
+    """A replica that serves only has no policy directories: the upload stores the prompts and
+    asks no policy, where loading a tokenizer from a missing directory failed it."""
+    with transaction(ctx.rt.engine) as session:
+        crud.create_policy(
+            session=session,
+            version=0,
+            path=str(tmp_path / "on-the-scheduler-host" / "v0"),
+            status=PolicyStatus.deployed,
+        )
+    with gr.Blocks() as blocks:
+        build_data(ctx)
+    upload = _handlers(blocks)["prompts_upload"]
+    as_boss = _as_user(ctx, seed_users(ctx.rt, {"boss": Role.admin})["boss"])
+    path = tmp_path / "prompts.jsonl"
+    path.write_text(json.dumps({"prompt": "where is my refund? " * 400}) + "\n")
+    message = upload(str(path), "prompt", as_boss)
+    assert (
+        message
+        == '<span class="pf-ok">prompts.jsonl: 1 prompts added, 0 duplicates skipped.</span>'
+    )
+    with transaction(ctx.rt.engine, readonly=True) as session:
+        assert crud.table_counts(session=session)["prompt"] == 1
