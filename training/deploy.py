@@ -60,6 +60,15 @@ def checkpoint_complete(path: str | Path) -> bool:
     return False
 
 
+def checkpoint_elsewhere(path: str | Path) -> bool:
+    """Whether this host has no sight of the checkpoint: not even the directory that holds it,
+    as on a replica that serves only (the scheduler's host keeps the policies). A deploy there
+    goes by the database (training registers a checkpoint once it is complete on disk); where
+    the directory that holds it is here, a checkpoint missing from it is incomplete."""
+    path = Path(path)
+    return path.is_absolute() and not path.parent.exists()
+
+
 @dataclass(frozen=True)
 class GateResult:
     passed: bool
@@ -110,14 +119,16 @@ def deploy(
     reason: str = "manual",
 ) -> Policy:
     """Make `version` the deployed policy (one transaction, audited). A rejected version needs
-    `force`; an incomplete checkpoint is refused whatever `force` says."""
+    `force`; an incomplete checkpoint is refused whatever `force` says (one this host cannot see,
+    `checkpoint_elsewhere`, goes by the database)."""
     with transaction(engine) as session:
         policy = crud.get_policy(session=session, version=version)
         if policy.status == PolicyStatus.deployed:
             return policy
         if policy.status == PolicyStatus.rejected and not force:
             raise DeployError(f"policy v{version} was rejected by the gate; deploy it with force")
-        if not checkpoint_complete(policy.path):
+        elsewhere = checkpoint_elsewhere(policy.path)
+        if not elsewhere and not checkpoint_complete(policy.path):
             raise DeployError(f"policy v{version}: checkpoint at {policy.path} is incomplete")
         previous, deployed = swap_deployed(session=session, version=version)
         crud.record_audit(
@@ -129,6 +140,7 @@ def deploy(
                 "previous": previous.version if previous else None,
                 "forced": force,
                 "reason": reason,
+                "checkpoint_checked": not elsewhere,
             },
         )
         return deployed
@@ -160,7 +172,7 @@ def rollback(*, engine, to_version: int | None = None, user_id: int | None = Non
             for p in policies
             if p.version < current.version
             and p.status == PolicyStatus.retired
-            and checkpoint_complete(p.path)
+            and (checkpoint_elsewhere(p.path) or checkpoint_complete(p.path))
         ]
         if not earlier:
             raise DeployError(

@@ -70,6 +70,28 @@ def test_deploy_refuses_rejected_without_force_and_incomplete_always(engine, tmp
     assert _status(engine) == {0: "retired", 1: "deployed", 2: "candidate"}
 
 
+def test_a_replica_without_the_policies_deploys_and_rolls_back_by_the_database(engine, tmp_path):
+    """A replica that serves only has no policies directory: an admin's deploy or rollback there
+    goes by the database (it said "checkpoint ... is incomplete"). Where the directory that holds
+    the checkpoints is here, a missing checkpoint is still refused."""
+    elsewhere = tmp_path / "on-the-scheduler-host" / "policies"
+    with transaction(engine) as session:
+        for v in range(3):
+            status = PolicyStatus.deployed if v == 0 else PolicyStatus.candidate
+            path = str(elsewhere / f"v{v}")
+            crud.create_policy(session=session, version=v, path=path, status=status)
+    deploying.deploy(engine=engine, version=1)
+    deploying.deploy(engine=engine, version=2)
+    assert deploying.rollback(engine=engine).version == 1
+    assert _status(engine) == {0: "retired", 1: "deployed", 2: "retired"}
+    with transaction(engine, readonly=True) as session:
+        checked = [a.detail["checkpoint_checked"] for a in session.exec(select(Audit))]
+    assert checked == [False, False, False]
+    elsewhere.mkdir(parents=True)  # this host has the policies directory, and no v2 in it
+    with pytest.raises(deploying.DeployError, match="incomplete"):
+        deploying.deploy(engine=engine, version=2)
+
+
 def test_database_refuses_a_second_deployed_policy(engine, tmp_path):
     _policies(engine, tmp_path, n=2)
     with pytest.raises(sa.exc.IntegrityError), transaction(engine) as session:
