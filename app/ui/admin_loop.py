@@ -32,11 +32,11 @@ def _passed_over(counts: dict) -> str:
         (counts.get("prompts_too_long", 0), "too long for the policy"),
         (counts.get("prompts_refused_by_template", 0), "refused by its chat template"),
     ]
-    said = [f"{n} {why}" for n, why in reasons if n]
-    if not said:
+    passed = [f"{n} {why}" for n, why in reasons if n]
+    if not passed:
         return ""
-    said = f"{counts.get('prompts', 0)} prompts sampled; passed over: {', '.join(said)}"
-    return f'<div class="pf-warning">{escape(said)} (their ids are in the round&#x27;s log)</div>'
+    text = f"{counts.get('prompts', 0)} prompts sampled; passed over: {', '.join(passed)}"
+    return f'<div class="pf-warning">{escape(text)} (their ids are in the round&#x27;s log)</div>'
 
 
 def timeline_html(ctx: AppContext) -> str:
