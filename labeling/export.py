@@ -389,8 +389,9 @@ def push_to_hub(
         "TRUE",
     }:
         raise HubPushError(
-            f"cannot push to {repo}: the Hugging Face Hub is in offline mode (HF_HUB_OFFLINE=1). "
-            "Unset HF_HUB_OFFLINE on a machine with network access, or copy the export and push it "
+            f"cannot push to {repo}: the Hugging Face Hub is in offline mode (HF_HUB_OFFLINE=1, "
+            "prefloop's default: nothing downloads at run time). Run the push with "
+            "HF_HUB_OFFLINE=0 on a machine with network access, or copy the export and push it "
             "from there."
         )
     token = token or get_token()

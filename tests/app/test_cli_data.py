@@ -268,6 +268,33 @@ def test_export_push_to_hub_offline_is_a_clear_error(data_dir, tmp_path, monkeyp
     assert "cannot push to me/prefs" in result.output and "offline" in result.output
 
 
+def test_push_to_hub_goes_past_the_offline_default_as_its_error_says(data_dir, tmp_path):
+    """`prefloop` keeps the Hub offline by default: the error said "Unset HF_HUB_OFFLINE", which
+    changed nothing. Run as the command, with the advice taken, the push gets past it (and stops
+    at the missing token here)."""
+    import os
+    import subprocess
+    import sys
+
+    run(
+        "prefs", "import", str(write_jsonl(tmp_path / "s.jsonl", SEED_ROWS)), "--data-dir", data_dir
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_TOKEN")}
+    env["HF_HOME"] = str(tmp_path / "hf-home")  # no stored token
+
+    def push(**extra: str) -> str:
+        args = ["export", "--out", str(tmp_path / "p.parquet"), "--push-to-hub", "me/prefs"]
+        done = subprocess.run(
+            [sys.executable, "-m", "app.cli", *args, "--data-dir", data_dir],
+            env={**env, **extra}, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 1, done.stdout + done.stderr
+        return " ".join((done.stdout + done.stderr).split())
+
+    assert "Run the push with HF_HUB_OFFLINE=0 on a machine with network access" in push()
+    assert "cannot push to me/prefs: no Hugging Face token" in push(HF_HUB_OFFLINE="0")
+
+
 def test_users_token_is_shown_once_and_stored_hashed(data_dir):
     from storage import crud
 
