@@ -146,7 +146,8 @@ def resolve_local(spec: str) -> Path:
     except (LocalEntryNotFoundError, OSError, ValueError) as exc:
         raise PolicyError(
             f"{spec}: neither a local path nor a hub id in the local cache "
-            f"(prefloop downloads nothing; fetch it first): {exc.__class__.__name__}"
+            f"(prefloop downloads nothing: `hf download {spec}` fetches it into the cache, or "
+            f"give a directory): {exc.__class__.__name__}"
         ) from None
 
 

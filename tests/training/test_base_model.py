@@ -112,7 +112,7 @@ def _vit(path: Path) -> Path:
             ),
             "no weights",
         ),  # fmt: skip
-        (lambda p: "nobody/no-such-model", "neither a local path nor a hub id in the local cache"),
+        (lambda p: "nobody/no-such-model", "`hf download nobody/no-such-model` fetches it"),
     ],
 )
 def test_an_unusable_policy_is_refused_naming_it_and_nothing_is_registered(tmp_path, make, message):
