@@ -36,7 +36,7 @@ from labeling.routing import route_pairs
 from storage import crud, pairs
 from storage.crud import PromptIn
 from storage.db import transaction
-from storage.models import IterationState, PairStrategy, Route, Split
+from storage.models import IterationState, PairStrategy, Policy, Route, Split
 from storage.policies import set_iteration_metrics
 from storage.settings import Settings
 
@@ -139,6 +139,18 @@ def unanswerable(
         if reason is not None:
             found.setdefault(reason, []).append(i)
     return found
+
+
+def reply_budget_error(deployed: Policy | None, settings: Settings) -> str | None:
+    """Why `settings` leave the deployed policy no room for a prompt (`generation.max_new_tokens`
+    as long as its context: every round would fail), or None; None too where its directory is not
+    on this host. For a settings change to refuse before it is saved."""
+    if deployed is None or not Path(deployed.path).is_dir():
+        return None
+    fit = round_fit(deployed.path, settings)
+    if fit.window is None or fit.max_new_tokens < fit.window:
+        return None
+    return f"generation.max_new_tokens: {fit.limit()} (policy v{deployed.version})"
 
 
 def unanswerable_note(found: dict[str, list[int]], places: Sequence[str], shown: int = 10) -> str:

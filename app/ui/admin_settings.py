@@ -121,6 +121,8 @@ def build_settings(ctx: AppContext):
         return [*widget_values, json.dumps(loaded, default=str), marker]
 
     def save(values: dict, request: gr.Request):
+        from labeling.iteration import reply_budget_error
+
         admin = require_user(ctx, request, role=Role.admin)
         current = ctx.rt.effective_settings()
         try:
@@ -134,7 +136,12 @@ def build_settings(ctx: AppContext):
                 return '<span class="pf-ok">Nothing changed.</span>'
             with transaction(ctx.rt.engine) as session:
                 stored = crud.get_overrides(session=session)
-                with_overrides(ctx.rt.settings, {**stored, **changes})  # raises, naming the key
+                # raises, naming the key
+                changed = with_overrides(ctx.rt.settings, {**stored, **changes})
+                deployed = crud.deployed_policy(session=session)
+                budget_changed = "generation.max_new_tokens" in changes
+                if budget_changed and (problem := reply_budget_error(deployed, changed)):
+                    raise SettingsError(problem)
                 crud.set_overrides(session=session, values=changes, user_id=admin.id)
                 crud.record_audit(
                     session=session, user_id=admin.id, action="settings.change", detail=changes
