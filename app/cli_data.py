@@ -127,7 +127,9 @@ def export(
     ] = "standard",
     iteration: Annotated[
         list[int] | None,
-        typer.Option("--iteration", help="Only this iteration k (repeatable). Default: all."),
+        typer.Option(
+            "--iteration", min=0, help="Only this iteration k (repeatable). Default: all."
+        ),
     ] = None,
     source: Annotated[
         list[str] | None,

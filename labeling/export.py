@@ -77,6 +77,25 @@ class ExportFilters:
         if not 0.0 <= self.min_agreement <= 1.0:
             raise ExportError(f"min_agreement must be within [0, 1], got {self.min_agreement}")
 
+    def describe(self) -> str:
+        """The filters that narrow the export, for a person: "iteration 2; sources human"."""
+        said = []
+        if self.iterations is not None:
+            said.append(f"iteration {', '.join(map(str, self.iterations))}")
+        if set(self.sources) != set(ALL_SOURCES):
+            said.append(f"sources {', '.join(self.sources)}")
+        if self.min_agreement:
+            said.append(f"agreement at least {self.min_agreement:g}")
+        if self.annotators is not None:
+            said.append(f"annotators {', '.join(self.annotators)}")
+        if self.split is not None:
+            said.append(f"{self.split} prompts")
+        if self.criterion is not None:
+            said.append(f"criterion {self.criterion}")
+        if self.gold is not None:
+            said.append("annotators flagged by their gold accuracy left out")
+        return "; ".join(said) or "none"
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "iterations": self.iterations,
@@ -190,7 +209,9 @@ def export_preferences(
             else:
                 n = write_parquet(rows, partial, layout, criteria)
         if n == 0:
-            raise ExportError(f"nothing to export: no decided pairs match {filters.as_dict()}")
+            raise ExportError(
+                f"nothing to export: no decided pairs match the filters ({filters.describe()})"
+            )
         if format == ExportFormat.hf:
             _parquet_to_dataset_dir(partial, Path(tmp) / "dataset")
             if out.exists():

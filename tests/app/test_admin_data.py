@@ -67,7 +67,14 @@ def test_the_filters_reach_the_download(ctx, export):
     message, path = export(
         "jsonl", "standard", ["proxy"], "0,1", None, None, "eval", False, as_boss
     )
-    assert path is None and "nothing to export" in message
+    assert (
+        path is None
+        and (
+            "nothing to export: no decided pairs match the filters (iteration 0, 1; sources proxy; "
+            "eval prompts; annotators flagged by their gold accuracy left out)"
+        )
+        in message
+    )
     audits = _export_audits(ctx)
     assert [(a["iterations"], a["min_agreement"], a["split"]) for a in audits] == [
         ([1], 0.9, None),

@@ -158,7 +158,19 @@ def test_seed_import_then_export_round_trip(data_dir, tmp_path):
         "export", "--out", str(tmp_path / "h.parquet"), "--source", "human",
         "--data-dir", data_dir, ok=False,
     )  # fmt: skip
-    assert result.exit_code == 1 and "nothing to export" in result.output
+    assert (
+        result.exit_code == 1
+        and (
+            "nothing to export: no decided pairs match the filters (sources human; annotators "
+            "flagged by their gold accuracy left out)"
+        )
+        in result.output
+    )
+    result = run(
+        "export", "--out", str(tmp_path / "h.parquet"), "--iteration", "-5",
+        "--data-dir", data_dir, ok=False,
+    )  # fmt: skip
+    assert result.exit_code == 2 and "--iteration" in result.output
     result = run(
         "export", "--out", str(tmp_path / "x"), "--format", "csv", "--data-dir", data_dir, ok=False
     )
