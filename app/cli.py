@@ -454,6 +454,9 @@ def collect_status(rt: Runtime) -> dict:
 # Commands of the other areas, each in its own module (imported last: they reuse DataDir above).
 
 prompts_cli.command("import")(cli_data.prompts_import)
+prompts_cli.command("list")(cli_data.prompts_list)
+prompts_cli.command("deactivate")(cli_data.prompts_deactivate)
+prompts_cli.command("activate")(cli_data.prompts_activate)
 users_cli.command("token")(cli_data.users_token)
 cli.add_typer(cli_data.prefs_cli, name="prefs")
 cli.command("export")(cli_data.export)

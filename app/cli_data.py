@@ -66,6 +66,63 @@ def prompts_import(
         typer.echo(f"{file}: {unanswerable_note(found, places)}", err=True)
 
 
+def prompts_list(
+    split: Annotated[str | None, typer.Option(help="train or eval. Default: both.")] = None,
+    inactive: Annotated[bool, typer.Option(help="Only the prompts taken out of rounds.")] = False,
+    contains: Annotated[str | None, typer.Option(help="Only prompts holding this text.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    data_dir: DataDir = DEFAULT_DATA_DIR,
+) -> None:
+    """Prompts by id: split, active, source and the start of the text."""
+    if split is not None and split not in {s.value for s in Split}:
+        raise fail(f"--split: expected train or eval, got {split!r}")
+    rt = runtime(data_dir)
+    with transaction(rt.engine, readonly=True) as session:
+        prompts = crud.list_prompts(
+            session=session,
+            split=None if split is None else Split(split),
+            active=False if inactive else None,
+            contains=contains,
+            limit=limit,
+        )
+    typer.echo(f"{'id':>6}  split  active  {'source':<24}  text")
+    for p in prompts:
+        text = " ".join(p.text.split())
+        text = text[:70] + ("..." if len(text) > 70 else "")
+        active = "yes" if p.active else "no"
+        typer.echo(f"{p.id:>6}  {p.split.value:<5}  {active:<6}  {p.source[:24]:<24}  {text}")
+
+
+def _set_active(ids: list[int], active: bool, data_dir) -> None:
+    rt = runtime(data_dir)
+    action = "prompts.activate" if active else "prompts.deactivate"
+    try:
+        with transaction(rt.engine) as session:
+            changed = crud.set_prompts_active(session=session, ids=ids, active=active)
+            crud.record_audit(
+                session=session, user_id=None, action=action, detail={"ids": sorted(set(ids))}
+            )
+    except crud.NotFound as exc:
+        raise fail(f"{exc}: nothing changed") from None
+    state = "back in" if active else "taken out of"
+    unchanged = len(set(ids)) - changed
+    already = f" ({unchanged} {'active' if active else 'inactive'} already)" if unchanged else ""
+    typer.echo(f"{changed} prompts {state} rounds and evaluations{already}")
+
+
+PromptIds = Annotated[list[int], typer.Argument(help="Prompt ids (`prefloop prompts list`).")]
+
+
+def prompts_deactivate(ids: PromptIds, data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """Take prompts out of rounds and evaluations (kept, with their pairs and labels). Audited."""
+    _set_active(ids, False, data_dir)
+
+
+def prompts_activate(ids: PromptIds, data_dir: DataDir = DEFAULT_DATA_DIR) -> None:
+    """Put deactivated prompts back into rounds and evaluations. Audited."""
+    _set_active(ids, True, data_dir)
+
+
 @prefs_cli.command("import")
 def prefs_import(
     file: Annotated[Path, typer.Argument(help=IMPORT_FILE_HELP)],

@@ -167,6 +167,42 @@ def add_prompts(*, session: Session, prompts: Iterable[PromptIn]) -> tuple[int, 
 # policies and iterations
 
 
+def list_prompts(
+    *,
+    session: Session,
+    split: Split | None = None,
+    active: bool | None = None,
+    contains: str | None = None,
+    limit: int = 50,
+) -> list[Prompt]:
+    """Prompts in id order: of one split, active or not, holding `contains` (case-insensitive)."""
+    query = select(Prompt).order_by(Prompt.id).limit(limit)
+    if split is not None:
+        query = query.where(Prompt.split == split)
+    if active is not None:
+        query = query.where(Prompt.active == active)
+    if contains:
+        query = query.where(func.lower(Prompt.text).contains(contains.lower(), autoescape=True))
+    return list(session.exec(query))
+
+
+def set_prompts_active(*, session: Session, ids: Iterable[int], active: bool) -> int:
+    """Take prompts out of rounds and evaluations (`active` False) or put them back; returns how
+    many changed. An unknown id raises NotFound naming it, and nothing changes."""
+    wanted = sorted(set(ids))
+    found = set(session.exec(select(Prompt.id).where(Prompt.id.in_(wanted))))
+    if missing := [i for i in wanted if i not in found]:
+        raise NotFound(f"no prompt {', '.join(map(str, missing))}")
+    prompts = session.exec(select(Prompt).where(Prompt.id.in_(wanted), Prompt.active != active))
+    changed = 0
+    for prompt in prompts:
+        prompt.active = active
+        session.add(prompt)
+        changed += 1
+    session.flush()
+    return changed
+
+
 def create_policy(
     *,
     session: Session,

@@ -320,3 +320,49 @@ def test_users_token_is_shown_once_and_stored_hashed(data_dir):
     second = run("users", "token", "ann", "--data-dir", data_dir).output
     assert token not in second  # a new one replaces it
     assert run("users", "token", "nobody", "--data-dir", data_dir, ok=False).exit_code == 1
+
+
+def test_prompts_listed_taken_out_of_rounds_and_put_back(data_dir, tmp_path):
+    """An admin takes a bad prompt out of the rounds by id: it stays stored, with its pairs, and
+    no round samples it until it is put back. Unknown ids change nothing."""
+    from sqlmodel import select
+
+    from storage import crud, pairs
+
+    path = write_jsonl(
+        tmp_path / "p.jsonl",
+        [{"prompt": "Explain DPO"}, {"prompt": "A 50% off coupon, please"}, {"prompt": "Hi"}],
+    )
+    run("prompts", "import", str(path), "--data-dir", data_dir)
+    listed = run("prompts", "list", "--contains", "50%", "--data-dir", data_dir).output
+    (row,) = listed.splitlines()[1:]  # the header, then the one match (% is no wildcard)
+    coupon = int(row.split()[0])
+    assert "train  yes" in row and "A 50% off coupon, please" in row
+
+    def train_ids() -> set[int]:
+        engine = engine_of(data_dir)
+        with transaction(engine, readonly=True) as session:
+            ids = {p.id for p in pairs.train_prompts(session=session, limit=10, seed=0)}
+        engine.dispose()
+        return ids
+
+    assert coupon in train_ids()
+    out = run("prompts", "deactivate", str(coupon), "--data-dir", data_dir).output
+    assert out.strip() == "1 prompts taken out of rounds and evaluations"
+    assert coupon not in train_ids() and len(train_ids()) == 2
+    inactive = run("prompts", "list", "--inactive", "--data-dir", data_dir).output
+    assert [int(line.split()[0]) for line in inactive.splitlines()[1:]] == [coupon]
+    refused = run(
+        "prompts", "activate", str(coupon), "99999", "--data-dir", data_dir, ok=False
+    ).output
+    assert "no prompt 99999: nothing changed" in refused and coupon not in train_ids()
+    run("prompts", "activate", str(coupon), "--data-dir", data_dir)
+    assert coupon in train_ids()
+    engine = engine_of(data_dir)
+    with transaction(engine, readonly=True) as session:
+        audits = [(a.action, a.detail) for a in session.exec(select(crud.Audit))]
+    engine.dispose()
+    assert audits[-2:] == [
+        ("prompts.deactivate", {"ids": [coupon]}),
+        ("prompts.activate", {"ids": [coupon]}),
+    ]
