@@ -210,6 +210,11 @@ class ContextFit:
         except TemplateError as exc:
             return f"refused by the chat template: {exc}"
 
+    def explain(self, reason: str) -> str:
+        """`why_not`'s reason for a person: too long with the limit it passes, a template's
+        refusal as it is."""
+        return f"too long for the policy ({self.limit()})" if reason == TOO_LONG else reason
+
     def limit(self) -> str:
         """The rule, for a message: the window and the reply's share of it."""
         if self.window is not None and self.max_new_tokens >= self.window:

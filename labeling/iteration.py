@@ -134,10 +134,8 @@ def unanswerable(
         if fit is None:
             continue
         reason = fit.why_not(prompt.messages or prompt.text)
-        if reason == TOO_LONG:
-            reason = f"too long for the policy ({fit.limit()})"
         if reason is not None:
-            found.setdefault(reason, []).append(i)
+            found.setdefault(fit.explain(reason), []).append(i)
     return found
 
 
@@ -235,19 +233,19 @@ def _run(
     fit = round_fit(policy_path, settings)
     prompt_rows, passed = _fitting_prompts(engine=engine, n=n_prompts, seed=seed, fit=fit)
     too_long = passed.get(TOO_LONG, [])
-    refused = {reason: ids for reason, ids in passed.items() if reason != TOO_LONG}
+    n_refused = sum(len(ids) for reason, ids in passed.items() if reason != TOO_LONG)
     for reason, ids in passed.items():
         log.warning(
             "iteration %s: %d train prompts left out, %s: ids %s",
             k,
             len(ids),
-            f"too long for the policy ({fit.limit()})" if reason == TOO_LONG else reason,
+            fit.explain(reason),
             some_ids(ids),
         )
     if not prompt_rows:
         if passed:
-            reasons = [f"{len(too_long)} too long for the policy ({fit.limit()})"] * bool(too_long)
-            reasons += [f"{len(ids)} {reason}" for reason, ids in refused.items()]
+            too_long_first = sorted(passed.items(), key=lambda item: item[0] != TOO_LONG)
+            reasons = [f"{len(ids)} {fit.explain(reason)}" for reason, ids in too_long_first]
             raise GenerationError(f"no active train prompt can be sampled: {'; '.join(reasons)}")
         raise GenerationError("no active train prompts: import some with `prefloop prompts import`")
     inputs = [messages or text for _, text, messages in prompt_rows]
@@ -388,7 +386,7 @@ def _run(
         counts = {
             "prompts": len(prompt_rows),
             "prompts_too_long": len(too_long),
-            "prompts_refused_by_template": sum(len(ids) for ids in refused.values()),
+            "prompts_refused_by_template": n_refused,
             "responses": n_samples,
             "pairs": len(pair_rows),
         }

@@ -35,7 +35,7 @@ def held_out_prompts(*, engine, settings: Settings, n: int) -> list[tuple[int, s
     """(id, text) of the first `n` active held-out prompts, in id order, that leave pi_0 room
     for an evaluation reply (`labeling.generation.ContextFit`; every version shares pi_0's
     tokenizer and context): the same set every iteration."""
-    from labeling.generation import eval_fit, some_ids
+    from labeling.generation import TOO_LONG, eval_fit, some_ids
 
     with transaction(engine, readonly=True) as session:
         rows = evaluation.eval_prompts(session=session, limit=None)
@@ -55,9 +55,9 @@ def held_out_prompts(*, engine, settings: Settings, n: int) -> list[tuple[int, s
         )
     if too_long:
         log.warning(
-            "%d held-out prompts left out, too long for the policy (%s): ids %s",
+            "%d held-out prompts left out, %s: ids %s",
             len(too_long),
-            fit.limit(),
+            fit.explain(TOO_LONG),
             some_ids([pid for pid, _ in too_long]),
         )
     return kept
